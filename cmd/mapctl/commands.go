@@ -1,0 +1,340 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/shardmap/shardmap/internal/cli"
+	"github.com/shardmap/shardmap/maps"
+)
+
+// app holds the global flags and the connections they open.
+type app struct {
+	redisURL string
+	prefix   string
+	timeout  time.Duration
+	rdb      *redis.Client
+	store    *maps.Store
+}
+
+func newRoot() *cobra.Command {
+	a := &app{}
+	root := &cobra.Command{
+		Use:           "mapctl",
+		Short:         "Read and change shardmap's user -> shard assignments",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			rdb, err := cli.Redis(a.redisURL)
+			if err != nil {
+				return usageError{err}
+			}
+			a.rdb, a.store = rdb, maps.NewStore(rdb, a.prefix)
+			return nil
+		},
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.redisURL, "redis", cli.Env(cli.EnvRedis, cli.DefaultRedis), "Redis URL (env "+cli.EnvRedis+")")
+	pf.StringVar(&a.prefix, "prefix", cli.Env(cli.EnvPrefix, maps.DefaultPrefix), "Redis key prefix (env "+cli.EnvPrefix+")")
+	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "how long a command, or --wait, may take")
+	root.AddCommand(a.setCmd(), a.getCmd(), a.delCmd(), a.listCmd(), a.importCmd(), a.exportCmd(), a.statusCmd())
+	return root
+}
+
+// args wraps cobra's argument checks so that a wrong count exits 2.
+func args(n int, names string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, as []string) error {
+		if len(as) != n {
+			return usagef("%s takes %s (%d arguments), got %d", cmd.Name(), names, n, len(as))
+		}
+		return nil
+	}
+}
+
+func (a *app) ctx(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(cmd.Context(), a.timeout)
+}
+
+func (a *app) setCmd() *cobra.Command {
+	var wait, force bool
+	c := &cobra.Command{
+		Use:   "set USER SHARD",
+		Short: "Assign USER to SHARD (an HAProxy backend)",
+		Args:  args(2, "USER SHARD"),
+		RunE: func(cmd *cobra.Command, as []string) error {
+			asg := maps.Assignment{User: as[0], Shard: as[1]}
+			if err := asg.Validate(); err != nil {
+				return err
+			}
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			if !force {
+				if err := a.checkShards(ctx, []string{asg.Shard}); err != nil {
+					return err
+				}
+			}
+			id, err := a.store.Set(ctx, asg)
+			if err != nil {
+				return err
+			}
+			if wait {
+				return a.waitApplied(ctx, id)
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&wait, "wait", false, "return only when every live syncer has the change in HAProxy")
+	c.Flags().BoolVar(&force, "force", false, "assign even if SHARD is not a backend HAProxy is known to have")
+	return c
+}
+
+// checkShards refuses shards that are not known HAProxy backends.
+func (a *app) checkShards(ctx context.Context, shards []string) error {
+	for _, sh := range shards {
+		ok, err := a.store.KnownShard(ctx, sh)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			known, err := a.store.KnownShards(ctx)
+			if err != nil {
+				return err
+			}
+			list := strings.Join(known, ", ")
+			if list == "" {
+				list = "none yet: start a syncer, which publishes HAProxy's backends"
+			}
+			return usagef("shard %q is not a backend HAProxy is known to have (known: %s); use --force to assign it anyway", sh, list)
+		}
+	}
+	return nil
+}
+
+// waitApplied returns when every live syncer reports the change-log ID id
+// (or a later one) as applied to its HAProxy.
+func (a *app) waitApplied(ctx context.Context, id string) error {
+	const liveWithin = 5 * time.Second
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		all, err := a.store.Syncers(ctx)
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		var live, lagging []string
+		for _, st := range all {
+			if !st.Live(now, liveWithin) {
+				continue
+			}
+			live = append(live, st.Name)
+			if maps.CompareIDs(st.Applied, id) < 0 {
+				lagging = append(lagging, fmt.Sprintf("%s (at %s)", st.Name, st.Applied))
+			}
+		}
+		if len(live) == 0 {
+			return fmt.Errorf("change %s is stored in Redis, but no syncer reported in the last %s, so no HAProxy is known to have it", id, liveWithin)
+		}
+		if len(lagging) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("change %s is stored in Redis, but after %s these syncers have not applied it: %s",
+				id, a.timeout, strings.Join(lagging, ", "))
+		case <-tick.C:
+		}
+	}
+}
+
+func (a *app) getCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "get USER",
+		Short: "Print USER's shard (exit 1 when USER has none)",
+		Args:  args(1, "USER"),
+		RunE: func(cmd *cobra.Command, as []string) error {
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			shard, ok, err := a.store.Get(ctx, as[0])
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return fmt.Errorf("user %q has no shard (HAProxy sends it to the default)", as[0])
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), shard)
+			return nil
+		},
+	}
+}
+
+func (a *app) delCmd() *cobra.Command {
+	var wait bool
+	c := &cobra.Command{
+		Use:   "del USER",
+		Short: "Remove USER's assignment (HAProxy then sends it to the default shard)",
+		Args:  args(1, "USER"),
+		RunE: func(cmd *cobra.Command, as []string) error {
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			id, found, err := a.store.Del(ctx, as[0])
+			if err != nil {
+				return err
+			}
+			if !found {
+				fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: user %q had no shard; nothing to delete\n", as[0])
+			}
+			if wait {
+				return a.waitApplied(ctx, id)
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&wait, "wait", false, "return only when every live syncer has the change in HAProxy")
+	return c
+}
+
+// sorted returns every valid assignment sorted by user, and how many invalid
+// ones were skipped.
+func (a *app) sorted(ctx context.Context, shard string) ([]maps.Assignment, int, error) {
+	var out []maps.Assignment
+	seen := map[string]bool{}
+	skipped, err := a.store.Scan(ctx, func(as maps.Assignment) error {
+		if (shard == "" || as.Shard == shard) && !seen[as.User] {
+			seen[as.User] = true
+			out = append(out, as)
+		}
+		return nil
+	}, nil)
+	sort.Slice(out, func(i, j int) bool { return out[i].User < out[j].User })
+	return out, skipped, err
+}
+
+func (a *app) listCmd() *cobra.Command {
+	var shard string
+	c := &cobra.Command{
+		Use:   "list",
+		Short: `List assignments as "user shard" lines, sorted by user`,
+		Args:  args(0, "nothing"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			all, skipped, err := a.sorted(ctx, shard)
+			if err != nil {
+				return err
+			}
+			w := bufio.NewWriter(cmd.OutOrStdout())
+			for _, as := range all {
+				fmt.Fprintln(w, as.User, as.Shard)
+			}
+			if skipped > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: skipped %d invalid entries in Redis\n", skipped)
+			}
+			return w.Flush()
+		},
+	}
+	c.Flags().StringVar(&shard, "shard", "", "only this shard's users")
+	return c
+}
+
+func (a *app) exportCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "export",
+		Short: "Write every assignment to stdout in HAProxy map-file format",
+		Args:  args(0, "nothing"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			id, err := a.store.LastLogID(ctx)
+			if err != nil {
+				return err
+			}
+			all, skipped, err := a.sorted(ctx, "")
+			if err != nil {
+				return err
+			}
+			data, err := maps.MapFile{LogID: id, Entries: all}.Encode()
+			if err != nil {
+				return err
+			}
+			if skipped > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: skipped %d invalid entries in Redis\n", skipped)
+			}
+			_, err = cmd.OutOrStdout().Write(data)
+			return err
+		},
+	}
+}
+
+func (a *app) importCmd() *cobra.Command {
+	var force, wait bool
+	var batch int
+	c := &cobra.Command{
+		Use:   "import FILE|-",
+		Short: "Assign every user in a map file (\"user shard\" lines); all lines are checked before any is written",
+		Args:  args(1, "FILE or -"),
+		RunE: func(cmd *cobra.Command, as []string) error {
+			var r io.Reader = cmd.InOrStdin()
+			name := "stdin"
+			if as[0] != "-" {
+				f, err := os.Open(as[0])
+				if err != nil {
+					return usageError{err}
+				}
+				defer f.Close()
+				r, name = f, as[0]
+			}
+			mf, err := maps.ParseMapFile(r)
+			if err != nil {
+				return fmt.Errorf("import %s: nothing written: %w", name, err)
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), max(a.timeout, 10*time.Minute))
+			defer cancel()
+			if !force {
+				shards := map[string]bool{}
+				var list []string
+				for _, e := range mf.Entries {
+					if !shards[e.Shard] {
+						shards[e.Shard] = true
+						list = append(list, e.Shard)
+					}
+				}
+				if err := a.checkShards(ctx, list); err != nil {
+					return fmt.Errorf("import %s: nothing written: %w", name, err)
+				}
+			}
+			progress := func(int) {}
+			if f, ok := cmd.ErrOrStderr().(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+				bar := progressbar.NewOptions(len(mf.Entries), progressbar.OptionSetWriter(f),
+					progressbar.OptionSetDescription("import"), progressbar.OptionShowCount(), progressbar.OptionThrottle(100*time.Millisecond))
+				progress = func(done int) { bar.Set(done) }
+				defer fmt.Fprintln(f)
+			}
+			id, err := a.store.Import(ctx, mf.Entries, batch, progress)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: imported %d assignments from %s\n", len(mf.Entries), name)
+			if wait {
+				return a.waitApplied(ctx, id)
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&force, "force", false, "import even if a shard is not a backend HAProxy is known to have")
+	c.Flags().BoolVar(&wait, "wait", false, "return only when every live syncer has the changes in HAProxy")
+	c.Flags().IntVar(&batch, "batch", 500, "assignments per atomic Redis script call")
+	return c
+}

@@ -1,0 +1,196 @@
+package maps
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// headerPrefix starts the comment line in which shardmap records which
+// change-log entry a map file reflects. HAProxy reads '#' in column 0 as a
+// comment, so the header never becomes a map entry.
+const headerPrefix = "# shardmap log-id="
+
+// maxFileErrors caps how many bad lines one parse reports.
+const maxFileErrors = 20
+
+// MapFile is the content of an HAProxy map file written by shardmap: the
+// change-log ID it reflects (empty when unknown) and its entries.
+type MapFile struct {
+	LogID   string
+	Entries []Assignment
+}
+
+// ParseMapFile reads a map file in HAProxy's format: one "user shard" pair per
+// line, blank lines and lines starting with '#' ignored. Every entry is
+// validated; a bad line, or a user listed twice, is an error naming the line
+// number. Up to 20 problems are reported together, and when there is any the
+// returned entries must not be used.
+func ParseMapFile(r io.Reader) (MapFile, error) {
+	var (
+		mf    MapFile
+		errs  []error
+		seen  = map[string]int{}
+		sc    = bufio.NewScanner(r)
+		line  int
+		extra int
+	)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	report := func(err error) {
+		if len(errs) < maxFileErrors {
+			errs = append(errs, err)
+		} else {
+			extra++
+		}
+	}
+	for sc.Scan() {
+		line++
+		text := sc.Text()
+		if strings.HasPrefix(text, headerPrefix) {
+			mf.LogID = strings.Fields(strings.TrimPrefix(text, headerPrefix) + " ")[0]
+			continue
+		}
+		if strings.HasPrefix(text, "#") || strings.TrimSpace(text) == "" {
+			continue
+		}
+		fields := strings.Fields(text)
+		if len(fields) != 2 {
+			report(fmt.Errorf("%w: line %d: %d fields, want 2 (\"user shard\")", ErrInvalid, line, len(fields)))
+			continue
+		}
+		a := Assignment{User: fields[0], Shard: fields[1]}
+		if err := a.Validate(); err != nil {
+			report(fmt.Errorf("line %d: %w", line, err))
+			continue
+		}
+		if first, dup := seen[a.User]; dup {
+			report(fmt.Errorf("%w: line %d: user %q already assigned on line %d", ErrInvalid, line, a.User, first))
+			continue
+		}
+		seen[a.User] = line
+		mf.Entries = append(mf.Entries, a)
+	}
+	if err := sc.Err(); err != nil {
+		return mf, fmt.Errorf("read map file after line %d: %w", line, err)
+	}
+	if extra > 0 {
+		errs = append(errs, fmt.Errorf("%w: and %d more bad lines", ErrInvalid, extra))
+	}
+	return mf, errors.Join(errs...)
+}
+
+// ReadMapFile parses the map file at path.
+func ReadMapFile(path string) (MapFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return MapFile{}, err
+	}
+	defer f.Close()
+	mf, err := ParseMapFile(f)
+	if err != nil {
+		return mf, fmt.Errorf("parse %s: %w", path, err)
+	}
+	return mf, nil
+}
+
+// Encode renders the map file: the header, then the entries sorted by user so
+// that the same content always gives the same bytes. Entries are validated
+// again here; Encode refuses to render one that could corrupt the file.
+func (mf MapFile) Encode() ([]byte, error) {
+	entries := append([]Assignment(nil), mf.Entries...)
+	sort.Slice(entries, func(i, j int) bool { return entries[i].User < entries[j].User })
+	var b bytes.Buffer
+	b.Grow(len(entries) * 24)
+	fmt.Fprintf(&b, "%s%s entries=%d\n", headerPrefix, orNone(mf.LogID), len(entries))
+	b.WriteString("# Written by shardmap from Redis; edits here are overwritten. Use mapctl.\n")
+	for _, a := range entries {
+		if err := a.Validate(); err != nil {
+			return nil, fmt.Errorf("encode map file: %w", err)
+		}
+		b.WriteString(a.User)
+		b.WriteByte(' ')
+		b.WriteString(a.Shard)
+		b.WriteByte('\n')
+	}
+	return b.Bytes(), nil
+}
+
+func orNone(id string) string {
+	if id == "" {
+		return "none"
+	}
+	return id
+}
+
+// WriteMapFile encodes mf and writes it to path atomically. It reports whether
+// the file changed; identical bytes are not rewritten.
+func WriteMapFile(path string, mf MapFile) (changed bool, err error) {
+	data, err := mf.Encode()
+	if err != nil {
+		return false, err
+	}
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+		return false, nil
+	}
+	if err := WriteFileAtomic(path, data, 0o644); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// testHookBeforeRename, when set by a test, runs after the temp file is
+// written and synced and before it is renamed over the target: a crash there
+// must leave the old file whole.
+var testHookBeforeRename func()
+
+// WriteFileAtomic replaces path with data so that a reader (HAProxy starting
+// up) sees either the old file or the new one, never a part: it writes a temp
+// file in the same directory, fsyncs it, renames it over path and fsyncs the
+// directory so the rename itself survives a power loss.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err = f.Chmod(perm); err != nil {
+		return fmt.Errorf("chmod %s: %w", tmp, err)
+	}
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", tmp, err)
+	}
+	if err = f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", tmp, err)
+	}
+	if testHookBeforeRename != nil {
+		testHookBeforeRename()
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open dir %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err = d.Sync(); err != nil {
+		return fmt.Errorf("fsync dir %s: %w", dir, err)
+	}
+	return nil
+}

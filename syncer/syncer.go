@@ -1,0 +1,489 @@
+// Package syncer holds the loop that keeps one HAProxy map equal to the
+// assignments in Redis: it loads them all into the live map in one atomic
+// swap, then follows the change log and applies each change over the Runtime
+// API, and persists the map file so a restarted HAProxy starts right.
+//
+// Where a change goes from Redis to HAProxy, top to bottom: Run -> fullSync
+// (once, and after any doubt) -> step (read the log) -> apply (diff against
+// the mirror, send) -> flush (the file) -> report (Redis, for mapctl --wait).
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/shardmap/shardmap/maps"
+	"github.com/shardmap/shardmap/runtime"
+)
+
+// Runtime is the part of HAProxy's Runtime API the syncer needs.
+// *runtime.Client implements it.
+type Runtime interface {
+	// Apply sends ops in order; see runtime.Client.Apply for the contract.
+	Apply(ctx context.Context, mapPath string, ops []runtime.Op) ([]error, error)
+	// Replace swaps the whole live map atomically or leaves it as it was.
+	Replace(ctx context.Context, mapPath string, entries []runtime.Entry) error
+	// Backends lists HAProxy's backends.
+	Backends(ctx context.Context) ([]string, error)
+	// Info identifies the running HAProxy process.
+	Info(ctx context.Context) (runtime.Info, error)
+}
+
+// Config tunes a Syncer. Zero values take the defaults named.
+type Config struct {
+	Name         string        // how this syncer reports itself in Redis (required)
+	MapPath      string        // the map path exactly as in haproxy.cfg; also the file written (required)
+	FlushDelay   time.Duration // longest the file lags the live map while changes arrive (200 ms)
+	BatchMax     int           // most changes read and applied at once (10,000)
+	ReplaceAbove int           // a batch with more set/del than this is applied as one versioned swap (64)
+	Heartbeat    time.Duration // how often the syncer reports itself in Redis (1 s)
+	Logger       *slog.Logger
+}
+
+func (c *Config) defaults() error {
+	if c.Name == "" || c.MapPath == "" {
+		return errors.New("syncer: Name and MapPath are required")
+	}
+	if c.FlushDelay <= 0 {
+		c.FlushDelay = 200 * time.Millisecond
+	}
+	if c.BatchMax <= 0 {
+		c.BatchMax = 10_000
+	}
+	if c.ReplaceAbove <= 0 {
+		c.ReplaceAbove = 64
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Syncer keeps one HAProxy map equal to the store. Create it with New and
+// call Run once.
+type Syncer struct {
+	cfg   Config
+	store *maps.Store
+	rt    Runtime
+	log   *slog.Logger
+
+	// Owned by the Run goroutine.
+	mirror     map[string]string // what the live map holds, as far as we know
+	applied    string            // last change-log ID in the live map
+	fileID     string            // change-log ID the map file reflects
+	dirtySince time.Time         // first change not yet in the file; zero when none
+	needFull   bool              // the live map is in doubt: reload it whole
+	lastReport time.Time
+	problem    string // current failure state, "" when healthy
+
+	mu     sync.Mutex // guards status
+	status Status
+}
+
+// Status is a syncer's view of itself, for health checks and metrics.
+type Status struct {
+	Ready       bool   // the live map was loaded and the last step succeeded
+	Problem     string // why not ready
+	Applied     string // last change-log ID in the live map
+	Entries     int    // entries in the live map
+	FullSyncs   int    // whole-map swaps done
+	Changes     int64  // change-log entries applied
+	BadSkipped  int64  // invalid entries found in Redis and skipped
+	HAProxyPid  int64
+	FileWritten time.Time
+}
+
+// New returns a syncer for cfg.MapPath.
+func New(cfg Config, store *maps.Store, rt Runtime) (*Syncer, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	return &Syncer{
+		cfg:      cfg,
+		store:    store,
+		rt:       rt,
+		log:      cfg.Logger.With("map", cfg.MapPath),
+		needFull: true,
+		applied:  maps.ZeroID,
+	}, nil
+}
+
+// Status returns a copy of the current status. Safe for concurrent use.
+func (s *Syncer) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+func (s *Syncer) updateStatus(f func(*Status)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f(&s.status)
+	s.status.Applied = s.applied
+	s.status.Entries = len(s.mirror)
+}
+
+// Run syncs until ctx is cancelled, then finishes the batch in hand, writes
+// the map file and returns nil. It retries every failure (Redis or HAProxy
+// away) with capped, jittered backoff, keeping the live map and the file as
+// they are meanwhile; it returns an error only if the final file write fails.
+func (s *Syncer) Run(ctx context.Context) error {
+	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
+	for ctx.Err() == nil {
+		var err error
+		if s.needFull {
+			err = s.fullSync(ctx)
+		} else {
+			err = s.step(ctx)
+		}
+		if err != nil && ctx.Err() == nil {
+			s.setProblem(err)
+			sleep(ctx, backoff.next())
+			continue
+		}
+		if err == nil {
+			s.setProblem(nil)
+			backoff.reset()
+		}
+	}
+	// The last batch was applied with a context of its own; persist it.
+	if err := s.flush(); err != nil {
+		return fmt.Errorf("syncer: final flush: %w", err)
+	}
+	s.report(context.Background(), true)
+	s.log.Info("syncer stopped", "applied", s.applied, "entries", len(s.mirror))
+	return nil
+}
+
+// fullSync loads every assignment into the live map in one versioned swap,
+// writes the file and resumes following the log from the snapshot's ID.
+func (s *Syncer) fullSync(ctx context.Context) error {
+	start := time.Now()
+	info, err := s.rt.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("haproxy: %w", err)
+	}
+	if backends, err := s.rt.Backends(ctx); err != nil {
+		return fmt.Errorf("haproxy: %w", err)
+	} else if err := s.publishShards(ctx, backends); err != nil {
+		return err
+	}
+	snap, err := s.store.Snapshot(ctx, s.skipBad)
+	if err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	applyCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	if err := s.rt.Replace(applyCtx, s.cfg.MapPath, entriesOf(snap.Entries)); err != nil {
+		return fmt.Errorf("haproxy: %w", err)
+	}
+	s.mirror = snap.Entries
+	s.applied = snap.LogID
+	s.needFull = false
+	s.markDirty()
+	if err := s.flush(); err != nil {
+		return fmt.Errorf("file: %w", err)
+	}
+	s.updateStatus(func(st *Status) { st.FullSyncs++; st.HAProxyPid = info.Pid })
+	s.report(ctx, true)
+	s.log.Info("full sync", "entries", len(snap.Entries), "skipped", snap.Skipped,
+		"log_id", snap.LogID, "haproxy_pid", info.Pid, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// publishShards records HAProxy's backends as the shards mapctl may assign.
+func (s *Syncer) publishShards(ctx context.Context, backends []string) error {
+	var valid []string
+	for _, b := range backends {
+		if maps.ValidateShard(b) == nil {
+			valid = append(valid, b)
+		}
+	}
+	if err := s.store.AddShards(ctx, valid); err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	return nil
+}
+
+// step waits briefly for changes, applies those that came, and flushes the
+// file and reports when they are due.
+func (s *Syncer) step(ctx context.Context) error {
+	wait := s.cfg.Heartbeat
+	if !s.dirtySince.IsZero() {
+		wait = max(time.Millisecond, min(wait, s.cfg.FlushDelay-time.Since(s.dirtySince)))
+	}
+	changes, bad, err := s.store.ReadLog(ctx, s.applied, int64(s.cfg.BatchMax), wait)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("redis: %w", err)
+	}
+	for _, b := range bad {
+		s.skipBad(b)
+	}
+	if len(changes) > 0 {
+		// Reading after an ID that is no longer in the log returns whatever
+		// follows, silently skipping what was trimmed: check it is still there.
+		ok, err := s.store.LogHas(ctx, s.applied)
+		if err != nil {
+			return fmt.Errorf("redis: %w", err)
+		}
+		if !ok {
+			s.log.Warn("change log gap: position no longer in the log, reloading whole map", "position", s.applied)
+			s.needFull = true
+			return nil
+		}
+		// Once read, a batch is applied whole even if we are told to stop.
+		applyCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		err = s.apply(applyCtx, changes)
+		cancel()
+		if err != nil {
+			s.needFull = true
+			return fmt.Errorf("haproxy: %w", err)
+		}
+		s.report(ctx, true)
+	}
+	if !s.dirtySince.IsZero() && time.Since(s.dirtySince) >= s.cfg.FlushDelay {
+		if err := s.flush(); err != nil {
+			return fmt.Errorf("file: %w", err)
+		}
+	}
+	s.report(ctx, false)
+	return nil
+}
+
+// apply brings the live map up to date with changes: it keeps the last change
+// per user, drops those the mirror says are already live, and sends the rest
+// as add (new key), set (changed key) or del; a batch with many set/del, which
+// scan the whole map in HAProxy 2.6, goes as one versioned swap instead.
+func (s *Syncer) apply(ctx context.Context, changes []maps.Change) error {
+	last := map[string]maps.Change{}
+	var order []string
+	for _, c := range changes {
+		if c.Op == "" { // a bad entry, already counted
+			continue
+		}
+		if _, seen := last[c.User]; !seen {
+			order = append(order, c.User)
+		}
+		last[c.User] = c
+	}
+	var ops []runtime.Op
+	setDel := 0
+	for _, u := range order {
+		c := last[u]
+		cur, has := s.mirror[u]
+		switch {
+		case c.Op == maps.OpDel && has:
+			ops = append(ops, runtime.Op{Kind: runtime.Del, Key: u})
+			setDel++
+		case c.Op == maps.OpSet && !has:
+			ops = append(ops, runtime.Op{Kind: runtime.Add, Key: u, Value: c.Shard})
+		case c.Op == maps.OpSet && cur != c.Shard:
+			ops = append(ops, runtime.Op{Kind: runtime.Set, Key: u, Value: c.Shard})
+			setDel++
+		}
+	}
+	newID := changes[len(changes)-1].ID
+	if len(ops) > 0 {
+		var err error
+		if setDel > s.cfg.ReplaceAbove {
+			err = s.applyBySwap(ctx, ops)
+		} else {
+			err = s.applyOps(ctx, ops)
+		}
+		if err != nil {
+			return err
+		}
+		s.markDirty()
+	}
+	s.applied = newID
+	s.updateStatus(func(st *Status) { st.Changes += int64(len(changes)) })
+	s.log.Debug("applied", "changes", len(changes), "ops", len(ops), "log_id", newID)
+	return nil
+}
+
+// applyOps sends ops one by one, pipelined, and follows the mirror. A set
+// whose key is missing (someone deleted it by hand) is retried as an add; a
+// del whose key is missing is already done.
+func (s *Syncer) applyOps(ctx context.Context, ops []runtime.Op) error {
+	results, err := s.rt.Apply(ctx, s.cfg.MapPath, ops)
+	for i, r := range results {
+		s.follow(ops[i], r)
+	}
+	if err != nil {
+		return err
+	}
+	var retry []runtime.Op
+	for i, r := range results {
+		switch {
+		case r == nil:
+		case errors.Is(r, runtime.ErrNotFound) && ops[i].Kind == runtime.Set:
+			s.log.Warn("drift: key missing from live map, adding it", "user", ops[i].Key)
+			retry = append(retry, runtime.Op{Kind: runtime.Add, Key: ops[i].Key, Value: ops[i].Value})
+		case errors.Is(r, runtime.ErrNotFound) && ops[i].Kind == runtime.Del:
+			s.log.Warn("drift: key already gone from live map", "user", ops[i].Key)
+		default:
+			return r
+		}
+	}
+	if len(retry) > 0 {
+		return s.applyOps(ctx, retry)
+	}
+	return nil
+}
+
+// follow updates the mirror for one op's outcome.
+func (s *Syncer) follow(op runtime.Op, result error) {
+	switch {
+	case op.Kind == runtime.Del && (result == nil || errors.Is(result, runtime.ErrNotFound)):
+		delete(s.mirror, op.Key)
+	case op.Kind != runtime.Del && result == nil:
+		s.mirror[op.Key] = op.Value
+	}
+}
+
+// applyBySwap applies ops to a copy of the mirror and swaps the whole live
+// map for it.
+func (s *Syncer) applyBySwap(ctx context.Context, ops []runtime.Op) error {
+	next := make(map[string]string, len(s.mirror)+len(ops))
+	for k, v := range s.mirror {
+		next[k] = v
+	}
+	for _, op := range ops {
+		if op.Kind == runtime.Del {
+			delete(next, op.Key)
+		} else {
+			next[op.Key] = op.Value
+		}
+	}
+	if err := s.rt.Replace(ctx, s.cfg.MapPath, entriesOf(next)); err != nil {
+		return err
+	}
+	s.mirror = next
+	s.updateStatus(func(st *Status) { st.FullSyncs++ })
+	return nil
+}
+
+func (s *Syncer) markDirty() {
+	if s.dirtySince.IsZero() {
+		s.dirtySince = time.Now()
+	}
+}
+
+// flush writes the mirror to the map file, with the change-log ID it
+// reflects in its header, if anything changed since the last write.
+func (s *Syncer) flush() error {
+	if s.dirtySince.IsZero() && s.fileID == s.applied {
+		return nil
+	}
+	if s.mirror == nil { // never loaded: the file on disk is all we have
+		return nil
+	}
+	mf := maps.MapFile{LogID: s.applied, Entries: make([]maps.Assignment, 0, len(s.mirror))}
+	for u, sh := range s.mirror {
+		mf.Entries = append(mf.Entries, maps.Assignment{User: u, Shard: sh})
+	}
+	if _, err := maps.WriteMapFile(s.cfg.MapPath, mf); err != nil {
+		return err
+	}
+	s.dirtySince = time.Time{}
+	s.fileID = s.applied
+	s.updateStatus(func(st *Status) { st.FileWritten = time.Now() })
+	return nil
+}
+
+// report records this syncer's position in Redis: always when force is set
+// (after a batch, so mapctl --wait sees it at once), else once a heartbeat.
+func (s *Syncer) report(ctx context.Context, force bool) {
+	if !force && time.Since(s.lastReport) < s.cfg.Heartbeat {
+		return
+	}
+	st := s.Status()
+	err := s.store.ReportSyncer(ctx, maps.SyncerState{
+		Name: s.cfg.Name, Applied: s.applied, Seen: time.Now(), Map: s.cfg.MapPath,
+		Entries: len(s.mirror), Ready: st.Ready, Problem: st.Problem,
+	})
+	if err == nil {
+		s.lastReport = time.Now()
+	}
+}
+
+// setProblem logs a failure once when the state changes, not on every retry.
+func (s *Syncer) setProblem(err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	switch {
+	case err != nil && s.problem == "":
+		s.log.Warn("syncer not ready, retrying", "err", err)
+	case err != nil && stateOf(msg) != stateOf(s.problem):
+		s.log.Warn("syncer still not ready", "err", err)
+	case err == nil && s.problem != "":
+		s.log.Info("syncer recovered", "applied", s.applied, "entries", len(s.mirror))
+	}
+	s.problem = msg
+	s.updateStatus(func(st *Status) { st.Problem = msg; st.Ready = err == nil && s.mirror != nil })
+}
+
+// stateOf is the part of a problem that names what failed ("redis",
+// "haproxy", "file"): retries of the same failure log nothing new.
+func stateOf(msg string) string {
+	for i := 0; i < len(msg); i++ {
+		if msg[i] == ':' {
+			return msg[:i]
+		}
+	}
+	return msg
+}
+
+func (s *Syncer) skipBad(b maps.BadEntry) {
+	s.updateStatus(func(st *Status) { st.BadSkipped++ })
+	s.log.Warn("skipped invalid entry from redis", "user", fmt.Sprintf("%.80q", b.User), "err", b.Err)
+}
+
+// entriesOf returns m as runtime entries sorted by key.
+func entriesOf(m map[string]string) []runtime.Entry {
+	out := make([]runtime.Entry, 0, len(m))
+	for k, v := range m {
+		out = append(out, runtime.Entry{Key: k, Value: v})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out
+}
+
+// backoff yields capped exponential delays with full jitter.
+type backoff struct{ min, max, cur time.Duration }
+
+func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max} }
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur = min(2*b.cur, b.max)
+	}
+	return b.cur/2 + rand.N(b.cur/2+1)
+}
+
+func (b *backoff) reset() { b.cur = 0 }
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
