@@ -114,4 +114,3 @@ func health(s *syncer.Syncer) http.Handler {
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { write(w, s.Status().Ready) })
 	return mux
 }
-
