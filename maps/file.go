@@ -59,6 +59,13 @@ func ParseMapFile(r io.Reader) (MapFile, error) {
 		if strings.HasPrefix(text, "#") || strings.TrimSpace(text) == "" {
 			continue
 		}
+		if i := strings.IndexFunc(text, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }); i >= 0 {
+			// A CR or other control byte inside a line would reach HAProxy's
+			// map raw. (A CR right before the newline is a CRLF ending and
+			// was already dropped by the scanner, as HAProxy drops it.)
+			report(fmt.Errorf("%w: line %d: control byte %q at column %d", ErrInvalid, line, text[i], i+1))
+			continue
+		}
 		fields := strings.Fields(text)
 		if len(fields) != 2 {
 			report(fmt.Errorf("%w: line %d: %d fields, want 2 (\"user shard\")", ErrInvalid, line, len(fields)))

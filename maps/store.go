@@ -67,10 +67,23 @@ func (s *Store) LogKey() string     { return s.prefix + ":log" }
 func (s *Store) SyncersKey() string { return s.prefix + ":syncers" }
 func (s *Store) ShardsKey() string  { return s.prefix + ":shards" }
 
+// checkTypes fails a script before any write if a key holds the wrong type.
+const checkTypes = `
+local ut = redis.call('TYPE', KEYS[1])['ok']
+local lt = redis.call('TYPE', KEYS[2])['ok']
+if (ut ~= 'none' and ut ~= 'hash') or (lt ~= 'none' and lt ~= 'stream') then
+  return redis.error_reply('WRONGTYPE shardmap keys ' .. KEYS[1] .. ' (' .. ut .. ') and ' .. KEYS[2] .. ' (' .. lt .. ') must be a hash and a stream')
+end`
+
 // setScript assigns each (user, shard) pair in ARGV[2:] and logs each real
 // change; it returns the ID of the last change, or the stream's last ID when
 // nothing changed, so a caller can always wait for that ID.
-var setScript = redis.NewScript(`
+//
+// Both scripts start with "#!lua" so that Redis refuses them whole when over
+// maxmemory, and check the key types before writing: Redis does not roll a
+// failed script back, so nothing may fail after the first write.
+var setScript = redis.NewScript(`#!lua
+` + checkTypes + `
 local last = false
 for i = 2, #ARGV, 2 do
   local u, s = ARGV[i], ARGV[i+1]
@@ -87,7 +100,8 @@ return last
 `)
 
 // delScript removes ARGV[2] and logs it; it returns {removed, id}.
-var delScript = redis.NewScript(`
+var delScript = redis.NewScript(`#!lua
+` + checkTypes + `
 if redis.call('HDEL', KEYS[1], ARGV[2]) == 1 then
   return {1, redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'op', 'del', 'user', ARGV[2])}
 end

@@ -1,0 +1,222 @@
+// Package testenv starts real redis-server and haproxy processes for tests,
+// on free loopback ports in the test's temp dir, and stops them (by PID)
+// when the test ends.
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// WaitFor polls cond every 10 ms until it returns nil or timeout passes, and
+// then fails the test with cond's last error.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// FreePort returns a TCP port free on 127.0.0.1 right now.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Need fails the test at once, with the install command, when bin is missing.
+func Need(t testing.TB, bin string) string {
+	t.Helper()
+	p, err := exec.LookPath(bin)
+	if err != nil {
+		pkg := map[string]string{"redis-server": "redis-server", "haproxy": "haproxy"}[bin]
+		t.Fatalf("%s not found in PATH: install it (apt-get install -y %s), or run .ci/run", bin, pkg)
+	}
+	return p
+}
+
+// Proc is a child process started by a test, with its output captured.
+type Proc struct {
+	Name string
+	Cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+// Start runs a process whose output is kept for the test log; it is killed
+// when the test ends if still running.
+func Start(t testing.TB, name string, args []string, env ...string) *Proc {
+	t.Helper()
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = append(os.Environ(), env...)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	p := &Proc{Name: name, Cmd: cmd, out: out, done: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.Kill()
+		if t.Failed() || testing.Verbose() {
+			t.Logf("--- %s (pid %d) output:\n%s", name, cmd.Process.Pid, out.String())
+		}
+		for _, bad := range []string{"panic:", "DATA RACE"} {
+			if bytes.Contains(out.Bytes(), []byte(bad)) {
+				t.Errorf("%s output shows %q", name, bad)
+			}
+		}
+	})
+	return p
+}
+
+// Pid is the process ID.
+func (p *Proc) Pid() int { return p.Cmd.Process.Pid }
+
+// Output returns what the process printed so far.
+func (p *Proc) Output() string { return p.out.String() }
+
+// Exited reports whether the process has ended.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Signal sends sig to the process (not to any other).
+func (p *Proc) Signal(sig syscall.Signal) error { return p.Cmd.Process.Signal(sig) }
+
+// Wait waits up to timeout for the process to end and returns its exit error.
+func (p *Proc) Wait(timeout time.Duration) (error, bool) {
+	select {
+	case <-p.done:
+		return p.err, true
+	case <-time.After(timeout):
+		return nil, false
+	}
+}
+
+// Kill ends the process with SIGKILL and waits for it.
+func (p *Proc) Kill() {
+	if p.Exited() {
+		return
+	}
+	p.Cmd.Process.Kill()
+	<-p.done
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+func (s *syncBuffer) Bytes() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Clone(s.b.Bytes())
+}
+
+// Redis is a redis-server run by a test.
+type Redis struct {
+	*Proc
+	Port int
+	Dir  string
+	URL  string
+}
+
+// StartRedis starts redis-server on a free loopback port with its data in a
+// temp dir, no persistence, and waits until it answers PING.
+func StartRedis(t testing.TB) *Redis {
+	t.Helper()
+	bin := Need(t, "redis-server")
+	dir := t.TempDir()
+	port := FreePort(t)
+	r := &Redis{Port: port, Dir: dir, URL: fmt.Sprintf("redis://127.0.0.1:%d/0", port)}
+	r.Proc = Start(t, "redis-server", []string{bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--dir", dir, "--save", "", "--appendonly", "no", "--protected-mode", "yes"})
+	c := r.Client(t)
+	WaitFor(t, 10*time.Second, "redis-server to answer", func() error {
+		if r.Exited() {
+			t.Fatalf("redis-server exited: %s", r.Output())
+		}
+		return c.Ping(context.Background()).Err()
+	})
+	return r
+}
+
+// Client returns a client for r, closed when the test ends.
+func (r *Redis) Client(t testing.TB) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", r.Port)})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// HAProxy is an haproxy process run by a test, in the foreground (-db), so
+// its PID is the serving process's.
+type HAProxy struct {
+	*Proc
+	Dir    string
+	Config string
+	Socket string
+}
+
+// StartHAProxy writes config to haproxy.cfg in dir, checks it with -c,
+// starts haproxy and waits until the stats socket answers.
+func StartHAProxy(t testing.TB, dir, config, socket string) *HAProxy {
+	t.Helper()
+	bin := Need(t, "haproxy")
+	cfg := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(cfg, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(bin, "-c", "-f", cfg).CombinedOutput(); err != nil {
+		t.Fatalf("haproxy -c: %v\n%s\n%s", err, out, config)
+	}
+	h := &HAProxy{Dir: dir, Config: cfg, Socket: socket}
+	h.Proc = Start(t, "haproxy", []string{bin, "-db", "-f", cfg})
+	WaitFor(t, 10*time.Second, "haproxy stats socket", func() error {
+		if h.Exited() {
+			t.Fatalf("haproxy exited: %s", h.Output())
+		}
+		c, err := net.Dial("unix", socket)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+	return h
+}

@@ -1,0 +1,134 @@
+package maps
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestMapFileRoundTrip(t *testing.T) {
+	in := MapFile{LogID: "1700000000000-3", Entries: []Assignment{{"zed", "shard2"}, {"alice", "shard1"}, {"bob", "shard0"}}}
+	data, err := in.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(data), "# shardmap log-id=1700000000000-3 entries=3\n") {
+		t.Fatalf("header: %q", data)
+	}
+	out, err := ParseMapFile(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.LogID != in.LogID || len(out.Entries) != 3 {
+		t.Fatalf("round trip: %+v", out)
+	}
+	want := []string{"alice", "bob", "zed"}
+	for i, e := range out.Entries {
+		if e.User != want[i] {
+			t.Errorf("entry %d = %v, want user %s (sorted)", i, e, want[i])
+		}
+	}
+	again, _ := out.Encode()
+	if !bytes.Equal(again, data) {
+		t.Errorf("encode not deterministic:\n%s\n%s", data, again)
+	}
+}
+
+func TestParseMapFileErrorsNameLines(t *testing.T) {
+	src := "# comment\n\nalice shard1\nbob\ncarol shard1 extra\nalice shard2\nd;e shard1\nfrank bad/shard\n   \n"
+	_, err := ParseMapFile(strings.NewReader(src))
+	if err == nil || !errors.Is(err, ErrInvalid) {
+		t.Fatalf("want ErrInvalid, got %v", err)
+	}
+	for _, want := range []string{"line 4: 1 fields", "line 5: 3 fields", `line 6: user "alice" already assigned on line 3`, "line 7:", "line 8:"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+}
+
+func TestParseMapFileTabsCRLF(t *testing.T) {
+	mf, err := ParseMapFile(strings.NewReader("a\tshard1\nb  shard2\n"))
+	if err != nil || len(mf.Entries) != 2 || mf.LogID != "" || mf.Entries[0].Shard != "shard1" {
+		t.Fatalf("tabs and spaces: %+v %v", mf, err)
+	}
+	// A CRLF ending is dropped, as HAProxy drops it; a CR inside a line is refused.
+	mf, err = ParseMapFile(strings.NewReader("a shard1\r\nb shard2\r\n"))
+	if err != nil || len(mf.Entries) != 2 || mf.Entries[1].Shard != "shard2" {
+		t.Fatalf("CRLF: %+v %v", mf, err)
+	}
+	_, err = ParseMapFile(strings.NewReader("a shard1\nb sh\rard2\n"))
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "line 2: control byte '\\r'") {
+		t.Fatalf("CR inside a line: want ErrInvalid naming line 2, got %v", err)
+	}
+}
+
+func TestWriteMapFileSkipsUnchanged(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "users.map")
+	mf := MapFile{LogID: "1-0", Entries: []Assignment{{"a", "s"}}}
+	if changed, err := WriteMapFile(path, mf); err != nil || !changed {
+		t.Fatalf("first write: changed=%v err=%v", changed, err)
+	}
+	if changed, err := WriteMapFile(path, mf); err != nil || changed {
+		t.Fatalf("second write: changed=%v err=%v, want unchanged", changed, err)
+	}
+}
+
+func TestWriteMapFileRefusesBadEntry(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "users.map")
+	_, err := WriteMapFile(path, MapFile{Entries: []Assignment{{"a\nb", "s"}}})
+	if !errors.Is(err, ErrInvalid) {
+		t.Fatalf("want ErrInvalid, got %v", err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("file written despite bad entry: %v", err)
+	}
+}
+
+// A crash after the new content is written and before the rename must leave
+// the old file whole: the rename is the only step that changes what a reader
+// (HAProxy starting) sees.
+func TestAtomicWriteCrashBeforeRename(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "users.map")
+	old := MapFile{LogID: "1-0", Entries: []Assignment{{"alice", "shard1"}}}
+	if _, err := WriteMapFile(path, old); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(path)
+
+	testHookBeforeRename = func() { panic("crash") }
+	defer func() { testHookBeforeRename = nil }()
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("hook did not run")
+			}
+		}()
+		big := MapFile{LogID: "2-0"}
+		for i := 0; i < 10000; i++ {
+			big.Entries = append(big.Entries, Assignment{User: "u" + strings.Repeat("x", i%50) + string(rune('a'+i%26)) + strconv.Itoa(i), Shard: "shard2"})
+		}
+		WriteMapFile(path, big)
+	}()
+
+	after, err := os.ReadFile(path)
+	if err != nil || !bytes.Equal(before, after) {
+		t.Fatalf("old file changed by a crashed write: err=%v\n%s", err, after)
+	}
+	mf, err := ReadMapFile(path)
+	if err != nil || mf.LogID != "1-0" || len(mf.Entries) != 1 {
+		t.Fatalf("old file unreadable after crash: %+v %v", mf, err)
+	}
+	// The crashed write's temp file is the only other file, and HAProxy never reads it.
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if e.Name() != "users.map" && !strings.HasPrefix(e.Name(), ".users.map.tmp-") {
+			t.Errorf("unexpected file %s", e.Name())
+		}
+	}
+}
