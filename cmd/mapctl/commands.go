@@ -36,7 +36,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			rdb, err := cli.Redis(a.redisURL)
+			rdb, err := cli.Redis(a.redisURL, true)
 			if err != nil {
 				return usageError{err}
 			}

@@ -59,7 +59,7 @@ func run(args []string) int {
 	if *name == "" {
 		*name = host + ":" + *mapPath
 	}
-	rdb, err := cli.Redis(*redisURL)
+	rdb, err := cli.Redis(*redisURL, false)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "syncer:", err)
 		return exitConfig

@@ -3,8 +3,10 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -26,11 +28,24 @@ func Env(key, def string) string {
 	return def
 }
 
-// Redis opens a client for a redis:// URL. It does not connect yet.
-func Redis(url string) (*redis.Client, error) {
+// quiet drops go-redis's own log lines (one per failed dial and retry): our
+// commands report a failure once, in their own words.
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
+
+// Redis opens a client for a redis:// URL. It does not connect yet. With
+// failFast, a Redis that is down fails the first command within about a
+// second instead of being retried (for one-shot commands).
+func Redis(url string, failFast bool) (*redis.Client, error) {
 	opt, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("--redis %q: %w", url, err)
+	}
+	redis.SetLogger(quiet{})
+	if failFast {
+		opt.DialTimeout = time.Second
+		opt.MaxRetries = -1
 	}
 	return redis.NewClient(opt), nil
 }

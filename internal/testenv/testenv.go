@@ -74,6 +74,9 @@ func Start(t testing.TB, name string, args []string, env ...string) *Proc {
 	t.Helper()
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), env...)
+	// If the test binary dies (a test timeout panics without cleanups), the
+	// child dies with it instead of lingering.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {

@@ -1,0 +1,46 @@
+# shardmap: `make demo` runs the stack locally, `make test` runs every test.
+GO      ?= go
+BIN     := bin
+PKGS    := ./...
+
+.PHONY: build test unit e2e bench fuzz lint demo deps clean
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+## deps: install haproxy and redis-server from Debian's packages when missing.
+deps:
+	@bash scripts/deps.sh
+
+## test: unit and e2e tests, with the race detector (needs haproxy, redis-server).
+test: deps
+	$(GO) vet $(PKGS)
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+unit:
+	$(GO) test -race -count=1 ./maps/ ./runtime/ ./syncer/ ./haproxy/
+
+e2e: deps
+	$(GO) test -race -count=1 -timeout 20m -v ./e2e/
+
+## bench: timing figures (runtime API rates, syncer throughput); prints tables.
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/
+
+## fuzz: each fuzz target for a bounded time.
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test ./maps/ -run '^$$' -fuzz FuzzParseMapFile -fuzztime $(FUZZTIME)
+	$(GO) test ./maps/ -run '^$$' -fuzz FuzzValidateUser -fuzztime $(FUZZTIME)
+	$(GO) test ./runtime/ -run '^$$' -fuzz FuzzReadPromptReply -fuzztime $(FUZZTIME)
+
+lint:
+	@test -z "$$(gofmt -l .)" || { echo "gofmt would change:"; gofmt -l .; exit 1; }
+	$(GO) vet $(PKGS)
+
+## demo: Redis, HAProxy with a generated config, demo backends and the syncer on loopback.
+demo: deps build
+	@bash scripts/demo.sh
+
+clean:
+	rm -rf $(BIN)
