@@ -3,6 +3,7 @@ module github.com/shardmap/shardmap
 go 1.26.0
 
 require (
+	github.com/fsnotify/fsnotify v1.10.1
 	github.com/haproxytech/client-native/v5 v5.1.27
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/schollz/progressbar/v3 v3.19.1

@@ -43,6 +43,8 @@ type Config struct {
 	BatchMax     int           // most changes read and applied at once (10,000)
 	ReplaceAbove int           // a batch with more set/del than this is applied as one versioned swap (64)
 	Heartbeat    time.Duration // how often the syncer reports itself in Redis (1 s)
+	CheckEvery   time.Duration // how often HAProxy's identity (show info Pid) is checked (500 ms)
+	Socket       string        // the stats socket: its directory is watched to notice restarts at once (optional)
 	Logger       *slog.Logger
 }
 
@@ -61,6 +63,9 @@ func (c *Config) defaults() error {
 	}
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = time.Second
+	}
+	if c.CheckEvery <= 0 {
+		c.CheckEvery = 500 * time.Millisecond
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -83,7 +88,10 @@ type Syncer struct {
 	dirtySince time.Time         // first change not yet in the file; zero when none
 	needFull   bool              // the live map is in doubt: reload it whole
 	lastReport time.Time
-	problem    string // current failure state, "" when healthy
+	problem    string       // current failure state, "" when healthy
+	haproxy    runtime.Info // the process the live map was loaded into
+	lastCheck  time.Time
+	kick       chan struct{} // the socket appeared or went away
 
 	mu     sync.Mutex // guards status
 	status Status
@@ -114,6 +122,7 @@ func New(cfg Config, store *maps.Store, rt Runtime) (*Syncer, error) {
 		log:      cfg.Logger.With("map", cfg.MapPath),
 		needFull: true,
 		applied:  maps.ZeroID,
+		kick:     make(chan struct{}, 1),
 	}, nil
 }
 
@@ -137,7 +146,15 @@ func (s *Syncer) updateStatus(f func(*Status)) {
 // away) with capped, jittered backoff, keeping the live map and the file as
 // they are meanwhile; it returns an error only if the final file write fails.
 func (s *Syncer) Run(ctx context.Context) error {
-	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
+	backoff := newBackoff(50*time.Millisecond, time.Second)
+	if s.cfg.Socket != "" {
+		stop, err := watchSocket(s.cfg.Socket, s.kick, s.log)
+		if err != nil {
+			s.log.Warn("cannot watch the socket; relying on show info checks", "err", err)
+		} else {
+			defer stop()
+		}
+	}
 	for ctx.Err() == nil {
 		var err error
 		if s.needFull {
@@ -147,7 +164,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 		}
 		if err != nil && ctx.Err() == nil {
 			s.setProblem(err)
-			sleep(ctx, backoff.next())
+			s.sleep(ctx, backoff.next())
 			continue
 		}
 		if err == nil {
@@ -189,6 +206,7 @@ func (s *Syncer) fullSync(ctx context.Context) error {
 	s.mirror = snap.Entries
 	s.applied = snap.LogID
 	s.needFull = false
+	s.haproxy, s.lastCheck = info, time.Now()
 	s.markDirty()
 	if err := s.flush(); err != nil {
 		return fmt.Errorf("file: %w", err)
@@ -217,7 +235,10 @@ func (s *Syncer) publishShards(ctx context.Context, backends []string) error {
 // step waits briefly for changes, applies those that came, and flushes the
 // file and reports when they are due.
 func (s *Syncer) step(ctx context.Context) error {
-	wait := s.cfg.Heartbeat
+	if err := s.checkHAProxy(ctx); err != nil || s.needFull {
+		return err
+	}
+	wait := min(s.cfg.Heartbeat, s.cfg.CheckEvery)
 	if !s.dirtySince.IsZero() {
 		wait = max(time.Millisecond, min(wait, s.cfg.FlushDelay-time.Since(s.dirtySince)))
 	}
@@ -259,6 +280,33 @@ func (s *Syncer) step(ctx context.Context) error {
 		}
 	}
 	s.report(ctx, false)
+	return nil
+}
+
+// checkHAProxy notices a restarted or reloaded HAProxy: a new process
+// started from the map file on disk, which may lag Redis, so the live map is
+// reloaded whole. It runs every CheckEvery, and at once when the socket
+// changes.
+func (s *Syncer) checkHAProxy(ctx context.Context) error {
+	select {
+	case <-s.kick:
+	default:
+		if time.Since(s.lastCheck) < s.cfg.CheckEvery {
+			return nil
+		}
+	}
+	info, err := s.rt.Info(ctx)
+	if err != nil {
+		s.needFull = true // whatever comes back must be reconciled
+		return fmt.Errorf("haproxy: %w", err)
+	}
+	s.lastCheck = time.Now()
+	if info.Pid != s.haproxy.Pid || info.UptimeSec < s.haproxy.UptimeSec {
+		s.log.Info("haproxy restarted, reconciling the live map", "old_pid", s.haproxy.Pid, "pid", info.Pid)
+		s.needFull = true
+		return nil
+	}
+	s.haproxy = info
 	return nil
 }
 
@@ -479,11 +527,13 @@ func (b *backoff) next() time.Duration {
 
 func (b *backoff) reset() { b.cur = 0 }
 
-func sleep(ctx context.Context, d time.Duration) {
+// sleep waits d, or less if the socket changes or ctx ends.
+func (s *Syncer) sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 	case <-t.C:
+	case <-s.kick:
 	}
 }

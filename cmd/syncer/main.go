@@ -72,7 +72,7 @@ func run(args []string) int {
 	}
 	defer rt.Close()
 	s, err := syncer.New(syncer.Config{
-		Name: *name, MapPath: *mapPath, FlushDelay: *flush, ReplaceAbove: *replace, Logger: log,
+		Name: *name, MapPath: *mapPath, Socket: *socket, FlushDelay: *flush, ReplaceAbove: *replace, Logger: log,
 	}, maps.NewStore(rdb, *prefix), rt)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "syncer:", err)

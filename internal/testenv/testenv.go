@@ -201,21 +201,33 @@ type HAProxy struct {
 // starts haproxy and waits until the stats socket answers.
 func StartHAProxy(t testing.TB, dir, config, socket string) *HAProxy {
 	t.Helper()
-	bin := Need(t, "haproxy")
 	cfg := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(cfg, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command(bin, "-c", "-f", cfg).CombinedOutput(); err != nil {
+	if out, err := exec.Command(Need(t, "haproxy"), "-c", "-f", cfg).CombinedOutput(); err != nil {
 		t.Fatalf("haproxy -c: %v\n%s\n%s", err, out, config)
 	}
-	h := &HAProxy{Dir: dir, Config: cfg, Socket: socket}
-	h.Proc = Start(t, "haproxy", []string{bin, "-db", "-f", cfg})
+	return startHAProxy(t, &HAProxy{Dir: dir, Config: cfg, Socket: socket})
+}
+
+// Again starts a new haproxy with the same config (which loads the map file
+// as it is on disk now) and extra arguments, such as "-sf", oldPid for a
+// reload, and waits until its stats socket answers.
+func (h *HAProxy) Again(t testing.TB, extra ...string) *HAProxy {
+	t.Helper()
+	return startHAProxy(t, &HAProxy{Dir: h.Dir, Config: h.Config, Socket: h.Socket}, extra...)
+}
+
+func startHAProxy(t testing.TB, h *HAProxy, extra ...string) *HAProxy {
+	t.Helper()
+	bin := Need(t, "haproxy")
+	h.Proc = Start(t, "haproxy", append([]string{bin, "-db", "-f", h.Config}, extra...))
 	WaitFor(t, 10*time.Second, "haproxy stats socket", func() error {
 		if h.Exited() {
 			t.Fatalf("haproxy exited: %s", h.Output())
 		}
-		c, err := net.Dial("unix", socket)
+		c, err := net.Dial("unix", h.Socket)
 		if err != nil {
 			return err
 		}
