@@ -1,0 +1,219 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/shardmap/shardmap/haproxy"
+	"github.com/shardmap/shardmap/maps"
+	"github.com/shardmap/shardmap/runtime"
+)
+
+func loadTopology(path string) (*haproxy.Topology, error) {
+	if path == "" {
+		return nil, usagef("--topology is required")
+	}
+	t, err := haproxy.LoadTopology(path)
+	if errors.Is(err, haproxy.ErrTopology) || errors.Is(err, os.ErrNotExist) {
+		return nil, usageError{err}
+	}
+	return t, err
+}
+
+func (a *app) configCmd() *cobra.Command {
+	c := &cobra.Command{Use: "config", Short: "HAProxy configuration from the topology file"}
+	var topo, out string
+	render := &cobra.Command{
+		Use:   "render",
+		Short: "Write haproxy.cfg for the topology: deterministic, native map lookup, stats page, runtime socket",
+		Args:  args(0, "nothing"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			t, err := loadTopology(topo)
+			if err != nil {
+				return err
+			}
+			cfg, err := haproxy.Render(t, topo)
+			if err != nil {
+				return err
+			}
+			if out == "" || out == "-" {
+				_, err = cmd.OutOrStdout().Write(cfg)
+				return err
+			}
+			return maps.WriteFileAtomic(out, cfg, 0o644)
+		},
+	}
+	render.Flags().StringVar(&topo, "topology", "", "topology file (YAML)")
+	render.Flags().StringVarP(&out, "output", "o", "", "write here (atomically) instead of stdout")
+	var ptopo string
+	publish := &cobra.Command{
+		Use:   "publish",
+		Short: "Record the topology's shards in Redis as known, so mapctl set accepts them",
+		Args:  args(0, "nothing"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			t, err := loadTopology(ptopo)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			return a.store.AddShards(ctx, t.ShardNames())
+		},
+	}
+	publish.Flags().StringVar(&ptopo, "topology", "", "topology file (YAML)")
+	c.AddCommand(render, publish)
+	return c
+}
+
+func (a *app) shardCmd() *cobra.Command {
+	c := &cobra.Command{Use: "shard", Short: "Servers joining and leaving a shard, live and in the topology"}
+	var topo string
+	var sockets []string
+	var weight int
+	var check bool
+	add := &cobra.Command{
+		Use:   "add-server SHARD ADDR",
+		Short: "Add a server to SHARD in every given HAProxy (no reload) and in the topology file",
+		Args:  args(2, "SHARD ADDR"),
+		RunE: func(cmd *cobra.Command, as []string) error {
+			t, err := loadTopology(topo)
+			if err != nil {
+				return err
+			}
+			sh, ok := t.Shards[as[0]]
+			if !ok {
+				return usagef("shard %q is not in %s (shards: %v)", as[0], topo, t.ShardNames())
+			}
+			srv := haproxy.Server{Addr: as[1], Weight: weight, Check: check}
+			if err := haproxy.CheckServer(srv); err != nil {
+				return usageError{err}
+			}
+			sh.Servers = append(sh.Servers, srv)
+			t.Shards[as[0]] = sh
+			if err := t.Validate(); err != nil { // a server listed twice, check without health_check
+				return usageError{err}
+			}
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			for _, s := range socketsOr(sockets, t) {
+				rt, err := runtime.New(s, a.timeout)
+				if err != nil {
+					return err
+				}
+				if err := rt.AddServer(ctx, as[0], srv.Name(), srv.Addr, srv.EffectiveWeight(), srv.Check); err != nil {
+					return fmt.Errorf("add server on %s: %w (topology not changed)", s, err)
+				}
+			}
+			if err := t.Save(topo); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: server %s (%s) added to %s, live and in %s\n", srv.Name(), srv.Addr, as[0], topo)
+			return nil
+		},
+	}
+	add.Flags().IntVar(&weight, "weight", 0, "server weight 1..256 (default 100)")
+	add.Flags().BoolVar(&check, "check", false, "health-check the server (the topology's health_check)")
+
+	var drainTimeout time.Duration
+	remove := &cobra.Command{
+		Use:   "remove-server SHARD ADDR",
+		Short: "Drain a server of SHARD, then remove it from every given HAProxy and from the topology file",
+		Args:  args(2, "SHARD ADDR"),
+		RunE: func(cmd *cobra.Command, as []string) error {
+			t, err := loadTopology(topo)
+			if err != nil {
+				return err
+			}
+			sh, ok := t.Shards[as[0]]
+			if !ok {
+				return usagef("shard %q is not in %s", as[0], topo)
+			}
+			idx := -1
+			for i, s := range sh.Servers {
+				if s.Addr == as[1] {
+					idx = i
+				}
+			}
+			if idx < 0 {
+				return usagef("shard %q has no server %s in %s", as[0], as[1], topo)
+			}
+			if len(sh.Servers) == 1 {
+				return usagef("server %s is the last of shard %q: a shard needs a server", as[1], as[0])
+			}
+			name := sh.Servers[idx].Name()
+			ctx, cancel := context.WithTimeout(cmd.Context(), drainTimeout+a.timeout)
+			defer cancel()
+			for _, s := range socketsOr(sockets, t) {
+				rt, err := runtime.New(s, a.timeout)
+				if err != nil {
+					return err
+				}
+				if err := drainAndDelete(ctx, rt, as[0], name, drainTimeout); err != nil {
+					return fmt.Errorf("remove server on %s: %w (topology not changed)", s, err)
+				}
+			}
+			sh.Servers = append(sh.Servers[:idx], sh.Servers[idx+1:]...)
+			t.Shards[as[0]] = sh
+			if err := t.Save(topo); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: server %s drained and removed from %s, live and in %s\n", name, as[0], topo)
+			return nil
+		},
+	}
+	remove.Flags().DurationVar(&drainTimeout, "drain-timeout", 30*time.Second, "longest to wait for the server's sessions to end")
+	for _, sub := range []*cobra.Command{add, remove} {
+		sub.Flags().StringVar(&topo, "topology", "", "topology file (YAML), updated on success")
+		sub.Flags().StringArrayVar(&sockets, "socket", nil, "HAProxy stats socket to change (repeat for several; default: the topology's)")
+	}
+	c.AddCommand(add, remove)
+	return c
+}
+
+func socketsOr(sockets []string, t *haproxy.Topology) []string {
+	if len(sockets) > 0 {
+		return sockets
+	}
+	return []string{t.Socket}
+}
+
+// drainAndDelete stops new sessions to the server, waits for the current
+// ones to end, then puts it in maintenance and deletes it.
+func drainAndDelete(ctx context.Context, rt *runtime.Client, backend, name string, timeout time.Duration) error {
+	if err := rt.SetServerState(ctx, backend, name, "drain"); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		list, err := rt.Servers(ctx, backend)
+		if err != nil {
+			return err
+		}
+		busy := -1
+		for _, s := range list {
+			if s.Name == name {
+				busy = s.Sessions
+			}
+		}
+		if busy < 0 {
+			return fmt.Errorf("server %s/%s not found", backend, name)
+		}
+		if busy == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			rt.SetServerState(ctx, backend, name, "ready")
+			return fmt.Errorf("server %s/%s still has %d sessions after %s: put back to ready", backend, name, busy, timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := rt.SetServerState(ctx, backend, name, "maint"); err != nil {
+		return err
+	}
+	return rt.DelServer(ctx, backend, name)
+}

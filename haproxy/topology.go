@@ -1,0 +1,218 @@
+// Package haproxy holds shardmap's view of the HAProxy configuration: the
+// topology file (logical shards and their physical servers) and the
+// haproxy.cfg rendered from it.
+package haproxy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/shardmap/shardmap/maps"
+)
+
+// ErrTopology is wrapped by every topology validation error.
+var ErrTopology = errors.New("invalid topology")
+
+// Topology is the one file that describes a sharded deployment: the shards
+// (HAProxy backends) and their servers, and where HAProxy listens.
+type Topology struct {
+	Cookie       string           `yaml:"cookie"`                 // request cookie holding the user (default "user")
+	DefaultShard string           `yaml:"default_shard"`          // shard for users without a cookie or not in the map
+	Map          string           `yaml:"map"`                    // map file path, as HAProxy and the syncer see it
+	Frontend     string           `yaml:"frontend"`               // address:port the users connect to
+	Stats        string           `yaml:"stats"`                  // address:port of the stats page (/stats)
+	Socket       string           `yaml:"socket"`                 // Runtime API socket path (level admin)
+	HealthCheck  string           `yaml:"health_check,omitempty"` // HTTP check for servers with check: true, e.g. "GET /healthz"
+	Shards       map[string]Shard `yaml:"shards"`
+}
+
+// Shard is one logical shard: an HAProxy backend.
+type Shard struct {
+	Servers []Server `yaml:"servers"`
+}
+
+// Server is one physical server of a shard.
+type Server struct {
+	Addr   string `yaml:"addr"`             // host:port
+	Weight int    `yaml:"weight,omitempty"` // 1..256, default 100
+	Check  bool   `yaml:"check,omitempty"`  // health-check it with HealthCheck
+}
+
+// Name is the server's name in HAProxy, derived from its address so that it
+// is stable across renders and readable in diffs: 127.0.0.1:8000 ->
+// 127.0.0.1_8000.
+func (s Server) Name() string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' {
+			return r
+		}
+		return '_'
+	}, s.Addr)
+}
+
+// EffectiveWeight is the weight with the default applied.
+func (s Server) EffectiveWeight() int {
+	if s.Weight == 0 {
+		return 100
+	}
+	return s.Weight
+}
+
+// ShardNames returns the shard names, sorted.
+func (t *Topology) ShardNames() []string {
+	names := make([]string, 0, len(t.Shards))
+	for n := range t.Shards {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// LoadTopology reads and validates a topology file.
+func LoadTopology(path string) (*Topology, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	t, err := ParseTopology(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return t, nil
+}
+
+// ParseTopology decodes YAML (unknown fields are errors) and validates it.
+func ParseTopology(data []byte) (*Topology, error) {
+	var t Topology
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&t); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrTopology, err)
+	}
+	if t.Cookie == "" {
+		t.Cookie = "user"
+	}
+	return &t, t.Validate()
+}
+
+func bad(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", ErrTopology, fmt.Sprintf(format, a...))
+}
+
+// Validate checks every field against what HAProxy and shardmap accept.
+func (t *Topology) Validate() error {
+	if !cookieName(t.Cookie) {
+		return bad("cookie %q: want 1..64 bytes of [A-Za-z0-9_-]", t.Cookie)
+	}
+	if len(t.Shards) == 0 {
+		return bad("no shards")
+	}
+	if _, ok := t.Shards[t.DefaultShard]; !ok {
+		return bad("default_shard %q is not one of the shards", t.DefaultShard)
+	}
+	for _, p := range []struct{ name, v string }{{"map", t.Map}, {"socket", t.Socket}} {
+		if p.v == "" || !strings.HasPrefix(p.v, "/") || strings.ContainsAny(p.v, " \t\r\n;\\#,()'\"") {
+			return bad("%s %q: want an absolute path without blanks, quotes, '#', ',', ';', '(' or ')'", p.name, p.v)
+		}
+	}
+	for _, a := range []struct{ name, v string }{{"frontend", t.Frontend}, {"stats", t.Stats}} {
+		if err := checkAddr(a.v); err != nil {
+			return bad("%s: %v", a.name, err)
+		}
+	}
+	if t.HealthCheck != "" && strings.ContainsAny(t.HealthCheck, "\r\n#;\\") {
+		return bad("health_check %q: one line, no '#', ';' or '\\'", t.HealthCheck)
+	}
+	seen := map[string]string{}
+	for _, name := range t.ShardNames() {
+		if err := maps.ValidateShard(name); err != nil {
+			return bad("shard %q: %v", name, err)
+		}
+		sh := t.Shards[name]
+		if len(sh.Servers) == 0 {
+			return bad("shard %q has no servers", name)
+		}
+		for _, s := range sh.Servers {
+			if err := CheckServer(s); err != nil {
+				return bad("shard %q: %v", name, err)
+			}
+			if other, dup := seen[s.Name()]; dup {
+				return bad("server %s is listed twice (shards %q and %q)", s.Addr, other, name)
+			}
+			seen[s.Name()] = name
+			if s.Check && t.HealthCheck == "" {
+				return bad("shard %q server %s has check: true but health_check is not set", name, s.Addr)
+			}
+		}
+	}
+	return nil
+}
+
+// CheckServer validates one server's address and weight.
+func CheckServer(s Server) error {
+	if err := checkAddr(s.Addr); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	if s.Weight < 0 || s.Weight > 256 {
+		return fmt.Errorf("server %s: weight %d, want 1..256", s.Addr, s.Weight)
+	}
+	return nil
+}
+
+func checkAddr(a string) error {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return fmt.Errorf("address %q: want host:port (%v)", a, err)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("address %q: port must be 1..65535", a)
+	}
+	if host == "" || strings.ContainsAny(host, " \t\r\n;#\\'\"") {
+		return fmt.Errorf("address %q: bad host", a)
+	}
+	return nil
+}
+
+func cookieName(c string) bool {
+	if c == "" || len(c) > 64 {
+		return false
+	}
+	for _, r := range c {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// Marshal renders the topology as YAML, shards sorted by name.
+func (t *Topology) Marshal() ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteString("# shardmap topology: shards and their servers. mapctl shard add-server/remove-server\n# edit this file; render haproxy.cfg with: mapctl config render --topology FILE\n")
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(t); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), enc.Close()
+}
+
+// Save writes the topology to path atomically.
+func (t *Topology) Save(path string) error {
+	if err := t.Validate(); err != nil {
+		return err
+	}
+	data, err := t.Marshal()
+	if err != nil {
+		return err
+	}
+	return maps.WriteFileAtomic(path, data, 0o644)
+}

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# make demo: Redis, the demo backends (6 shards x 3 servers), HAProxy with the
+# config rendered from demo/topology.yaml, and the syncer, all on loopback.
+# Ctrl-C stops everything this script started and removes its files.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIR=/tmp/shardmap-demo            # the paths demo/topology.yaml names
+TOPO=demo/topology.yaml
+start=$(date +%s)
+
+for bin in haproxy redis-server bin/mapctl bin/syncer bin/demo-backends; do
+  command -v "$bin" >/dev/null 2>&1 || [ -x "$bin" ] || { echo "demo: $bin is missing (run: make demo)" >&2; exit 1; }
+done
+taken=()
+for port in 6379 7000 8404 9477 $(seq 8000 8018); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then taken+=("$port"); fi
+done
+if [ ${#taken[@]} -gt 0 ]; then
+  echo "demo: port(s) ${taken[*]} on 127.0.0.1 already in use; stop what holds them (a running demo?) and try again" >&2
+  exit 1
+fi
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo; echo "demo: stopping"
+  for ((i=${#pids[@]}-1; i>=0; i--)); do kill "${pids[$i]}" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$DIR"
+}
+trap cleanup INT TERM EXIT
+rm -rf "$DIR"; mkdir -p "$DIR"
+
+wait_for() { # wait_for SECONDS WHAT COMMAND...
+  local until=$(( $(date +%s) + $1 )) what=$2; shift 2
+  until "$@" >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$until" ]; then echo "demo: timed out waiting for $what; logs in $DIR" >&2; tail -5 "$DIR"/*.log >&2; exit 1; fi
+    sleep 0.1
+  done
+}
+
+redis-server --port 6379 --bind 127.0.0.1 --dir "$DIR" --save "" --appendonly no >"$DIR/redis.log" 2>&1 &
+pids+=($!)
+bin/demo-backends --base-port 8000 --shards 6 --servers 3 --spare shard2 >"$DIR/backends.log" 2>&1 &
+pids+=($!)
+bin/mapctl config render --topology "$TOPO" -o "$DIR/haproxy.cfg"
+touch "$DIR/users.map"
+haproxy -c -q -f "$DIR/haproxy.cfg"
+haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 &
+pids+=($!)
+wait_for 10 "haproxy's socket" test -S "$DIR/admin.sock"
+bin/syncer --socket "$DIR/admin.sock" --map "$DIR/users.map" --listen 127.0.0.1:9477 >"$DIR/syncer.log" 2>&1 &
+pids+=($!)
+# Seeding with --wait succeeds once the syncer is live and has published HAProxy's backends.
+wait_for 20 "the syncer" bin/mapctl set 0 shard0 --wait --timeout 2s
+for u in 1 2 3 4 5; do bin/mapctl set "$u" "shard$u" --wait; done
+
+cat <<EOT
+
+shardmap demo is up ($(( $(date +%s) - start )) s). Everything is on 127.0.0.1; Ctrl-C stops it.
+
+  App (log in as user 0-5, password sam):  http://127.0.0.1:7000/
+  HAProxy stats:                           http://127.0.0.1:8404/stats
+  Syncer health:                           http://127.0.0.1:9477/readyz
+  Files and logs:                          $DIR
+
+Try, in another terminal:
+  bin/mapctl list
+  bin/mapctl set 3 shard1 --wait      # user 3's next page load comes from shard1
+  curl -s -b user=3 http://127.0.0.1:7000/ | grep served
+  bin/mapctl del 3 --wait             # back to the default shard, shard0
+  bin/mapctl status --socket $DIR/admin.sock --map $DIR/users.map
+  # a spare server on :8018 joins shard2 without a reload (and is added to the topology):
+  bin/mapctl shard add-server shard2 127.0.0.1:8018 --topology $DIR/topology.yaml
+EOT
+cp "$TOPO" "$DIR/topology.yaml"
+wait "${pids[@]}"
