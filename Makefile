@@ -12,15 +12,17 @@ build:
 deps:
 	@bash scripts/deps.sh
 
-## test: unit and e2e tests, with the race detector (needs haproxy, redis-server).
-test: deps
+## test: unit and e2e tests, with the race detector (installs haproxy, redis-server, chromium if missing).
+test:
+	@bash scripts/deps.sh --browser
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 unit:
 	$(GO) test -race -count=1 ./maps/ ./runtime/ ./syncer/ ./haproxy/
 
-e2e: deps
+e2e:
+	@bash scripts/deps.sh --browser
 	$(GO) test -race -count=1 -timeout 20m -v ./e2e/
 
 ## bench: timing figures (runtime API rates, syncer throughput); prints tables.

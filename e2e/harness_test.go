@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	cmd := exec.Command("go", append(args, "../cmd/syncer", "../cmd/mapctl")...)
+	cmd := exec.Command("go", append(args, "../cmd/syncer", "../cmd/mapctl", "../cmd/demo-backends")...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: build binaries:", err)

@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=/tmp/shardmap-demo            # the paths demo/topology.yaml names
 TOPO=demo/topology.yaml
+BIN=${SHARDMAP_BIN:-bin}          # where mapctl, syncer and demo-backends are
 start=$(date +%s)
 
-for bin in haproxy redis-server bin/mapctl bin/syncer bin/demo-backends; do
+for bin in haproxy redis-server "$BIN/mapctl" "$BIN/syncer" "$BIN/demo-backends"; do
   command -v "$bin" >/dev/null 2>&1 || [ -x "$bin" ] || { echo "demo: $bin is missing (run: make demo)" >&2; exit 1; }
 done
 taken=()
@@ -41,19 +42,19 @@ wait_for() { # wait_for SECONDS WHAT COMMAND...
 
 redis-server --port 6379 --bind 127.0.0.1 --dir "$DIR" --save "" --appendonly no >"$DIR/redis.log" 2>&1 &
 pids+=($!)
-bin/demo-backends --base-port 8000 --shards 6 --servers 3 --spare shard2 >"$DIR/backends.log" 2>&1 &
+"$BIN"/demo-backends --base-port 8000 --shards 6 --servers 3 --spare shard2 >"$DIR/backends.log" 2>&1 &
 pids+=($!)
-bin/mapctl config render --topology "$TOPO" -o "$DIR/haproxy.cfg"
+"$BIN"/mapctl config render --topology "$TOPO" -o "$DIR/haproxy.cfg"
 touch "$DIR/users.map"
 haproxy -c -q -f "$DIR/haproxy.cfg"
 haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 &
 pids+=($!)
 wait_for 10 "haproxy's socket" test -S "$DIR/admin.sock"
-bin/syncer --socket "$DIR/admin.sock" --map "$DIR/users.map" --listen 127.0.0.1:9477 >"$DIR/syncer.log" 2>&1 &
+"$BIN"/syncer --socket "$DIR/admin.sock" --map "$DIR/users.map" --listen 127.0.0.1:9477 >"$DIR/syncer.log" 2>&1 &
 pids+=($!)
 # Seeding with --wait succeeds once the syncer is live and has published HAProxy's backends.
-wait_for 20 "the syncer" bin/mapctl set 0 shard0 --wait --timeout 2s
-for u in 1 2 3 4 5; do bin/mapctl set "$u" "shard$u" --wait; done
+wait_for 20 "the syncer" "$BIN"/mapctl set 0 shard0 --wait --timeout 2s
+for u in 1 2 3 4 5; do "$BIN"/mapctl set "$u" "shard$u" --wait; done
 
 cat <<EOT
 

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Installs what shardmap's tests and demo run: HAProxy and Redis from Debian's
-# packages, when they are missing. Needs root (or sudo) and apt-get.
+# Installs what shardmap runs: HAProxy and Redis from Debian's packages when
+# they are missing, and with --browser also Chromium (for the demo's browser
+# test). Needs root (or sudo) and apt-get.
 set -euo pipefail
 missing=()
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ "${1:-}" = "--browser" ]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "shardmap needs ${missing[*]}; there is no apt-get here: install them with your package manager" >&2
@@ -20,4 +24,3 @@ fi
 echo "installing ${missing[*]} from Debian's packages" >&2
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# The packages may start system services; shardmap starts its own on other ports.

@@ -1,0 +1,135 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/shardmap/shardmap/internal/testenv"
+)
+
+// chromium finds Debian's chromium; on CI it must be there (.ci/run
+// installs it), elsewhere the test says how to get it and skips.
+func chromium(t *testing.T) string {
+	for _, p := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if path, err := exec.LookPath(p); err == nil {
+			return path
+		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("chromium not found: .ci/run must install it (apt-get install -y chromium)")
+	}
+	t.Skip("chromium not found: apt-get install -y chromium (scripts/deps.sh --browser) to run the browser test")
+	return ""
+}
+
+// The demo, driven as a person would: make demo's script brings the stack up
+// on its fixed loopback ports; headless Chromium logs in as user 3, reads
+// which shard served the page, mapctl moves user 3, a reload shows the new
+// shard. Screenshots are saved in the test's temp dir.
+func TestDemoInBrowser(t *testing.T) {
+	browser := chromium(t)
+	start := time.Now()
+	demo := testenv.Start(t, "demo", []string{"bash", "../scripts/demo.sh"}, "SHARDMAP_BIN="+binDir)
+	t.Cleanup(func() { // runs before the Proc's own kill: let the script stop its children
+		demo.Signal(syscall.SIGTERM)
+		if _, done := demo.Wait(20 * time.Second); !done {
+			t.Error("demo did not stop within 20 s of SIGTERM")
+		}
+		if _, err := os.Stat("/tmp/shardmap-demo"); !os.IsNotExist(err) {
+			t.Errorf("demo left /tmp/shardmap-demo behind: %v", err)
+		}
+	})
+	testenv.WaitFor(t, 30*time.Second, "make demo to come up", func() error {
+		if demo.Exited() {
+			t.Fatalf("demo exited:\n%s", demo.Output())
+		}
+		if !strings.Contains(demo.Output(), "shardmap demo is up") {
+			return fmt.Errorf("not up yet")
+		}
+		return nil
+	})
+	t.Logf("demo up in %s", time.Since(start).Round(100*time.Millisecond))
+
+	shots := t.TempDir()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(browser),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-quic", true),
+	)
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancel()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	// The first call starts the browser; it must not carry a timeout. Each
+	// later step runs under one.
+	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	step, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+
+	served := func() string {
+		t.Helper()
+		s, err := chromedp.Run(step, chromedp.Text(chromedp.ID("served")))
+		if err != nil {
+			t.Fatalf("read #served: %v\ndemo output:\n%s", err, demo.Output())
+		}
+		return s
+	}
+	shot := func(name string) {
+		t.Helper()
+		png, err := chromedp.Run(step, chromedp.FullScreenshot(90))
+		if err != nil {
+			t.Fatalf("screenshot: %v", err)
+		}
+		os.WriteFile(filepath.Join(shots, name), png, 0o644)
+	}
+
+	if err := chromedp.Do(step, chromedp.Navigate("http://127.0.0.1:7000/")); err != nil {
+		t.Fatalf("open the demo: %v", err)
+	}
+	if got := served(); !strings.HasPrefix(got, "login page on shard0") {
+		t.Fatalf("login page (no cookie) served by %q, want the default shard0", got)
+	}
+	shot("login.png")
+	err := chromedp.Do(step,
+		chromedp.SendKeys(chromedp.ID("user"), "3"),
+		chromedp.SendKeys(chromedp.ID("password"), "sam"),
+		chromedp.Click(chromedp.ID("login")),
+		chromedp.WaitVisible(chromedp.ID("logout")),
+	)
+	if err != nil {
+		t.Fatalf("log in: %v\ndemo output:\n%s", err, demo.Output())
+	}
+	if got := served(); !strings.HasPrefix(got, "user 3 on shard3") {
+		t.Fatalf("after login: %q, want user 3 on shard3", got)
+	}
+	shot("user3-shard3.png")
+
+	out, err := exec.Command(filepath.Join(binDir, "mapctl"), "set", "3", "shard1", "--wait").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mapctl set 3 shard1: %v %s", err, out)
+	}
+	if err := chromedp.Do(step, chromedp.Reload(), chromedp.WaitVisible(chromedp.ID("logout"))); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if got := served(); !strings.HasPrefix(got, "user 3 on shard1") {
+		t.Fatalf("after mapctl set 3 shard1 and a reload: %q, want user 3 on shard1", got)
+	}
+	shot("user3-shard1.png")
+	t.Logf("screenshots in %s", shots)
+}

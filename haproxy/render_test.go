@@ -1,0 +1,155 @@
+package haproxy
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/shardmap/shardmap/internal/testenv"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// The demo topology renders to the committed golden file, byte for byte.
+func TestRenderGolden(t *testing.T) {
+	topo, err := LoadTopology("../demo/topology.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Render(topo, "demo/topology.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden := "testdata/demo.cfg"
+	if *update {
+		os.WriteFile(golden, got, 0o644)
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("render differs from %s (go test ./haproxy -update to accept):\n%s", golden, got)
+	}
+}
+
+// Same topology, servers and shards listed in another order: same bytes.
+func TestRenderDeterministic(t *testing.T) {
+	a := `cookie: user
+default_shard: b
+map: /x/users.map
+frontend: 127.0.0.1:7000
+stats: 127.0.0.1:8404
+socket: /x/admin.sock
+shards:
+  b:
+    servers: [{addr: "127.0.0.1:9002"}, {addr: "127.0.0.1:9001", weight: 5}]
+  a:
+    servers: [{addr: "127.0.0.1:9003"}]
+`
+	b := `socket: /x/admin.sock
+shards:
+  a:
+    servers: [{addr: "127.0.0.1:9003"}]
+  b:
+    servers: [{addr: "127.0.0.1:9001", weight: 5}, {addr: "127.0.0.1:9002"}]
+default_shard: b
+map: /x/users.map
+frontend: 127.0.0.1:7000
+stats: 127.0.0.1:8404
+`
+	var outs [][]byte
+	for _, src := range []string{a, b, a} {
+		topo, err := ParseTopology([]byte(src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := Render(topo, "t.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		outs = append(outs, out)
+	}
+	if !bytes.Equal(outs[0], outs[1]) || !bytes.Equal(outs[0], outs[2]) {
+		t.Fatalf("renders differ:\n%s\n---\n%s", outs[0], outs[1])
+	}
+	s := string(outs[0])
+	if strings.Index(s, "\nbackend a\n") > strings.Index(s, "\nbackend b\n") ||
+		strings.Index(s, "127.0.0.1_9001") > strings.Index(s, "127.0.0.1_9002") {
+		t.Fatalf("shards or servers not sorted:\n%s", s)
+	}
+	if !strings.Contains(s, "use_backend %[req.cook(user),map(/x/users.map,b)]") || strings.Contains(strings.ToLower(s), "lua") {
+		t.Fatalf("no native map lookup:\n%s", s)
+	}
+}
+
+// haproxy -c accepts the rendered config.
+func TestRenderPassesHAProxyCheck(t *testing.T) {
+	bin := testenv.Need(t, "haproxy")
+	dir := t.TempDir()
+	src, _ := os.ReadFile("../demo/topology.yaml")
+	src = bytes.ReplaceAll(src, []byte("/tmp/shardmap-demo"), []byte(dir))
+	topo, err := ParseTopology(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Render(topo, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "users.map"), nil, 0o644) // HAProxy needs the map file
+	path := filepath.Join(dir, "haproxy.cfg")
+	os.WriteFile(path, cfg, 0o644)
+	if out, err := exec.Command(bin, "-c", "-f", path).CombinedOutput(); err != nil {
+		t.Fatalf("haproxy -c: %v\n%s", err, out)
+	}
+}
+
+func TestTopologyValidation(t *testing.T) {
+	base := "default_shard: s0\nmap: /m/users.map\nfrontend: 127.0.0.1:7000\nstats: 127.0.0.1:8404\nsocket: /m/a.sock\n"
+	cases := map[string]string{
+		"unknown field":   base + "shards: {s0: {servers: [{addr: '127.0.0.1:1'}]}}\nbogus: 1\n",
+		"default missing": base + "shards: {s1: {servers: [{addr: '127.0.0.1:1'}]}}\n",
+		"bad shard name":  strings.Replace(base, "s0", "s 0", 1) + "shards: {'s 0': {servers: [{addr: '127.0.0.1:1'}]}}\n",
+		"no servers":      base + "shards: {s0: {servers: []}}\n",
+		"bad address":     base + "shards: {s0: {servers: [{addr: '127.0.0.1'}]}}\n",
+		"server twice":    base + "shards: {s0: {servers: [{addr: '127.0.0.1:1'}]}, s1: {servers: [{addr: '127.0.0.1:1'}]}}\n",
+		"check no health": base + "shards: {s0: {servers: [{addr: '127.0.0.1:1', check: true}]}}\n",
+		"bad weight":      base + "shards: {s0: {servers: [{addr: '127.0.0.1:1', weight: 999}]}}\n",
+		"relative map":    strings.Replace(base, "/m/users.map", "users.map", 1) + "shards: {s0: {servers: [{addr: '127.0.0.1:1'}]}}\n",
+		"injected map":    strings.Replace(base, "/m/users.map", "'/m/u.map,x)] #'", 1) + "shards: {s0: {servers: [{addr: '127.0.0.1:1'}]}}\n",
+	}
+	for name, src := range cases {
+		if _, err := ParseTopology([]byte(src)); !errors.Is(err, ErrTopology) {
+			t.Errorf("%s: err = %v, want ErrTopology", name, err)
+		}
+	}
+	if _, err := ParseTopology([]byte(base + "shards: {s0: {servers: [{addr: '127.0.0.1:1'}]}}\n")); err != nil {
+		t.Errorf("valid topology refused: %v", err)
+	}
+}
+
+func TestTopologySaveRoundTrip(t *testing.T) {
+	topo, err := LoadTopology("../demo/topology.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "t.yaml")
+	if err := topo.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	again, err := LoadTopology(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := Render(topo, "x")
+	b, _ := Render(again, "x")
+	if !bytes.Equal(a, b) {
+		t.Fatal("saved topology renders differently")
+	}
+}
