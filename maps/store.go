@@ -464,3 +464,25 @@ func (s *Store) Import(ctx context.Context, as []Assignment, batch int, progress
 	}
 	return last, nil
 }
+
+// forceKey holds a human's permission for the next guarded reconcile.
+func (s *Store) forceKey() string { return s.prefix + ":force-reconcile" }
+
+// AllowForcedReconcile lets the next reconcile that a syncer would refuse
+// (it would delete too much of the live map) go ahead, for ttl.
+func (s *Store) AllowForcedReconcile(ctx context.Context, ttl time.Duration) error {
+	if err := s.rdb.Set(ctx, s.forceKey(), "1", ttl).Err(); err != nil {
+		return fmt.Errorf("redis allow forced reconcile: %w", err)
+	}
+	return nil
+}
+
+// TakeForcedReconcile reports whether a forced reconcile was allowed, and
+// uses the permission up.
+func (s *Store) TakeForcedReconcile(ctx context.Context) (bool, error) {
+	n, err := s.rdb.Del(ctx, s.forceKey()).Result()
+	if err != nil {
+		return false, fmt.Errorf("redis take forced reconcile: %w", err)
+	}
+	return n == 1, nil
+}

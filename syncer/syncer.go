@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -33,6 +34,10 @@ type Runtime interface {
 	Backends(ctx context.Context) ([]string, error)
 	// Info identifies the running HAProxy process.
 	Info(ctx context.Context) (runtime.Info, error)
+	// Dump streams the live map; a cut dump is an error.
+	Dump(ctx context.Context, mapPath string, fn func(key, value string) error) error
+	// MapEntryCount is HAProxy's entry count for the map, all versions.
+	MapEntryCount(ctx context.Context, mapPath string) (int, error)
 }
 
 // Config tunes a Syncer. Zero values take the defaults named.
@@ -45,7 +50,12 @@ type Config struct {
 	Heartbeat    time.Duration // how often the syncer reports itself in Redis (1 s)
 	CheckEvery   time.Duration // how often HAProxy's identity (show info Pid) is checked (500 ms)
 	Socket       string        // the stats socket: its directory is watched to notice restarts at once (optional)
-	Logger       *slog.Logger
+	// MaxDeleteShare: a full reconcile that would delete more than this share
+	// of the live map (and more than 5 entries) is refused until a human
+	// allows it (mapctl reconcile --force) or restores Redis (0.10).
+	MaxDeleteShare float64
+	ReconcileEvery time.Duration // how often drift in Redis, the live map and the file is looked for (60 s)
+	Logger         *slog.Logger
 }
 
 func (c *Config) defaults() error {
@@ -63,6 +73,12 @@ func (c *Config) defaults() error {
 	}
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = time.Second
+	}
+	if c.MaxDeleteShare <= 0 {
+		c.MaxDeleteShare = 0.10
+	}
+	if c.ReconcileEvery <= 0 {
+		c.ReconcileEvery = time.Minute
 	}
 	if c.CheckEvery <= 0 {
 		c.CheckEvery = 500 * time.Millisecond
@@ -82,19 +98,25 @@ type Syncer struct {
 	log   *slog.Logger
 
 	// Owned by the Run goroutine.
-	mirror     map[string]string // what the live map holds, as far as we know
-	applied    string            // last change-log ID in the live map
-	fileID     string            // change-log ID the map file reflects
-	dirtySince time.Time         // first change not yet in the file; zero when none
-	needFull   bool              // the live map is in doubt: reload it whole
-	lastReport time.Time
-	problem    string       // current failure state, "" when healthy
-	haproxy    runtime.Info // the process the live map was loaded into
-	lastCheck  time.Time
-	kick       chan struct{} // the socket appeared or went away
+	mirror       map[string]string // what the live map holds, as far as we know
+	applied      string            // last change-log ID in the live map
+	fileID       string            // change-log ID the map file reflects
+	dirtySince   time.Time         // first change not yet in the file; zero when none
+	needFull     bool              // the live map is in doubt: reload it whole
+	problem      string            // current failure state, "" when healthy
+	haproxy      runtime.Info      // the process the live map was loaded into
+	lastCheck    time.Time
+	kick         chan struct{} // the socket appeared or went away
+	badInHash    int           // invalid entries in the hash at the last snapshot
+	lastDrift    time.Time     // last periodic reconcile
+	lastGapCheck time.Time
+	fileStat     fileStamp // the map file as we last wrote it
 
 	mu     sync.Mutex // guards status
 	status Status
+
+	reportMu   sync.Mutex // serialises reports to Redis; guards lastReport
+	lastReport time.Time
 }
 
 // Status is a syncer's view of itself, for health checks and metrics.
@@ -104,6 +126,8 @@ type Status struct {
 	Applied     string // last change-log ID in the live map
 	Entries     int    // entries in the live map
 	FullSyncs   int    // whole-map swaps done
+	Refused     int    // reconciles refused by the delete guard
+	Drift       int64  // entries corrected by periodic reconciles
 	Changes     int64  // change-log entries applied
 	BadSkipped  int64  // invalid entries found in Redis and skipped
 	HAProxyPid  int64
@@ -155,6 +179,11 @@ func (s *Syncer) Run(ctx context.Context) error {
 			defer stop()
 		}
 	}
+	s.resume(ctx)
+	hbCtx, stopHB := context.WithCancel(ctx)
+	hbDone := make(chan struct{})
+	go func() { defer close(hbDone); s.heartbeat(hbCtx) }()
+	defer func() { stopHB(); <-hbDone }()
 	for ctx.Err() == nil {
 		var err error
 		if s.needFull {
@@ -164,7 +193,11 @@ func (s *Syncer) Run(ctx context.Context) error {
 		}
 		if err != nil && ctx.Err() == nil {
 			s.setProblem(err)
-			s.sleep(ctx, backoff.next())
+			wait := backoff.next()
+			if stateOf(err.Error()) == "guard" {
+				wait = 5 * time.Second // each try dumps the live map and scans Redis
+			}
+			s.sleep(ctx, wait)
 			continue
 		}
 		if err == nil {
@@ -194,9 +227,16 @@ func (s *Syncer) fullSync(ctx context.Context) error {
 	} else if err := s.publishShards(ctx, backends); err != nil {
 		return err
 	}
+	live, err := s.dumpLive(ctx)
+	if err != nil {
+		return fmt.Errorf("haproxy: %w", err)
+	}
 	snap, err := s.store.Snapshot(ctx, s.skipBad)
 	if err != nil {
 		return fmt.Errorf("redis: %w", err)
+	}
+	if err := s.guard(ctx, live, snap.Entries); err != nil {
+		return err
 	}
 	applyCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
@@ -205,8 +245,9 @@ func (s *Syncer) fullSync(ctx context.Context) error {
 	}
 	s.mirror = snap.Entries
 	s.applied = snap.LogID
+	s.badInHash = snap.Skipped
 	s.needFull = false
-	s.haproxy, s.lastCheck = info, time.Now()
+	s.haproxy, s.lastCheck, s.lastDrift = info, time.Now(), time.Now()
 	s.markDirty()
 	if err := s.flush(); err != nil {
 		return fmt.Errorf("file: %w", err)
@@ -216,6 +257,78 @@ func (s *Syncer) fullSync(ctx context.Context) error {
 	s.log.Info("full sync", "entries", len(snap.Entries), "skipped", snap.Skipped,
 		"log_id", snap.LogID, "haproxy_pid", info.Pid, "took", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// dumpLive reads the live map; of duplicated keys the first, which HAProxy
+// serves, counts.
+func (s *Syncer) dumpLive(ctx context.Context) (map[string]string, error) {
+	live := map[string]string{}
+	err := s.rt.Dump(ctx, s.cfg.MapPath, func(k, v string) error {
+		if _, dup := live[k]; !dup {
+			live[k] = v
+		}
+		return nil
+	})
+	return live, err
+}
+
+// guard refuses a reconcile that would delete more than MaxDeleteShare of
+// the live map (and more than 5 entries): Redis coming back empty (FLUSHALL,
+// a restart without persistence) must not wipe the routing of every user.
+// A human lifts it once with mapctl reconcile --force.
+func (s *Syncer) guard(ctx context.Context, live, next map[string]string) error {
+	deletes := 0
+	for k := range live {
+		if _, ok := next[k]; !ok {
+			deletes++
+		}
+	}
+	if deletes <= 5 || float64(deletes) <= s.cfg.MaxDeleteShare*float64(len(live)) {
+		return nil
+	}
+	forced, err := s.store.TakeForcedReconcile(ctx)
+	if err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	if forced {
+		s.log.Warn("reconcile forced by a human: deleting from the live map", "deletes", deletes, "live", len(live))
+		return nil
+	}
+	s.updateStatus(func(st *Status) { st.Refused++ })
+	return fmt.Errorf("guard: refusing to delete %d of %d live entries (more than %.0f%%): did Redis lose its data? "+
+		"HAProxy keeps serving the current map. Restore Redis with 'mapctl restore --from %s', or accept with 'mapctl reconcile --force'",
+		deletes, len(live), 100*s.cfg.MaxDeleteShare, s.cfg.MapPath)
+}
+
+// resume starts from the map file's change-log position when the log still
+// holds it: the live map is read as it is (HAProxy kept serving while the
+// syncer was away) and the log is replayed from there, instead of a full
+// reload. Anything in doubt leaves needFull set.
+func (s *Syncer) resume(ctx context.Context) {
+	mf, err := maps.ReadMapFile(s.cfg.MapPath)
+	if err != nil || mf.LogID == "" || mf.LogID == maps.ZeroID {
+		return
+	}
+	if ok, err := s.store.LogHas(ctx, mf.LogID); err != nil || !ok {
+		s.log.Info("map file's log position is gone from the log: full reload", "position", mf.LogID)
+		return
+	}
+	info, err := s.rt.Info(ctx)
+	if err != nil {
+		return
+	}
+	live, err := s.dumpLive(ctx)
+	if err != nil {
+		return
+	}
+	s.mirror, s.applied, s.fileID = live, mf.LogID, mf.LogID
+	s.haproxy, s.lastCheck, s.lastDrift = info, time.Now(), time.Now()
+	s.needFull = false
+	if backends, err := s.rt.Backends(ctx); err == nil {
+		s.publishShards(ctx, backends)
+	}
+	s.updateStatus(func(st *Status) { st.HAProxyPid = info.Pid })
+	s.log.Info("resuming from the map file's log position (catch-up, no full reload)", "position", mf.LogID, "live", len(live))
 }
 
 // publishShards records HAProxy's backends as the shards mapctl may assign.
@@ -236,6 +349,9 @@ func (s *Syncer) publishShards(ctx context.Context, backends []string) error {
 // file and reports when they are due.
 func (s *Syncer) step(ctx context.Context) error {
 	if err := s.checkHAProxy(ctx); err != nil || s.needFull {
+		return err
+	}
+	if err := s.reconcile(ctx); err != nil || s.needFull {
 		return err
 	}
 	wait := min(s.cfg.Heartbeat, s.cfg.CheckEvery)
@@ -279,8 +395,115 @@ func (s *Syncer) step(ctx context.Context) error {
 			return fmt.Errorf("file: %w", err)
 		}
 	}
-	s.report(ctx, false)
 	return nil
+}
+
+// reconcile looks for drift every ReconcileEvery: a log gap or a hash
+// changed behind the log (full reload, guarded), a live map edited over the
+// socket (put back from the mirror), a map file edited by hand (rewritten).
+// It is cheap when nothing changed: counts and a stat; the live map is only
+// dumped when its count differs or it is small (<= 100k entries).
+func (s *Syncer) reconcile(ctx context.Context) error {
+	// A gap is looked for every heartbeat: with no new changes to read, it is
+	// how a Redis that was emptied or replaced gets noticed.
+	if time.Since(s.lastGapCheck) >= s.cfg.Heartbeat {
+		s.lastGapCheck = time.Now()
+		if ok, err := s.store.LogHas(ctx, s.applied); err != nil {
+			return fmt.Errorf("redis: %w", err)
+		} else if !ok {
+			s.log.Warn("change log gap: position no longer in the log (trimmed, deleted or Redis emptied), reconciling", "position", s.applied)
+			s.needFull = true
+			return nil
+		}
+	}
+	if time.Since(s.lastDrift) < s.cfg.ReconcileEvery {
+		return nil
+	}
+	s.lastDrift = time.Now()
+	// The hash count is only comparable when no change is in flight: the
+	// log's last ID equals ours before and after the count.
+	before, err := s.store.LastLogID(ctx)
+	if err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	n, err := s.store.Count(ctx)
+	if err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	after, err := s.store.LastLogID(ctx)
+	if err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	if before == s.applied && after == s.applied && int(n) != len(s.mirror)+s.badInHash {
+		s.log.Warn("drift: redis hash changed behind the change log, reconciling", "redis", n, "mirror", len(s.mirror))
+		s.needFull = true
+		return nil
+	}
+	cnt, err := s.rt.MapEntryCount(ctx, s.cfg.MapPath)
+	if err != nil {
+		return fmt.Errorf("haproxy: %w", err)
+	}
+	if cnt != len(s.mirror) || len(s.mirror) <= 100_000 {
+		live, err := s.dumpLive(ctx)
+		if err != nil {
+			return fmt.Errorf("haproxy: %w", err)
+		}
+		if d := diffCounts(s.mirror, live); d.total() > 0 || cnt != len(live) {
+			s.log.Warn("drift: live map edited outside shardmap, putting it back", "missing", d.missing, "extra", d.extra, "changed", d.changed, "entry_cnt", cnt)
+			if err := s.rt.Replace(ctx, s.cfg.MapPath, entriesOf(s.mirror)); err != nil {
+				return fmt.Errorf("haproxy: %w", err)
+			}
+			s.updateStatus(func(st *Status) { st.Drift += int64(d.total()) })
+		}
+	}
+	if st := stampOf(s.cfg.MapPath); st != s.fileStat && !s.fileStat.zero() {
+		s.log.Warn("drift: map file changed outside shardmap, rewriting it", "file", s.cfg.MapPath)
+		s.fileID = "" // forces the rewrite
+		s.markDirty()
+		if err := s.flush(); err != nil {
+			return fmt.Errorf("file: %w", err)
+		}
+		s.updateStatus(func(st *Status) { st.Drift++ })
+	}
+	return nil
+}
+
+// drift counts how a copy differs from the truth.
+type drift struct{ missing, extra, changed int }
+
+func (d drift) total() int { return d.missing + d.extra + d.changed }
+
+func diffCounts(truth, copy map[string]string) drift {
+	var d drift
+	for k, v := range truth {
+		if got, ok := copy[k]; !ok {
+			d.missing++
+		} else if got != v {
+			d.changed++
+		}
+	}
+	for k := range copy {
+		if _, ok := truth[k]; !ok {
+			d.extra++
+		}
+	}
+	return d
+}
+
+// fileStamp identifies a version of the map file cheaply.
+type fileStamp struct {
+	size  int64
+	mtime time.Time
+}
+
+func (f fileStamp) zero() bool { return f == fileStamp{} }
+
+func stampOf(path string) fileStamp {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileStamp{size: -1}
+	}
+	return fileStamp{size: fi.Size(), mtime: fi.ModTime()}
 }
 
 // checkHAProxy notices a restarted or reloaded HAProxy: a new process
@@ -445,6 +668,7 @@ func (s *Syncer) flush() error {
 	if _, err := maps.WriteMapFile(s.cfg.MapPath, mf); err != nil {
 		return err
 	}
+	s.fileStat = stampOf(s.cfg.MapPath)
 	s.dirtySince = time.Time{}
 	s.fileID = s.applied
 	s.updateStatus(func(st *Status) { st.FileWritten = time.Now() })
@@ -453,17 +677,37 @@ func (s *Syncer) flush() error {
 
 // report records this syncer's position in Redis: always when force is set
 // (after a batch, so mapctl --wait sees it at once), else once a heartbeat.
+// It reads the shared status under reportMu, so reports never go backwards.
 func (s *Syncer) report(ctx context.Context, force bool) {
+	s.reportMu.Lock()
+	defer s.reportMu.Unlock()
 	if !force && time.Since(s.lastReport) < s.cfg.Heartbeat {
 		return
 	}
 	st := s.Status()
 	err := s.store.ReportSyncer(ctx, maps.SyncerState{
-		Name: s.cfg.Name, Applied: s.applied, Seen: time.Now(), Map: s.cfg.MapPath,
-		Entries: len(s.mirror), Ready: st.Ready, Problem: st.Problem,
+		Name: s.cfg.Name, Applied: st.Applied, Seen: time.Now(), Map: s.cfg.MapPath,
+		Entries: st.Entries, Ready: st.Ready, Problem: st.Problem,
 	})
 	if err == nil {
 		s.lastReport = time.Now()
+	}
+}
+
+// heartbeat reports the syncer every Heartbeat until ctx ends, whatever the
+// sync loop is doing (a long load, a backoff, a refused reconcile).
+func (s *Syncer) heartbeat(ctx context.Context) {
+	t := time.NewTicker(s.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			rctx, cancel := context.WithTimeout(ctx, s.cfg.Heartbeat)
+			s.report(rctx, false)
+			cancel()
+		}
 	}
 }
 

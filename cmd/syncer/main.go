@@ -42,6 +42,8 @@ func run(args []string) int {
 		listen   = fs.String("listen", "", "address for /healthz and /readyz, e.g. 127.0.0.1:9477 (off when empty)")
 		flush    = fs.Duration("flush-delay", 200*time.Millisecond, "longest the map file lags the live map")
 		replace  = fs.Int("replace-above", 64, "apply a batch with more set/del than this as one versioned swap")
+		maxDel   = fs.Float64("max-delete-share", 0.10, "refuse a full reconcile that would delete more than this share of the live map")
+		recEvery = fs.Duration("reconcile-every", time.Minute, "how often to look for drift in Redis, the live map and the file")
 		verbose  = fs.Bool("v", false, "log each applied batch")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -73,6 +75,7 @@ func run(args []string) int {
 	defer rt.Close()
 	s, err := syncer.New(syncer.Config{
 		Name: *name, MapPath: *mapPath, Socket: *socket, FlushDelay: *flush, ReplaceAbove: *replace, Logger: log,
+		MaxDeleteShare: *maxDel, ReconcileEvery: *recEvery,
 	}, maps.NewStore(rdb, *prefix), rt)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "syncer:", err)

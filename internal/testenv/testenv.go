@@ -181,6 +181,32 @@ func StartRedis(t testing.TB) *Redis {
 	return r
 }
 
+// Stop shuts Redis down, saving its data to its dir first (SHUTDOWN SAVE),
+// and waits for the process to end.
+func (r *Redis) Stop(t testing.TB) {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", r.Port)})
+	defer c.Close()
+	c.ShutdownSave(context.Background()) // the connection drops: no reply to check
+	if _, done := r.Wait(10 * time.Second); !done {
+		t.Fatal("redis-server did not shut down")
+	}
+}
+
+// Restart starts redis-server again on the same port and dir, which loads
+// the data Stop saved, and waits until it answers.
+func (r *Redis) Restart(t testing.TB) {
+	t.Helper()
+	r.Proc = Start(t, "redis-server", append([]string(nil), r.Proc.Cmd.Args...))
+	c := r.Client(t)
+	WaitFor(t, 10*time.Second, "redis-server to answer again", func() error {
+		if r.Exited() {
+			t.Fatalf("redis-server exited: %s", r.Output())
+		}
+		return c.Ping(context.Background()).Err()
+	})
+}
+
 // Client returns a client for r, closed when the test ends.
 func (r *Redis) Client(t testing.TB) *redis.Client {
 	c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", r.Port)})
