@@ -35,6 +35,7 @@ fuzz:
 	$(GO) test ./maps/ -run '^$$' -fuzz FuzzParseMapFile -fuzztime $(FUZZTIME)
 	$(GO) test ./maps/ -run '^$$' -fuzz FuzzValidateUser -fuzztime $(FUZZTIME)
 	$(GO) test ./runtime/ -run '^$$' -fuzz FuzzReadPromptReply -fuzztime $(FUZZTIME)
+	$(GO) test ./runtime/ -run '^$$' -fuzz FuzzValidUsersAreSafeWords -fuzztime $(FUZZTIME)
 
 lint:
 	@test -z "$$(gofmt -l .)" || { echo "gofmt would change:"; gofmt -l .; exit 1; }

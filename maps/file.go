@@ -53,7 +53,9 @@ func ParseMapFile(r io.Reader) (MapFile, error) {
 		line++
 		text := sc.Text()
 		if strings.HasPrefix(text, headerPrefix) {
-			mf.LogID = strings.Fields(strings.TrimPrefix(text, headerPrefix) + " ")[0]
+			if f := strings.Fields(strings.TrimPrefix(text, headerPrefix)); len(f) > 0 && f[0] != "none" {
+				mf.LogID = f[0]
+			}
 			continue
 		}
 		if strings.HasPrefix(text, "#") || strings.TrimSpace(text) == "" {
