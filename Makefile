@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin
 PKGS    := ./...
 
-.PHONY: build test unit e2e bench fuzz lint demo deps clean
+.PHONY: build test unit e2e bench fuzz soak lint demo deps clean
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
@@ -25,9 +25,15 @@ e2e:
 	@bash scripts/deps.sh --browser
 	$(GO) test -race -count=1 -timeout 20m -v ./e2e/
 
-## bench: timing figures (runtime API rates, syncer throughput); prints tables.
+## bench: timing figures on real HAProxy and Redis (runtime API rates, set-to-live latency).
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/
+	$(GO) test -run '^$$' -bench . -benchtime 3s -count 1 -timeout 30m ./bench/
+
+## soak: load + churn + random kill -9 of haproxy, syncer, redis; bounded by SOAK_DURATION (default 2m).
+SOAK_DURATION ?= 2m
+soak:
+	@bash scripts/deps.sh
+	SOAK_DURATION=$(SOAK_DURATION) $(GO) test -tags soak -count=1 -timeout 30m -run TestSoak -v ./e2e/ 2>&1 | grep -v '^        '
 
 ## fuzz: each fuzz target for a bounded time.
 FUZZTIME ?= 20s

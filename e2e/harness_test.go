@@ -120,7 +120,7 @@ func (s *stack) startSyncer(extra ...string) *testenv.Proc {
 	args := append([]string{filepath.Join(binDir, "syncer"), "--redis", s.redis.URL, "--socket", s.socket,
 		"--map", s.mapPath, "--name", "e2e"}, extra...)
 	s.syncer = testenv.Start(s.t, "syncer", args)
-	s.waitReady(30 * time.Second)
+	s.waitReady(120 * time.Second) // a full load of 1M entries under -race on 2 cores
 	return s.syncer
 }
 
@@ -140,6 +140,22 @@ func (s *stack) waitReady(timeout time.Duration) {
 			}
 		}
 		return errors.New("not reported ready")
+	})
+}
+
+// waitLog waits until the current syncer has logged every one of want: a
+// line is written after the state it reports, so a test that sees the state
+// may be ahead of the log.
+func (s *stack) waitLog(timeout time.Duration, want ...string) {
+	s.t.Helper()
+	testenv.WaitFor(s.t, timeout, fmt.Sprintf("syncer to log %q", want), func() error {
+		out := s.syncer.Output()
+		for _, w := range want {
+			if !strings.Contains(out, w) {
+				return fmt.Errorf("no %q in:\n%s", w, out)
+			}
+		}
+		return nil
 	})
 }
 

@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -48,7 +50,8 @@ func (s *stack) checkRoutes(want map[string]string, sample int) {
 // reconcile --force lets a human empty the map on purpose.
 func TestRedisEmptiedIsRefused(t *testing.T) {
 	s := newStack(t)
-	s.startSyncer()
+	health := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	s.startSyncer("--listen", health)
 	want := s.seed(200)
 	rdb := s.redis.Client(t)
 
@@ -67,6 +70,21 @@ func TestRedisEmptiedIsRefused(t *testing.T) {
 		t.Fatalf("live map after FLUSHALL: %d entries, %v", len(live), err)
 	}
 	s.checkRoutes(want, 50)
+	s.waitLog(10*time.Second, "refusing to delete")
+	// /readyz says not ready; /metrics counts the refusal.
+	if resp, err := s.http.Get("http://" + health + "/readyz"); err != nil || resp.StatusCode != 503 {
+		t.Fatalf("/readyz during the refusal: %v %v", resp, err)
+	}
+	resp, err := s.http.Get("http://" + health + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !regexp.MustCompile(`(?m)^shardmap_syncer_refused_reconciles_total\{map="[^"]+"\} [1-9]`).Match(metrics) ||
+		!regexp.MustCompile(`(?m)^shardmap_syncer_ready\{map="[^"]+"\} 0$`).Match(metrics) {
+		t.Fatalf("/metrics during the refusal:\n%s", metrics)
+	}
 	if n := strings.Count(s.syncer.Output(), "refusing to delete"); n != 1 {
 		t.Errorf("the refusal was logged %d times, want once (per state change)", n)
 	}
@@ -111,17 +129,13 @@ func TestDriftIsCorrected(t *testing.T) {
 	s.waitConverged(10 * time.Second)
 	s.checkRoutes(want, 100)
 	s.mustRoute("intruder", "shard0")
-	if !strings.Contains(s.syncer.Output(), "drift: live map edited outside shardmap") {
-		t.Fatalf("live drift not logged:\n%s", s.syncer.Output())
-	}
+	s.waitLog(10*time.Second, "drift: live map edited outside shardmap")
 
 	f, _ := os.OpenFile(s.mapPath, os.O_APPEND|os.O_WRONLY, 0)
 	f.WriteString("intruder2 shard3\n")
 	f.Close()
 	s.waitConverged(10 * time.Second)
-	if !strings.Contains(s.syncer.Output(), "drift: map file changed outside shardmap") {
-		t.Fatalf("file drift not logged:\n%s", s.syncer.Output())
-	}
+	s.waitLog(10*time.Second, "drift: map file changed outside shardmap")
 }
 
 // A syncer stopped with SIGTERM resumes from the file's log position
@@ -140,9 +154,9 @@ func TestSyncerRestartResumesOrReloads(t *testing.T) {
 	s.mustRoute("u0003", want["u0003"])
 	s.startSyncer()
 	s.waitConverged(15 * time.Second)
-	out := s.syncer.Output()
-	if !strings.Contains(out, "resuming from the map file's log position") || strings.Contains(out, "full sync") {
-		t.Fatalf("restart after SIGTERM did not resume by catch-up:\n%s", out)
+	s.waitLog(10*time.Second, "resuming from the map file's log position")
+	if out := s.syncer.Output(); strings.Contains(out, "full sync") {
+		t.Fatalf("restart after SIGTERM did a full reload, not a catch-up:\n%s", out)
 	}
 
 	// kill -9, changes, restart.
@@ -165,9 +179,7 @@ func TestSyncerRestartResumesOrReloads(t *testing.T) {
 	s.mustMapctl("set", "u0006", "shard3")
 	s.startSyncer()
 	s.waitConverged(15 * time.Second)
-	if out := s.syncer.Output(); !strings.Contains(out, "gone from the log: full reload") || !strings.Contains(out, "full sync") {
-		t.Fatalf("gap not handled by a full reload:\n%s", out)
-	}
+	s.waitLog(10*time.Second, "gone from the log: full reload", "full sync")
 	s.mustRoute("u0005", "shard3")
 }
 
@@ -200,9 +212,9 @@ func TestRedisOutage(t *testing.T) {
 	s.redis.Restart(t)
 	s.mustMapctl("set", "u0001", "shard0", "--wait")
 	s.waitConverged(15 * time.Second)
-	out := s.syncer.Output()
-	if n := strings.Count(out, "syncer not ready"); n != 1 || !strings.Contains(out, "syncer recovered") {
-		t.Fatalf("outage logged %d times (want once) or no recovery:\n%s", n, out)
+	s.waitLog(10*time.Second, "syncer recovered")
+	if n := strings.Count(s.syncer.Output(), "syncer not ready"); n != 1 {
+		t.Fatalf("outage logged %d times, want once:\n%s", n, s.syncer.Output())
 	}
 	t.Logf("%d requests routed right during the outage", requests)
 }

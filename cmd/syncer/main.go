@@ -15,6 +15,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/shardmap/shardmap/internal/cli"
 	"github.com/shardmap/shardmap/maps"
 	"github.com/shardmap/shardmap/runtime"
@@ -39,7 +42,7 @@ func run(args []string) int {
 		socket   = fs.String("socket", cli.Env(cli.EnvSocket, ""), "HAProxy stats socket at level admin (env "+cli.EnvSocket+")")
 		mapPath  = fs.String("map", cli.Env(cli.EnvMap, ""), "map path exactly as in haproxy.cfg; also the file written (env "+cli.EnvMap+")")
 		name     = fs.String("name", "", "name this syncer reports in Redis (default HOST:MAP)")
-		listen   = fs.String("listen", "", "address for /healthz and /readyz, e.g. 127.0.0.1:9477 (off when empty)")
+		listen   = fs.String("listen", "", "address for /healthz, /readyz and /metrics, e.g. 127.0.0.1:9477 (off when empty)")
 		flush    = fs.Duration("flush-delay", 200*time.Millisecond, "longest the map file lags the live map")
 		replace  = fs.Int("replace-above", 64, "apply a batch with more set/del than this as one versioned swap")
 		maxDel   = fs.Float64("max-delete-share", 0.10, "refuse a full reconcile that would delete more than this share of the live map")
@@ -90,7 +93,7 @@ func run(args []string) int {
 			fmt.Fprintln(os.Stderr, "syncer: --listen:", err)
 			return exitConfig
 		}
-		srv := &http.Server{Handler: health(s), ReadHeaderTimeout: 5 * time.Second}
+		srv := &http.Server{Handler: health(s, *mapPath), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(ln)
 		defer srv.Close()
 	}
@@ -103,9 +106,13 @@ func run(args []string) int {
 }
 
 // health serves /healthz (the process is up) and /readyz (the live map is
-// loaded and the last step succeeded), both with the status as JSON.
-func health(s *syncer.Syncer) http.Handler {
+// loaded and the last step succeeded), both with the status as JSON, and
+// /metrics for Prometheus.
+func health(s *syncer.Syncer, mapPath string) http.Handler {
 	mux := http.NewServeMux()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newStatusCollector(s, mapPath))
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	write := func(w http.ResponseWriter, ok bool) {
 		w.Header().Set("Content-Type", "application/json")
 		if !ok {

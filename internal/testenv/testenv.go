@@ -163,14 +163,14 @@ type Redis struct {
 
 // StartRedis starts redis-server on a free loopback port with its data in a
 // temp dir, no persistence, and waits until it answers PING.
-func StartRedis(t testing.TB) *Redis {
+func StartRedis(t testing.TB, extra ...string) *Redis {
 	t.Helper()
 	bin := Need(t, "redis-server")
 	dir := t.TempDir()
 	port := FreePort(t)
 	r := &Redis{Port: port, Dir: dir, URL: fmt.Sprintf("redis://127.0.0.1:%d/0", port)}
-	r.Proc = Start(t, "redis-server", []string{bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--dir", dir, "--save", "", "--appendonly", "no", "--protected-mode", "yes"})
+	r.Proc = Start(t, "redis-server", append([]string{bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--dir", dir, "--save", "", "--appendonly", "no", "--protected-mode", "yes"}, extra...))
 	c := r.Client(t)
 	WaitFor(t, 10*time.Second, "redis-server to answer", func() error {
 		if r.Exited() {

@@ -1,0 +1,185 @@
+// Package bench measures shardmap against real HAProxy and Redis on
+// loopback. Run: make bench (go test -bench . ./bench/). Every figure in the
+// README comes from here.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/shardmap/shardmap/internal/testenv"
+	"github.com/shardmap/shardmap/maps"
+	"github.com/shardmap/shardmap/runtime"
+	"github.com/shardmap/shardmap/syncer"
+)
+
+type rig struct {
+	mapPath string
+	rt      *runtime.Client
+	redis   *testenv.Redis
+	store   *maps.Store
+}
+
+// newRig starts HAProxy (one map, no traffic) and Redis.
+func newRig(b *testing.B) *rig {
+	dir := b.TempDir()
+	r := &rig{mapPath: filepath.Join(dir, "users.map")}
+	socket := filepath.Join(dir, "admin.sock")
+	os.WriteFile(r.mapPath, nil, 0o644)
+	cfg := fmt.Sprintf(`global
+  stats socket %s mode 600 level admin
+  stats timeout 10s
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 5s
+  timeout server 5s
+frontend fe
+  bind 127.0.0.1:%d
+  use_backend %%[req.cook(user),map(%s,shard0)]
+backend shard0
+  http-request return status 200 content-type text/plain string shard0
+backend shard1
+  http-request return status 200 content-type text/plain string shard1
+`, socket, testenv.FreePort(b), r.mapPath)
+	testenv.StartHAProxy(b, dir, cfg, socket)
+	rt, err := runtime.New(socket, 30*time.Second)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { rt.Close() })
+	r.rt = rt
+	r.redis = testenv.StartRedis(b)
+	r.store = maps.NewStore(r.redis.Client(b), "")
+	return r
+}
+
+func entries(n int, shard string) []runtime.Entry {
+	out := make([]runtime.Entry, n)
+	for i := range out {
+		out[i] = runtime.Entry{Key: fmt.Sprintf("user%09d", i), Value: shard}
+	}
+	return out
+}
+
+// Single updates on the long-lived connection, one round trip each, on a
+// map of 10k entries: set (key present) alternating shards.
+func BenchmarkApplyOneAtATime(b *testing.B) {
+	r := newRig(b)
+	ctx := context.Background()
+	if err := r.rt.Replace(ctx, r.mapPath, entries(10_000, "shard0")); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		op := runtime.Op{Kind: runtime.Set, Key: fmt.Sprintf("user%09d", i%10_000), Value: []string{"shard0", "shard1"}[i%2]}
+		if res, err := r.rt.Apply(ctx, r.mapPath, []runtime.Op{op}); err != nil || res[0] != nil {
+			b.Fatal(err, res)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "updates/s")
+}
+
+// Pipelined batches of 1,000 adds of new keys.
+func BenchmarkApplyPipelined1000(b *testing.B) {
+	r := newRig(b)
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		ops := make([]runtime.Op, 1000)
+		for j := range ops {
+			ops[j] = runtime.Op{Kind: runtime.Add, Key: fmt.Sprintf("b%d-%d", i, j), Value: "shard1"}
+		}
+		if _, err := r.rt.Apply(ctx, r.mapPath, ops); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*1000)/b.Elapsed().Seconds(), "updates/s")
+}
+
+// The atomic whole-map swap (prepare, 8 KB payloads, count check, commit).
+func BenchmarkReplace100k(b *testing.B) {
+	r := newRig(b)
+	ctx := context.Background()
+	es := entries(100_000, "shard1")
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := r.rt.Replace(ctx, r.mapPath, es); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*len(es))/b.Elapsed().Seconds(), "entries/s")
+}
+
+// Streaming dump of a 100k-entry live map.
+func BenchmarkDump100k(b *testing.B) {
+	r := newRig(b)
+	ctx := context.Background()
+	if err := r.rt.Replace(ctx, r.mapPath, entries(100_000, "shard1")); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		n := 0
+		if err := r.rt.Dump(ctx, r.mapPath, func(k, v string) error { n++; return nil }); err != nil || n != 100_000 {
+			b.Fatal(n, err)
+		}
+	}
+	b.ReportMetric(float64(b.N*100_000)/b.Elapsed().Seconds(), "entries/s")
+}
+
+// From Store.Set (what mapctl set does) to the syncer reporting the change
+// live in HAProxy (what mapctl set --wait waits for), one change at a time,
+// with 10k assignments loaded.
+func BenchmarkSetToLive(b *testing.B) {
+	r := newRig(b)
+	ctx := context.Background()
+	var as []maps.Assignment
+	for i := 0; i < 10_000; i++ {
+		as = append(as, maps.Assignment{User: fmt.Sprintf("user%09d", i), Shard: "shard0"})
+	}
+	if _, err := r.store.Import(ctx, as, 1000, nil); err != nil {
+		b.Fatal(err)
+	}
+	s, err := syncer.New(syncer.Config{Name: "bench", MapPath: r.mapPath, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, r.store, r.rt)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { s.Run(sctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	testenv.WaitFor(b, 30*time.Second, "syncer ready", func() error {
+		if !s.Status().Ready {
+			return fmt.Errorf("not ready")
+		}
+		return nil
+	})
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		id, err := r.store.Set(ctx, maps.Assignment{User: fmt.Sprintf("user%09d", i%10_000), Shard: []string{"shard1", "shard0"}[(i/10_000)%2]})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for maps.CompareIDs(s.Status().Applied, id) < 0 {
+			if time.Since(start) > 10*time.Second {
+				b.Fatal("change not applied within 10 s")
+			}
+			time.Sleep(50 * time.Microsecond) // poll interval
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+}

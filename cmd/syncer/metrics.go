@@ -1,0 +1,60 @@
+package main
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/shardmap/shardmap/syncer"
+)
+
+// statusCollector exposes a syncer's Status as Prometheus metrics, read at
+// scrape time (nothing is counted twice or kept apart from the syncer).
+type statusCollector struct {
+	s     *syncer.Syncer
+	descs map[string]*prometheus.Desc
+}
+
+func newStatusCollector(s *syncer.Syncer, mapPath string) *statusCollector {
+	labels := prometheus.Labels{"map": mapPath}
+	d := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc("shardmap_syncer_"+name, help, nil, labels)
+	}
+	return &statusCollector{s: s, descs: map[string]*prometheus.Desc{
+		"ready":        d("ready", "1 when the live map is loaded and the last step succeeded."),
+		"entries":      d("live_entries", "Entries in the live map, as the syncer knows it."),
+		"changes":      d("changes_applied_total", "Change-log entries applied."),
+		"full":         d("full_syncs_total", "Whole-map versioned swaps."),
+		"refused":      d("refused_reconciles_total", "Reconciles refused because they would delete too much of the live map."),
+		"drift":        d("drift_corrected_total", "Entries (or file rewrites) corrected by periodic reconciles."),
+		"bad":          d("bad_entries_skipped_total", "Invalid entries found in Redis and skipped."),
+		"pid":          d("haproxy_pid", "PID of the HAProxy process the live map was loaded into."),
+		"file_written": d("file_written_timestamp_seconds", "When the map file was last written."),
+	}}
+}
+
+func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
+
+func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.s.Status()
+	ready := 0.0
+	if st.Ready {
+		ready = 1
+	}
+	g := func(k string, t prometheus.ValueType, v float64) {
+		ch <- prometheus.MustNewConstMetric(c.descs[k], t, v)
+	}
+	g("ready", prometheus.GaugeValue, ready)
+	g("entries", prometheus.GaugeValue, float64(st.Entries))
+	g("changes", prometheus.CounterValue, float64(st.Changes))
+	g("full", prometheus.CounterValue, float64(st.FullSyncs))
+	g("refused", prometheus.CounterValue, float64(st.Refused))
+	g("drift", prometheus.CounterValue, float64(st.Drift))
+	g("bad", prometheus.CounterValue, float64(st.BadSkipped))
+	g("pid", prometheus.GaugeValue, float64(st.HAProxyPid))
+	if !st.FileWritten.IsZero() {
+		g("file_written", prometheus.GaugeValue, float64(st.FileWritten.UnixNano())/1e9)
+	}
+}
