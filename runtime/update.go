@@ -103,12 +103,18 @@ func (c *Client) Apply(ctx context.Context, mapPath string, ops []Op) (results [
 	// set/del scan the whole map in HAProxy 2.6: allow for big maps.
 	conn.SetDeadline(c.deadline(ctx, time.Duration(len(ops))*50*time.Millisecond))
 
-	// Write and read at once: a large batch must not fill both socket buffers.
+	// A large batch is written while replies are read, so that it cannot
+	// fill both socket buffers; a small one fits and is written at once.
 	werr := make(chan error, 1)
-	go func() {
+	if buf.Len() <= 16*1024 {
 		_, err := io.WriteString(conn, buf.String())
 		werr <- err
-	}()
+	} else {
+		go func() {
+			_, err := io.WriteString(conn, buf.String())
+			werr <- err
+		}()
+	}
 	results = make([]error, 0, len(ops))
 	for i := range ops {
 		body, err := readPromptReply(rd)
