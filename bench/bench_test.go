@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +22,8 @@ import (
 )
 
 type rig struct {
+	haproxy *testenv.HAProxy
+	socket  string
 	mapPath string
 	rt      *runtime.Client
 	redis   *testenv.Redis
@@ -49,7 +52,7 @@ backend shard0
 backend shard1
   http-request return status 200 content-type text/plain string shard1
 `, socket, testenv.FreePort(b), r.mapPath)
-	testenv.StartHAProxy(b, dir, cfg, socket)
+	r.haproxy, r.socket = testenv.StartHAProxy(b, dir, cfg, socket), socket
 	rt, err := runtime.New(socket, 30*time.Second)
 	if err != nil {
 		b.Fatal(err)
@@ -197,4 +200,60 @@ func BenchmarkSetToLive(b *testing.B) {
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+}
+
+// From a restarted HAProxy's socket answering (it came up from the map file,
+// which lacks a change made while it was down) to that change being in its
+// live map: how fast the syncer notices a restart and reconciles.
+func BenchmarkHAProxyRestartToLive(b *testing.B) {
+	r := newRig(b)
+	ctx := context.Background()
+	s, err := syncer.New(syncer.Config{Name: "bench", MapPath: r.mapPath, Socket: r.socket,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, r.store, r.rt)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { s.Run(sctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	testenv.WaitFor(b, 30*time.Second, "syncer ready", func() error {
+		if !s.Status().Ready {
+			return fmt.Errorf("not ready")
+		}
+		return nil
+	})
+	var lat []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		r.haproxy.Signal(syscall.SIGTERM)
+		r.haproxy.Wait(10 * time.Second)
+		shard := []string{"shard0", "shard1"}[i%2]
+		if _, err := r.store.Set(ctx, maps.Assignment{User: "restarted", Shard: shard}); err != nil {
+			b.Fatal(err)
+		}
+		r.haproxy = r.haproxy.Again(b) // returns once the socket answers
+		start := time.Now()
+		for {
+			got := ""
+			r.rt.Dump(ctx, r.mapPath, func(k, v string) error {
+				if k == "restarted" {
+					got = v
+				}
+				return nil
+			})
+			if got == shard {
+				break
+			}
+			if time.Since(start) > 30*time.Second {
+				b.Fatal("change not live 30 s after the restart")
+			}
+			time.Sleep(2 * time.Millisecond) // poll interval
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
 }
