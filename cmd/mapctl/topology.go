@@ -81,13 +81,9 @@ func (a *app) shardCmd() *cobra.Command {
 		Short: "Add a server to SHARD in every given HAProxy (no reload) and in the topology file",
 		Args:  args(2, "SHARD ADDR"),
 		RunE: func(cmd *cobra.Command, as []string) error {
-			t, err := loadTopology(topo)
+			t, sh, err := topologyShard(topo, as[0])
 			if err != nil {
 				return err
-			}
-			sh, ok := t.Shards[as[0]]
-			if !ok {
-				return usagef("shard %q is not in %s (shards: %v)", as[0], topo, t.ShardNames())
 			}
 			srv := haproxy.Server{Addr: as[1], Weight: weight, Check: check}
 			if err := haproxy.CheckServer(srv); err != nil {
@@ -100,14 +96,11 @@ func (a *app) shardCmd() *cobra.Command {
 			}
 			ctx, cancel := a.ctx(cmd)
 			defer cancel()
-			for _, s := range socketsOr(sockets, t) {
-				rt, err := runtime.New(s, a.timeout)
-				if err != nil {
-					return err
-				}
-				if err := rt.AddServer(ctx, as[0], srv.Name(), srv.Addr, srv.EffectiveWeight(), srv.Check); err != nil {
-					return fmt.Errorf("add server on %s: %w (topology not changed)", s, err)
-				}
+			err = eachHAProxy(socketsOr(sockets, t), a.timeout, "add server", func(rt *runtime.Client) error {
+				return rt.AddServer(ctx, as[0], srv.Name(), srv.Addr, srv.EffectiveWeight(), srv.Check)
+			})
+			if err != nil {
+				return err
 			}
 			if err := t.Save(topo); err != nil {
 				return err
@@ -125,13 +118,9 @@ func (a *app) shardCmd() *cobra.Command {
 		Short: "Drain a server of SHARD, then remove it from every given HAProxy and from the topology file",
 		Args:  args(2, "SHARD ADDR"),
 		RunE: func(cmd *cobra.Command, as []string) error {
-			t, err := loadTopology(topo)
+			t, sh, err := topologyShard(topo, as[0])
 			if err != nil {
 				return err
-			}
-			sh, ok := t.Shards[as[0]]
-			if !ok {
-				return usagef("shard %q is not in %s", as[0], topo)
 			}
 			idx := -1
 			for i, s := range sh.Servers {
@@ -148,14 +137,11 @@ func (a *app) shardCmd() *cobra.Command {
 			name := sh.Servers[idx].Name()
 			ctx, cancel := context.WithTimeout(cmd.Context(), drainTimeout+a.timeout)
 			defer cancel()
-			for _, s := range socketsOr(sockets, t) {
-				rt, err := runtime.New(s, a.timeout)
-				if err != nil {
-					return err
-				}
-				if err := drainAndDelete(ctx, rt, as[0], name, drainTimeout); err != nil {
-					return fmt.Errorf("remove server on %s: %w (topology not changed)", s, err)
-				}
+			err = eachHAProxy(socketsOr(sockets, t), a.timeout, "remove server", func(rt *runtime.Client) error {
+				return drainAndDelete(ctx, rt, as[0], name, drainTimeout)
+			})
+			if err != nil {
+				return err
 			}
 			sh.Servers = append(sh.Servers[:idx], sh.Servers[idx+1:]...)
 			t.Shards[as[0]] = sh
@@ -173,6 +159,34 @@ func (a *app) shardCmd() *cobra.Command {
 	}
 	c.AddCommand(add, remove)
 	return c
+}
+
+// topologyShard loads the topology and finds one of its shards.
+func topologyShard(path, shard string) (*haproxy.Topology, haproxy.Shard, error) {
+	t, err := loadTopology(path)
+	if err != nil {
+		return nil, haproxy.Shard{}, err
+	}
+	sh, ok := t.Shards[shard]
+	if !ok {
+		return nil, haproxy.Shard{}, usagef("shard %q is not in %s (shards: %v)", shard, path, t.ShardNames())
+	}
+	return t, sh, nil
+}
+
+// eachHAProxy runs fn against every socket in turn and stops at the first
+// failure, which it names; the topology file is then left unchanged.
+func eachHAProxy(sockets []string, timeout time.Duration, what string, fn func(*runtime.Client) error) error {
+	for _, s := range sockets {
+		rt, err := runtime.New(s, timeout)
+		if err != nil {
+			return err
+		}
+		if err := fn(rt); err != nil {
+			return fmt.Errorf("%s on %s: %w (topology not changed)", what, s, err)
+		}
+	}
+	return nil
 }
 
 func socketsOr(sockets []string, t *haproxy.Topology) []string {
