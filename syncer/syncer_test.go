@@ -1,0 +1,175 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"reflect"
+	"testing"
+
+	"github.com/shardmap/shardmap/maps"
+	"github.com/shardmap/shardmap/runtime"
+)
+
+// fakeRuntime stands in for HAProxy's socket: it keeps a map, answers
+// like HAProxy (set/del of a missing key: not found) and records calls.
+type fakeRuntime struct {
+	live     map[string]string
+	applied  [][]runtime.Op
+	replaced int
+	failAt   int // Apply fails after this many replies when > 0
+}
+
+func (f *fakeRuntime) Apply(_ context.Context, _ string, ops []runtime.Op) ([]error, error) {
+	f.applied = append(f.applied, ops)
+	var res []error
+	for i, op := range ops {
+		if f.failAt > 0 && i == f.failAt {
+			return res, errors.New("connection closed")
+		}
+		_, has := f.live[op.Key]
+		switch {
+		case op.Kind == runtime.Add:
+			f.live[op.Key] = op.Value
+			res = append(res, nil)
+		case !has:
+			res = append(res, fmt.Errorf("%s: %w", op, runtime.ErrNotFound))
+		case op.Kind == runtime.Set:
+			f.live[op.Key] = op.Value
+			res = append(res, nil)
+		default:
+			delete(f.live, op.Key)
+			res = append(res, nil)
+		}
+	}
+	return res, nil
+}
+
+func (f *fakeRuntime) Replace(_ context.Context, _ string, es []runtime.Entry) error {
+	f.replaced++
+	f.live = map[string]string{}
+	for _, e := range es {
+		f.live[e.Key] = e.Value
+	}
+	return nil
+}
+func (f *fakeRuntime) Backends(context.Context) ([]string, error)         { return nil, nil }
+func (f *fakeRuntime) Info(context.Context) (runtime.Info, error)         { return runtime.Info{Pid: 1}, nil }
+func (f *fakeRuntime) MapEntryCount(context.Context, string) (int, error) { return len(f.live), nil }
+func (f *fakeRuntime) Dump(_ context.Context, _ string, fn func(k, v string) error) error {
+	for k, v := range f.live {
+		if err := fn(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func newTestSyncer(t *testing.T, live map[string]string) (*Syncer, *fakeRuntime) {
+	f := &fakeRuntime{live: map[string]string{}}
+	mirror := map[string]string{}
+	for k, v := range live {
+		f.live[k], mirror[k] = v, v
+	}
+	s, err := New(Config{Name: "t", MapPath: "/m.map", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.mirror = mirror
+	return s, f
+}
+
+func set(id, u, sh string) maps.Change {
+	return maps.Change{ID: id, Op: maps.OpSet, User: u, Shard: sh}
+}
+func del(id, u string) maps.Change { return maps.Change{ID: id, Op: maps.OpDel, User: u} }
+
+// The last change per user wins; changes the live map already has send
+// nothing; new keys are added, present ones set, gone ones deleted.
+func TestApplyCoalescesAndDiffs(t *testing.T) {
+	s, f := newTestSyncer(t, map[string]string{"c": "s1", "d": "s1", "e": "s1"})
+	err := s.apply(context.Background(), []maps.Change{
+		set("1-0", "a", "s1"), set("2-0", "a", "s2"), // a: new, last value wins
+		del("3-0", "b"),       // b: not live, nothing to do
+		set("4-0", "c", "s1"), // c: unchanged
+		del("5-0", "d"),       // d: live, delete
+		set("6-0", "e", "s3"), // e: changed
+		{ID: "7-0"},           // a bad entry, skipped but its ID counts
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []runtime.Op{{Kind: runtime.Add, Key: "a", Value: "s2"}, {Kind: runtime.Del, Key: "d"}, {Kind: runtime.Set, Key: "e", Value: "s3"}}
+	if len(f.applied) != 1 || !reflect.DeepEqual(f.applied[0], want) {
+		t.Fatalf("sent %v, want %v", f.applied, want)
+	}
+	if !reflect.DeepEqual(s.mirror, f.live) || s.applied != "7-0" {
+		t.Fatalf("mirror %v, live %v, applied %s", s.mirror, f.live, s.applied)
+	}
+}
+
+// A set whose key someone deleted by hand is retried as an add.
+func TestApplySetOnMissingKeyBecomesAdd(t *testing.T) {
+	s, f := newTestSyncer(t, map[string]string{"a": "s1"})
+	delete(f.live, "a") // drift: removed over the socket
+	if err := s.apply(context.Background(), []maps.Change{set("1-0", "a", "s2")}); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.applied) != 2 || f.applied[1][0] != (runtime.Op{Kind: runtime.Add, Key: "a", Value: "s2"}) {
+		t.Fatalf("calls %v", f.applied)
+	}
+	if f.live["a"] != "s2" || s.mirror["a"] != "s2" {
+		t.Fatalf("live %v mirror %v", f.live, s.mirror)
+	}
+}
+
+// A batch with many set/del goes as one versioned swap of the whole map.
+func TestApplyManySetsSwapsWholeMap(t *testing.T) {
+	live := map[string]string{}
+	var changes []maps.Change
+	for i := 0; i < 100; i++ {
+		u := fmt.Sprintf("u%d", i)
+		live[u] = "s1"
+		changes = append(changes, set(fmt.Sprintf("%d-0", i+1), u, "s2"))
+	}
+	s, f := newTestSyncer(t, live)
+	if err := s.apply(context.Background(), changes); err != nil {
+		t.Fatal(err)
+	}
+	if f.replaced != 1 || len(f.applied) != 0 {
+		t.Fatalf("replaced %d times, %d pipelined calls; want one swap", f.replaced, len(f.applied))
+	}
+	if f.live["u42"] != "s2" || len(f.live) != 100 || !reflect.DeepEqual(s.mirror, f.live) {
+		t.Fatalf("live after swap: %d entries, u42=%s", len(f.live), f.live["u42"])
+	}
+}
+
+// A connection that breaks mid-batch is an error; the mirror follows only
+// the replies that came, and the position does not move.
+func TestApplyConnectionLost(t *testing.T) {
+	s, f := newTestSyncer(t, nil)
+	s.applied = "0-1"
+	f.failAt = 1
+	err := s.apply(context.Background(), []maps.Change{set("1-0", "a", "s1"), set("2-0", "b", "s1")})
+	if err == nil {
+		t.Fatal("no error for a broken connection")
+	}
+	if s.mirror["a"] != "s1" || s.mirror["b"] != "" || s.applied != "0-1" {
+		t.Fatalf("mirror %v applied %s", s.mirror, s.applied)
+	}
+}
+
+func TestBackoffIsCappedWithJitter(t *testing.T) {
+	b := newBackoff(50e6, 1e9)
+	for i := 0; i < 20; i++ {
+		if d := b.next(); d < 0 || d > 1e9 {
+			t.Fatalf("step %d: %s outside [0, 1s]", i, d)
+		}
+	}
+	b.reset()
+	if d := b.next(); d > 50e6 {
+		t.Fatalf("after reset: %s", d)
+	}
+}
