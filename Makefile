@@ -27,7 +27,7 @@ e2e:
 
 ## bench: timing figures on real HAProxy and Redis (runtime API rates, set-to-live latency).
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchtime 3s -count 1 -timeout 30m ./bench/
+	$(GO) test -run '^$$' -bench . -benchtime 3s -count 1 -timeout 30m ./bench/ ./maps/
 
 ## soak: load + churn + random kill -9 of haproxy, syncer, redis; bounded by SOAK_DURATION (default 2m).
 SOAK_DURATION ?= 2m

@@ -8,7 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 )
 
@@ -112,10 +112,14 @@ func ReadMapFile(path string) (MapFile, error) {
 // that the same content always gives the same bytes. Entries are validated
 // again here; Encode refuses to render one that could corrupt the file.
 func (mf MapFile) Encode() ([]byte, error) {
-	entries := append([]Assignment(nil), mf.Entries...)
-	sort.Slice(entries, func(i, j int) bool { return entries[i].User < entries[j].User })
+	entries := slices.Clone(mf.Entries)
+	slices.SortFunc(entries, func(a, b Assignment) int { return strings.Compare(a.User, b.User) })
+	size := 128
+	for _, a := range entries {
+		size += len(a.User) + len(a.Shard) + 2
+	}
 	var b bytes.Buffer
-	b.Grow(len(entries) * 24)
+	b.Grow(size)
 	fmt.Fprintf(&b, "%s%s entries=%d\n", headerPrefix, orNone(mf.LogID), len(entries))
 	b.WriteString("# Written by shardmap from Redis; edits here are overwritten. Use mapctl.\n")
 	for _, a := range entries {

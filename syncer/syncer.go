@@ -38,6 +38,8 @@ type Runtime interface {
 	Dump(ctx context.Context, mapPath string, fn func(key, value string) error) error
 	// MapEntryCount is HAProxy's entry count for the map, all versions.
 	MapEntryCount(ctx context.Context, mapPath string) (int, error)
+	// Close drops the long-lived connection; the next Apply dials anew.
+	Close() error
 }
 
 // Config tunes a Syncer. Zero values take the defaults named.
@@ -115,6 +117,9 @@ type Syncer struct {
 	mu     sync.Mutex // guards status
 	status Status
 
+	writing bool           // a background file write is under way
+	written chan fileWrite // its outcome
+
 	reportMu   sync.Mutex // serialises reports to Redis; guards lastReport
 	lastReport time.Time
 }
@@ -147,6 +152,7 @@ func New(cfg Config, store *maps.Store, rt Runtime) (*Syncer, error) {
 		needFull: true,
 		applied:  maps.ZeroID,
 		kick:     make(chan struct{}, 1),
+		written:  make(chan fileWrite, 1),
 	}, nil
 }
 
@@ -218,6 +224,9 @@ func (s *Syncer) Run(ctx context.Context) error {
 // writes the file and resumes following the log from the snapshot's ID.
 func (s *Syncer) fullSync(ctx context.Context) error {
 	start := time.Now()
+	// A connection kept across a reload still talks to the old process (and
+	// keeps it alive): updates sent on it would never reach the new one.
+	s.rt.Close()
 	info, err := s.rt.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("haproxy: %w", err)
@@ -354,8 +363,14 @@ func (s *Syncer) step(ctx context.Context) error {
 	if err := s.reconcile(ctx); err != nil || s.needFull {
 		return err
 	}
+	if err := s.collectFlush(false); err != nil {
+		return fmt.Errorf("file: %w", err)
+	}
 	wait := min(s.cfg.Heartbeat, s.cfg.CheckEvery)
-	if !s.dirtySince.IsZero() {
+	switch {
+	case s.writing:
+		wait = min(wait, 20*time.Millisecond) // look for the write's end soon
+	case !s.dirtySince.IsZero():
 		wait = max(time.Millisecond, min(wait, s.cfg.FlushDelay-time.Since(s.dirtySince)))
 	}
 	changes, bad, err := s.store.ReadLog(ctx, s.applied, int64(s.cfg.BatchMax), wait)
@@ -390,10 +405,8 @@ func (s *Syncer) step(ctx context.Context) error {
 		}
 		s.report(ctx, true)
 	}
-	if !s.dirtySince.IsZero() && time.Since(s.dirtySince) >= s.cfg.FlushDelay {
-		if err := s.flush(); err != nil {
-			return fmt.Errorf("file: %w", err)
-		}
+	if !s.dirtySince.IsZero() && time.Since(s.dirtySince) >= s.cfg.FlushDelay || s.fileID != s.applied && s.dirtySince.IsZero() {
+		s.startFlush()
 	}
 	return nil
 }
@@ -456,7 +469,7 @@ func (s *Syncer) reconcile(ctx context.Context) error {
 			s.updateStatus(func(st *Status) { st.Drift += int64(d.total()) })
 		}
 	}
-	if st := stampOf(s.cfg.MapPath); st != s.fileStat && !s.fileStat.zero() {
+	if st := stampOf(s.cfg.MapPath); !s.writing && st != s.fileStat && !s.fileStat.zero() {
 		s.log.Warn("drift: map file changed outside shardmap, rewriting it", "file", s.cfg.MapPath)
 		s.fileID = "" // forces the rewrite
 		s.markDirty()
@@ -652,27 +665,86 @@ func (s *Syncer) markDirty() {
 	}
 }
 
-// flush writes the mirror to the map file, with the change-log ID it
-// reflects in its header, if anything changed since the last write.
-func (s *Syncer) flush() error {
-	if s.dirtySince.IsZero() && s.fileID == s.applied {
-		return nil
-	}
-	if s.mirror == nil { // never loaded: the file on disk is all we have
-		return nil
-	}
+// fileWrite is the outcome of one map-file write.
+type fileWrite struct {
+	id    string
+	stamp fileStamp
+	err   error
+}
+
+// fileDue reports whether the file lags the live map.
+func (s *Syncer) fileDue() bool {
+	return s.mirror != nil && (!s.dirtySince.IsZero() || s.fileID != s.applied)
+}
+
+// snapshotFile copies the mirror into a map file value (in the Run
+// goroutine, which owns the mirror).
+func (s *Syncer) snapshotFile() maps.MapFile {
 	mf := maps.MapFile{LogID: s.applied, Entries: make([]maps.Assignment, 0, len(s.mirror))}
 	for u, sh := range s.mirror {
 		mf.Entries = append(mf.Entries, maps.Assignment{User: u, Shard: sh})
 	}
-	if _, err := maps.WriteMapFile(s.cfg.MapPath, mf); err != nil {
-		return err
-	}
-	s.fileStat = stampOf(s.cfg.MapPath)
 	s.dirtySince = time.Time{}
-	s.fileID = s.applied
+	return mf
+}
+
+func (s *Syncer) writeFile(mf maps.MapFile) fileWrite {
+	_, err := maps.WriteMapFile(s.cfg.MapPath, mf)
+	return fileWrite{id: mf.LogID, stamp: stampOf(s.cfg.MapPath), err: err}
+}
+
+// startFlush begins writing the file in the background, so that sorting and
+// writing a large map (0.7 s at 1M entries) never holds up live updates.
+// One write at a time; changes that arrive meanwhile make the next one due.
+func (s *Syncer) startFlush() {
+	if s.writing || !s.fileDue() {
+		return
+	}
+	mf := s.snapshotFile()
+	s.writing = true
+	go func() { s.written <- s.writeFile(mf) }()
+}
+
+// collectFlush takes the outcome of a background write, waiting for it when
+// wait is set.
+func (s *Syncer) collectFlush(wait bool) error {
+	if !s.writing {
+		return nil
+	}
+	var w fileWrite
+	if wait {
+		w = <-s.written
+	} else {
+		select {
+		case w = <-s.written:
+		default:
+			return nil
+		}
+	}
+	s.writing = false
+	return s.doneWrite(w)
+}
+
+func (s *Syncer) doneWrite(w fileWrite) error {
+	if w.err != nil {
+		s.markDirty() // try again
+		return w.err
+	}
+	s.fileID, s.fileStat = w.id, w.stamp
 	s.updateStatus(func(st *Status) { st.FileWritten = time.Now() })
 	return nil
+}
+
+// flush writes the file now, after any background write: on a full sync (a
+// syncer reports ready only with its file written) and when stopping.
+func (s *Syncer) flush() error {
+	if err := s.collectFlush(true); err != nil {
+		return err
+	}
+	if !s.fileDue() {
+		return nil
+	}
+	return s.doneWrite(s.writeFile(s.snapshotFile()))
 }
 
 // report records this syncer's position in Redis: always when force is set
