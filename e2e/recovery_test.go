@@ -188,17 +188,22 @@ func TestSyncerRestartResumesOrReloads(t *testing.T) {
 // logs the failure once and catches up after.
 func TestRedisOutage(t *testing.T) {
 	s := newStack(t)
-	s.startSyncer()
+	health := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	s.startSyncer("--listen", health)
 	want := s.seed(100)
 	s.redis.Stop(t)
 
-	// The outage: 3 s of requests, all routed as before.
-	end := time.Now().Add(3 * time.Second)
+	// The outage: 30 s of requests (about 30 retries by the syncer), all
+	// routed as before.
+	end := time.Now().Add(30 * time.Second)
 	requests := 0
 	for time.Now().Before(end) && requests < 100_000 {
 		u := fmt.Sprintf("u%04d", requests%100)
 		s.mustRoute(u, want[u])
 		requests++
+	}
+	if resp, err := s.http.Get("http://" + health + "/readyz"); err != nil || resp.StatusCode != 503 {
+		t.Fatalf("/readyz during the outage: %v %v", resp, err)
 	}
 	start := time.Now()
 	_, errs, code := s.mapctl("set", "u0001", "shard0")

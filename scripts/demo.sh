@@ -35,7 +35,7 @@ rm -rf "$DIR"; mkdir -p "$DIR"
 wait_for() { # wait_for SECONDS WHAT COMMAND...
   local until=$(( $(date +%s) + $1 )) what=$2; shift 2
   until "$@" >/dev/null 2>&1; do
-    if [ "$(date +%s)" -ge "$until" ]; then echo "demo: timed out waiting for $what; logs in $DIR" >&2; tail -5 "$DIR"/*.log >&2; exit 1; fi
+    if [ "$(date +%s)" -ge "$until" ]; then echo "demo: timed out waiting for $what; logs in $DIR" >&2; tail -n 5 "$DIR"/*.log >&2; exit 1; fi
     sleep 0.1
   done
 }
