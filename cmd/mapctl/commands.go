@@ -144,14 +144,16 @@ func (a *app) waitApplied(ctx context.Context, id string) error {
 				lagging = append(lagging, fmt.Sprintf("%s (at %s)", st.Name, st.Applied))
 			}
 		}
-		if len(live) == 0 {
-			return fmt.Errorf("change %s is stored in Redis, but no syncer reported in the last %s, so no HAProxy is known to have it", id, liveWithin)
-		}
-		if len(lagging) == 0 {
+		if len(live) > 0 && len(lagging) == 0 {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
+			if len(live) == 0 {
+				// Right after Redis comes back, heartbeats are stale for a moment:
+				// this is only an answer once the whole timeout has passed.
+				return fmt.Errorf("change %s is stored in Redis, but no syncer reported in the last %s, so no HAProxy is known to have it", id, liveWithin)
+			}
 			return fmt.Errorf("change %s is stored in Redis, but after %s these syncers have not applied it: %s",
 				id, a.timeout, strings.Join(lagging, ", "))
 		case <-tick.C:
