@@ -15,7 +15,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"sort"
 	"sync"
 	"time"
 
@@ -461,12 +460,12 @@ func (s *Syncer) reconcile(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("haproxy: %w", err)
 		}
-		if d := diffCounts(s.mirror, live); d.total() > 0 || cnt != len(live) {
-			s.log.Warn("drift: live map edited outside shardmap, putting it back", "missing", d.missing, "extra", d.extra, "changed", d.changed, "entry_cnt", cnt)
+		if d := maps.Diff(s.mirror, live); d.Total() > 0 || cnt != len(live) {
+			s.log.Warn("drift: live map edited outside shardmap, putting it back", "missing", d.Missing, "extra", d.Extra, "changed", d.Changed, "entry_cnt", cnt)
 			if err := s.rt.Replace(ctx, s.cfg.MapPath, entriesOf(s.mirror)); err != nil {
 				return fmt.Errorf("haproxy: %w", err)
 			}
-			s.updateStatus(func(st *Status) { st.Drift += int64(d.total()) })
+			s.updateStatus(func(st *Status) { st.Drift += int64(d.Total()) })
 		}
 	}
 	if st := stampOf(s.cfg.MapPath); !s.writing && st != s.fileStat && !s.fileStat.zero() {
@@ -479,28 +478,6 @@ func (s *Syncer) reconcile(ctx context.Context) error {
 		s.updateStatus(func(st *Status) { st.Drift++ })
 	}
 	return nil
-}
-
-// drift counts how a copy differs from the truth.
-type drift struct{ missing, extra, changed int }
-
-func (d drift) total() int { return d.missing + d.extra + d.changed }
-
-func diffCounts(truth, copy map[string]string) drift {
-	var d drift
-	for k, v := range truth {
-		if got, ok := copy[k]; !ok {
-			d.missing++
-		} else if got != v {
-			d.changed++
-		}
-	}
-	for k := range copy {
-		if _, ok := truth[k]; !ok {
-			d.extra++
-		}
-	}
-	return d
 }
 
 // fileStamp identifies a version of the map file cheaply.
@@ -817,13 +794,13 @@ func (s *Syncer) skipBad(b maps.BadEntry) {
 	s.log.Warn("skipped invalid entry from redis", "user", fmt.Sprintf("%.80q", b.User), "err", b.Err)
 }
 
-// entriesOf returns m as runtime entries sorted by key.
+// entriesOf returns m as runtime entries, in no particular order: HAProxy's
+// map lookups do not depend on it (the file is sorted on its own).
 func entriesOf(m map[string]string) []runtime.Entry {
 	out := make([]runtime.Entry, 0, len(m))
 	for k, v := range m {
 		out = append(out, runtime.Entry{Key: k, Value: v})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
 	return out
 }
 

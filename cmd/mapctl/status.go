@@ -13,37 +13,6 @@ import (
 	"github.com/shardmap/shardmap/runtime"
 )
 
-// drift counts how a copy of the map differs from Redis.
-type drift struct{ missing, extra, differ int }
-
-func (d drift) zero() bool { return d == drift{} }
-
-func (d drift) String() string {
-	if d.zero() {
-		return "in sync"
-	}
-	return fmt.Sprintf("DRIFT: %d missing, %d extra, %d with another shard", d.missing, d.extra, d.differ)
-}
-
-func compare(truth, copy map[string]string) drift {
-	var d drift
-	for u, sh := range truth {
-		got, ok := copy[u]
-		switch {
-		case !ok:
-			d.missing++
-		case got != sh:
-			d.differ++
-		}
-	}
-	for u := range copy {
-		if _, ok := truth[u]; !ok {
-			d.extra++
-		}
-	}
-	return d
-}
-
 func (a *app) statusCmd() *cobra.Command {
 	var socket, mapPath string
 	c := &cobra.Command{
@@ -105,8 +74,8 @@ func (a *app) status(ctx context.Context, w io.Writer, socket, mapPath string) e
 			for _, e := range mf.Entries {
 				file[e.User] = e.Shard
 			}
-			d := compare(snap.Entries, file)
-			if !d.zero() {
+			d := maps.Diff(snap.Entries, file)
+			if d.Total() > 0 {
 				unhealthy++
 			}
 			fmt.Fprintf(w, "file:   %d entries at %s, log id %s: %s\n", len(file), mapPath, mf.LogID, d)
@@ -131,8 +100,8 @@ func (a *app) status(ctx context.Context, w io.Writer, socket, mapPath string) e
 			fmt.Fprintf(w, "live:   %s on %s: %v\n", mapPath, socket, err)
 			unhealthy++
 		} else {
-			d := compare(snap.Entries, live)
-			if !d.zero() || dups > 0 {
+			d := maps.Diff(snap.Entries, live)
+			if d.Total() > 0 || dups > 0 {
 				unhealthy++
 			}
 			fmt.Fprintf(w, "live:   %d entries (%d duplicate keys) in %s: %s\n", len(live), dups, socket, d)
