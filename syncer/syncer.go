@@ -199,7 +199,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 		if err != nil && ctx.Err() == nil {
 			s.setProblem(err)
 			wait := backoff.next()
-			if stateOf(err.Error()) == "guard" {
+			if errors.Is(err, errRefused) {
 				wait = 5 * time.Second // each try dumps the live map and scans Redis
 			}
 			s.sleep(ctx, wait)
@@ -280,6 +280,10 @@ func (s *Syncer) dumpLive(ctx context.Context) (map[string]string, error) {
 	return live, err
 }
 
+// errRefused marks a reconcile the delete guard refused; its text "guard"
+// is the state name status and the logs show.
+var errRefused = errors.New("guard")
+
 // guard refuses a reconcile that would delete more than MaxDeleteShare of
 // the live map (and more than 5 entries): Redis coming back empty (FLUSHALL,
 // a restart without persistence) must not wipe the routing of every user.
@@ -303,9 +307,9 @@ func (s *Syncer) guard(ctx context.Context, live, next map[string]string) error 
 		return nil
 	}
 	s.updateStatus(func(st *Status) { st.Refused++ })
-	return fmt.Errorf("guard: refusing to delete %d of %d live entries (more than %.0f%%): did Redis lose its data? "+
+	return fmt.Errorf("%w: refusing to delete %d of %d live entries (more than %.0f%%): did Redis lose its data? "+
 		"HAProxy keeps serving the current map. Restore Redis with 'mapctl restore --from %s', or accept with 'mapctl reconcile --force'",
-		deletes, len(live), 100*s.cfg.MaxDeleteShare, s.cfg.MapPath)
+		errRefused, deletes, len(live), 100*s.cfg.MaxDeleteShare, s.cfg.MapPath)
 }
 
 // resume starts from the map file's change-log position when the log still
@@ -404,7 +408,9 @@ func (s *Syncer) step(ctx context.Context) error {
 		}
 		s.report(ctx, true)
 	}
-	if !s.dirtySince.IsZero() && time.Since(s.dirtySince) >= s.cfg.FlushDelay || s.fileID != s.applied && s.dirtySince.IsZero() {
+	// Changes wait out the flush delay; a header-only change (log position
+	// moved, no entry changed) is written at once.
+	if s.fileDue() && (s.dirtySince.IsZero() || time.Since(s.dirtySince) >= s.cfg.FlushDelay) {
 		s.startFlush()
 	}
 	return nil
