@@ -132,7 +132,8 @@ func (c *Client) dial(ctx context.Context) (net.Conn, error) {
 }
 
 // oneShot runs one command on a fresh non-interactive connection and returns
-// the whole reply, checked to end with HAProxy's terminating empty line.
+// the whole reply, checked to end with HAProxy's terminating empty line,
+// without that line or the newline before it.
 func (c *Client) oneShot(ctx context.Context, cmd string) (string, error) {
 	var out strings.Builder
 	err := c.stream(ctx, cmd, func(line string) error {
@@ -140,7 +141,25 @@ func (c *Client) oneShot(ctx context.Context, cmd string) (string, error) {
 		out.WriteByte('\n')
 		return nil
 	})
-	return out.String(), err
+	return strings.TrimSuffix(out.String(), "\n"), err
+}
+
+// send dials a fresh connection, bounds it by ctx's deadline (or the client's
+// timeout) and cancellation, and writes cmd. The caller reads the reply and
+// then calls done.
+func (c *Client) send(ctx context.Context, cmd string) (conn net.Conn, done func(), err error) {
+	conn, err = c.dial(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	done = func() { stop(); conn.Close() }
+	conn.SetDeadline(c.deadline(ctx, 0))
+	if _, err := conn.Write([]byte(cmd + "\n")); err != nil {
+		done()
+		return nil, nil, fmt.Errorf("runtime %q: write: %w", cmd, err)
+	}
+	return conn, done, nil
 }
 
 // stream runs one command on a fresh connection and passes each reply line
@@ -148,17 +167,11 @@ func (c *Client) oneShot(ctx context.Context, cmd string) (string, error) {
 // ends before the empty line, or a read that times out, is ErrTruncated:
 // a partial reply is never taken for a whole one.
 func (c *Client) stream(ctx context.Context, cmd string, fn func(line string) error) error {
-	conn, err := c.dial(ctx)
+	conn, done, err := c.send(ctx, cmd)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
-	defer stop()
-	conn.SetDeadline(c.deadline(ctx, 0))
-	if _, err := conn.Write([]byte(cmd + "\n")); err != nil {
-		return fmt.Errorf("runtime %q: write: %w", cmd, err)
-	}
+	defer done()
 	rd := bufio.NewReaderSize(conn, 64*1024)
 	var pending *string // a line is passed on only once the next is read
 	for {

@@ -7,31 +7,17 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"time"
 )
-
-// command runs one command on a fresh connection and returns its reply
-// without the terminating empty line.
-func (c *Client) command(ctx context.Context, cmd string) (string, error) {
-	out, err := c.oneShot(ctx, cmd)
-	return strings.TrimSuffix(out, "\n"), err
-}
 
 // unframed runs one command on a fresh connection and returns everything
 // HAProxy sent before closing it, for replies that lack the closing empty
 // line. The caller must check the text.
 func (c *Client) unframed(ctx context.Context, cmd string) (string, error) {
-	conn, err := c.dial(ctx)
+	conn, done, err := c.send(ctx, cmd)
 	if err != nil {
 		return "", err
 	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
-	defer stop()
-	conn.SetDeadline(c.deadline(ctx, 0))
-	if _, err := conn.Write([]byte(cmd + "\n")); err != nil {
-		return "", fmt.Errorf("runtime %q: write: %w", cmd, err)
-	}
+	defer done()
 	b, err := io.ReadAll(conn)
 	if err != nil {
 		return "", fmt.Errorf("runtime %q: %w", cmd, err)
@@ -65,7 +51,7 @@ func (c *Client) AddServer(ctx context.Context, backend, name, addr string, weig
 	if check {
 		cmd += " check"
 	}
-	if out, err := c.command(ctx, cmd); err != nil {
+	if out, err := c.oneShot(ctx, cmd); err != nil {
 		return err
 	} else if !strings.Contains(out, "New server registered") {
 		return fmt.Errorf("runtime %q: haproxy replied %q", cmd, out)
@@ -75,7 +61,7 @@ func (c *Client) AddServer(ctx context.Context, backend, name, addr string, weig
 		steps = append([]string{"enable health " + backend + "/" + name}, steps...)
 	}
 	for _, cmd := range steps {
-		if out, err := c.command(ctx, cmd); err != nil {
+		if out, err := c.oneShot(ctx, cmd); err != nil {
 			return err
 		} else if out != "" {
 			return fmt.Errorf("runtime %q: haproxy replied %q", cmd, out)
@@ -91,7 +77,7 @@ func (c *Client) SetServerState(ctx context.Context, backend, name, state string
 		return err
 	}
 	cmd := fmt.Sprintf("set server %s/%s state %s", backend, name, state)
-	if out, err := c.command(ctx, cmd); err != nil {
+	if out, err := c.oneShot(ctx, cmd); err != nil {
 		return err
 	} else if out != "" {
 		return fmt.Errorf("runtime %q: haproxy replied %q", cmd, out)
@@ -123,7 +109,7 @@ type ServerStat struct {
 
 // Servers lists the servers of backend (all backends when empty).
 func (c *Client) Servers(ctx context.Context, backend string) ([]ServerStat, error) {
-	out, err := c.command(ctx, "show stat")
+	out, err := c.oneShot(ctx, "show stat")
 	if err != nil {
 		return nil, err
 	}
