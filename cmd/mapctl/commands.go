@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"sort"
 	"strings"
@@ -280,6 +279,23 @@ func (a *app) exportCmd() *cobra.Command {
 	}
 }
 
+// readMapFile opens path ("-": standard input) and parses it as a map file.
+// It returns the name to show for it; a file that cannot be opened is a
+// usage error.
+func readMapFile(cmd *cobra.Command, path string) (maps.MapFile, string, error) {
+	if path == "-" {
+		mf, err := maps.ParseMapFile(cmd.InOrStdin())
+		return mf, "stdin", err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return maps.MapFile{}, path, usageError{err}
+	}
+	defer f.Close()
+	mf, err := maps.ParseMapFile(f)
+	return mf, path, err
+}
+
 func (a *app) importCmd() *cobra.Command {
 	var force, wait bool
 	var batch int
@@ -288,17 +304,7 @@ func (a *app) importCmd() *cobra.Command {
 		Short: "Assign every user in a map file (\"user shard\" lines); all lines are checked before any is written",
 		Args:  args(1, "FILE or -"),
 		RunE: func(cmd *cobra.Command, as []string) error {
-			var r io.Reader = cmd.InOrStdin()
-			name := "stdin"
-			if as[0] != "-" {
-				f, err := os.Open(as[0])
-				if err != nil {
-					return usageError{err}
-				}
-				defer f.Close()
-				r, name = f, as[0]
-			}
-			mf, err := maps.ParseMapFile(r)
+			mf, name, err := readMapFile(cmd, as[0])
 			if err != nil {
 				return fmt.Errorf("import %s: nothing written: %w", name, err)
 			}

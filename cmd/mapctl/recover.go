@@ -2,12 +2,9 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
-
-	"github.com/shardmap/shardmap/maps"
 )
 
 func (a *app) restoreCmd() *cobra.Command {
@@ -24,12 +21,7 @@ only in Redis are kept. Every line is checked before anything is written.`,
 			if from == "" {
 				return usagef("restore needs --from FILE (the map file, e.g. /etc/haproxy/users.map)")
 			}
-			f, err := os.Open(from)
-			if err != nil {
-				return usageError{err}
-			}
-			defer f.Close()
-			mf, err := maps.ParseMapFile(f)
+			mf, _, err := readMapFile(cmd, from)
 			if err != nil {
 				return fmt.Errorf("restore from %s: nothing written: %w", from, err)
 			}
