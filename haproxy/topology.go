@@ -15,6 +15,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/shardmap/shardmap/internal/atomicfile"
 	"github.com/shardmap/shardmap/maps"
 )
 
@@ -214,5 +215,5 @@ func (t *Topology) Save(path string) error {
 	if err != nil {
 		return err
 	}
-	return maps.WriteFileAtomic(path, data, 0o644)
+	return atomicfile.Write(path, data, 0o644)
 }

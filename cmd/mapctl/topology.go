@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shardmap/shardmap/haproxy"
-	"github.com/shardmap/shardmap/maps"
+	"github.com/shardmap/shardmap/internal/atomicfile"
 	"github.com/shardmap/shardmap/runtime"
 )
 
@@ -45,7 +45,7 @@ func (a *app) configCmd() *cobra.Command {
 				_, err = cmd.OutOrStdout().Write(cfg)
 				return err
 			}
-			return maps.WriteFileAtomic(out, cfg, 0o644)
+			return atomicfile.Write(out, cfg, 0o644)
 		},
 	}
 	render.Flags().StringVar(&topo, "topology", "", "topology file (YAML)")
