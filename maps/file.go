@@ -142,9 +142,11 @@ func orNone(id string) string {
 	return id
 }
 
-// WriteMapFile encodes mf and writes it to path atomically. It reports whether
-// the file changed; identical bytes are not rewritten.
-func WriteMapFile(path string, mf MapFile) (changed bool, err error) {
+// WriteMapFile encodes mf and writes it to path atomically (see
+// atomicfile.Write). It reports whether the file changed; identical bytes are
+// not rewritten. An existing file keeps its mode and owner, which HAProxy's
+// user may depend on; newMode is the mode of a file that does not exist yet.
+func WriteMapFile(path string, mf MapFile, newMode os.FileMode) (changed bool, err error) {
 	data, err := mf.Encode()
 	if err != nil {
 		return false, err
@@ -152,7 +154,7 @@ func WriteMapFile(path string, mf MapFile) (changed bool, err error) {
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
 		return false, nil
 	}
-	if err := atomicfile.Write(path, data, 0o644); err != nil {
+	if err := atomicfile.Write(path, data, newMode); err != nil {
 		return false, err
 	}
 	return true, nil

@@ -20,7 +20,7 @@ func BenchmarkWriteMapFile(b *testing.B) {
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				mf.LogID = fmt.Sprintf("%d-0", i+2) // a new header: always rewritten
-				if _, err := WriteMapFile(path, mf); err != nil {
+				if _, err := WriteMapFile(path, mf, 0o640); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -69,21 +70,55 @@ func TestParseMapFileTabsCRLF(t *testing.T) {
 func TestWriteMapFileSkipsUnchanged(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "users.map")
 	mf := MapFile{LogID: "1-0", Entries: []Assignment{{"a", "s"}}}
-	if changed, err := WriteMapFile(path, mf); err != nil || !changed {
+	if changed, err := WriteMapFile(path, mf, 0o640); err != nil || !changed {
 		t.Fatalf("first write: changed=%v err=%v", changed, err)
 	}
-	if changed, err := WriteMapFile(path, mf); err != nil || changed {
+	if changed, err := WriteMapFile(path, mf, 0o640); err != nil || changed {
 		t.Fatalf("second write: changed=%v err=%v, want unchanged", changed, err)
 	}
 }
 
 func TestWriteMapFileRefusesBadEntry(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "users.map")
-	_, err := WriteMapFile(path, MapFile{Entries: []Assignment{{"a\nb", "s"}}})
+	_, err := WriteMapFile(path, MapFile{Entries: []Assignment{{"a\nb", "s"}}}, 0o640)
 	if !errors.Is(err, ErrInvalid) {
 		t.Fatalf("want ErrInvalid, got %v", err)
 	}
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Fatalf("file written despite bad entry: %v", err)
+	}
+}
+
+// The map file is HAProxy's: a rewrite keeps the mode and owner the operator
+// gave it (e.g. root:haproxy 0640), and a new file gets the mode asked for.
+func TestWriteMapFileKeepsModeAndOwner(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "users.map")
+	if _, err := WriteMapFile(path, MapFile{LogID: "1-0", Entries: []Assignment{{"a", "s"}}}, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("new file: %v %v, want mode 640", fi.Mode(), err)
+	}
+	os.Chmod(path, 0o600)
+	wantUID, wantGID := os.Getuid(), os.Getgid()
+	if os.Geteuid() == 0 {
+		wantUID, wantGID = 4242, 4343
+		if err := os.Chown(path, wantUID, wantGID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if changed, err := WriteMapFile(path, MapFile{LogID: "2-0", Entries: []Assignment{{"a", "t"}}}, 0o644); err != nil || !changed {
+		t.Fatalf("rewrite: changed=%v err=%v", changed, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %o after rewrite, want the existing 600", fi.Mode().Perm())
+	}
+	if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != wantUID || int(st.Gid) != wantGID {
+		t.Errorf("owner %d:%d after rewrite, want %d:%d", st.Uid, st.Gid, wantUID, wantGID)
 	}
 }

@@ -672,7 +672,7 @@ func (s *Syncer) snapshotFile() maps.MapFile {
 }
 
 func (s *Syncer) writeFile(mf maps.MapFile) fileWrite {
-	_, err := maps.WriteMapFile(s.cfg.MapPath, mf)
+	_, err := maps.WriteMapFile(s.cfg.MapPath, mf, 0o640)
 	return fileWrite{id: mf.LogID, stamp: stampOf(s.cfg.MapPath), err: err}
 }
 
