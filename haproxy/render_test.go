@@ -133,23 +133,3 @@ func TestTopologyValidation(t *testing.T) {
 		t.Errorf("valid topology refused: %v", err)
 	}
 }
-
-func TestTopologySaveRoundTrip(t *testing.T) {
-	topo, err := LoadTopology("../demo/topology.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "t.yaml")
-	if err := topo.Save(path); err != nil {
-		t.Fatal(err)
-	}
-	again, err := LoadTopology(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, _ := Render(topo, "x")
-	b, _ := Render(again, "x")
-	if !bytes.Equal(a, b) {
-		t.Fatal("saved topology renders differently")
-	}
-}

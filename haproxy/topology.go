@@ -15,7 +15,6 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/shardmap/shardmap/internal/atomicfile"
 	"github.com/shardmap/shardmap/maps"
 )
 
@@ -192,28 +191,4 @@ func cookieName(c string) bool {
 		}
 	}
 	return true
-}
-
-// Marshal renders the topology as YAML, shards sorted by name.
-func (t *Topology) Marshal() ([]byte, error) {
-	var b bytes.Buffer
-	b.WriteString("# shardmap topology: shards and their servers. mapctl shard add-server/remove-server\n# edit this file; render haproxy.cfg with: mapctl config render --topology FILE\n")
-	enc := yaml.NewEncoder(&b)
-	enc.SetIndent(2)
-	if err := enc.Encode(t); err != nil {
-		return nil, err
-	}
-	return b.Bytes(), enc.Close()
-}
-
-// Save writes the topology to path atomically.
-func (t *Topology) Save(path string) error {
-	if err := t.Validate(); err != nil {
-		return err
-	}
-	data, err := t.Marshal()
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(path, data, 0o644)
 }

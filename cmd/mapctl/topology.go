@@ -81,29 +81,28 @@ func (a *app) shardCmd() *cobra.Command {
 		Short: "Add a server to SHARD in every given HAProxy (no reload) and in the topology file",
 		Args:  args(2, "SHARD ADDR"),
 		RunE: func(cmd *cobra.Command, as []string) error {
-			t, sh, err := topologyShard(topo, as[0])
-			if err != nil {
-				return err
-			}
 			srv := haproxy.Server{Addr: as[1], Weight: weight, Check: check}
 			if err := haproxy.CheckServer(srv); err != nil {
 				return usageError{err}
 			}
-			sh.Servers = append(sh.Servers, srv)
-			t.Shards[as[0]] = sh
-			if err := t.Validate(); err != nil { // a server listed twice, check without health_check
-				return usageError{err}
-			}
 			ctx, cancel := a.ctx(cmd)
 			defer cancel()
-			err = eachHAProxy(socketsOr(sockets, t), a.timeout, "add server", func(rt *runtime.Client) error {
+			f, unlock, err := editTopology(ctx, topo, as[0])
+			if err != nil {
+				return err
+			}
+			defer unlock()
+			if err := f.AddServer(as[0], srv); err != nil { // a server listed twice, check without health_check
+				return usageError{err}
+			}
+			err = eachHAProxy(socketsOr(sockets, f.Topology()), a.timeout, "add server", func(rt *runtime.Client) error {
 				return rt.AddServer(ctx, as[0], srv.Name(), srv.Addr, srv.EffectiveWeight(), srv.Check)
 			})
 			if err != nil {
 				return err
 			}
-			if err := t.Save(topo); err != nil {
-				return err
+			if err := f.Save(); err != nil {
+				return fmt.Errorf("server %s is live in HAProxy but the topology was not saved: %w", srv.Addr, err)
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: server %s (%s) added to %s, live and in %s\n", srv.Name(), srv.Addr, as[0], topo)
 			return nil
@@ -118,35 +117,31 @@ func (a *app) shardCmd() *cobra.Command {
 		Short: "Drain a server of SHARD, then remove it from every given HAProxy and from the topology file",
 		Args:  args(2, "SHARD ADDR"),
 		RunE: func(cmd *cobra.Command, as []string) error {
-			t, sh, err := topologyShard(topo, as[0])
+			lctx, lcancel := a.ctx(cmd)
+			f, unlock, err := editTopology(lctx, topo, as[0])
+			lcancel()
 			if err != nil {
 				return err
 			}
-			idx := -1
-			for i, s := range sh.Servers {
-				if s.Addr == as[1] {
-					idx = i
-				}
-			}
-			if idx < 0 {
-				return usagef("shard %q has no server %s in %s", as[0], as[1], topo)
-			}
-			if len(sh.Servers) == 1 {
+			defer unlock()
+			if len(f.Topology().Shards[as[0]].Servers) == 1 && f.Topology().Shards[as[0]].Servers[0].Addr == as[1] {
 				return usagef("server %s is the last of shard %q: a shard needs a server", as[1], as[0])
 			}
-			name := sh.Servers[idx].Name()
+			srv, err := f.RemoveServer(as[0], as[1])
+			if err != nil {
+				return usageError{err}
+			}
+			name := srv.Name()
 			ctx, cancel := context.WithTimeout(cmd.Context(), drainTimeout+a.timeout)
 			defer cancel()
-			err = eachHAProxy(socketsOr(sockets, t), a.timeout, "remove server", func(rt *runtime.Client) error {
+			err = eachHAProxy(socketsOr(sockets, f.Topology()), a.timeout, "remove server", func(rt *runtime.Client) error {
 				return drainAndDelete(ctx, rt, as[0], name, drainTimeout)
 			})
 			if err != nil {
 				return err
 			}
-			sh.Servers = append(sh.Servers[:idx], sh.Servers[idx+1:]...)
-			t.Shards[as[0]] = sh
-			if err := t.Save(topo); err != nil {
-				return err
+			if err := f.Save(); err != nil {
+				return fmt.Errorf("server %s is removed from HAProxy but the topology was not saved: %w", srv.Addr, err)
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: server %s drained and removed from %s, live and in %s\n", name, as[0], topo)
 			return nil
@@ -161,17 +156,35 @@ func (a *app) shardCmd() *cobra.Command {
 	return c
 }
 
-// topologyShard loads the topology and finds one of its shards.
-func topologyShard(path, shard string) (*haproxy.Topology, haproxy.Shard, error) {
-	t, err := loadTopology(path)
+// editTopology locks the topology file (waiting until ctx is done for
+// another mapctl to finish), then reads it afresh under the lock and checks
+// that shard is in it. The caller holds the lock, through changing HAProxy
+// and saving the file, until it calls unlock.
+func editTopology(ctx context.Context, path, shard string) (*haproxy.TopologyFile, func(), error) {
+	if path == "" {
+		return nil, nil, usagef("--topology is required")
+	}
+	if _, err := os.Stat(path); err != nil {
+		return nil, nil, usageError{err} // before creating a lock file beside a wrong path
+	}
+	lock, err := haproxy.LockTopology(ctx, path)
 	if err != nil {
-		return nil, haproxy.Shard{}, err
+		return nil, nil, err
 	}
-	sh, ok := t.Shards[shard]
-	if !ok {
-		return nil, haproxy.Shard{}, usagef("shard %q is not in %s (shards: %v)", shard, path, t.ShardNames())
+	unlock := func() { lock.Unlock() }
+	f, err := haproxy.OpenTopologyFile(path)
+	if err != nil {
+		unlock()
+		if errors.Is(err, haproxy.ErrTopology) || errors.Is(err, os.ErrNotExist) {
+			return nil, nil, usageError{err}
+		}
+		return nil, nil, err
 	}
-	return t, sh, nil
+	if _, ok := f.Topology().Shards[shard]; !ok {
+		unlock()
+		return nil, nil, usagef("shard %q is not in %s (shards: %v)", shard, path, f.Topology().ShardNames())
+	}
+	return f, unlock, nil
 }
 
 // eachHAProxy runs fn against every socket in turn and stops at the first
