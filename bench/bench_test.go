@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shardmap/shardmap/haproxy"
 	"github.com/shardmap/shardmap/internal/testenv"
 	"github.com/shardmap/shardmap/maps"
 	"github.com/shardmap/shardmap/runtime"
@@ -36,23 +37,26 @@ func newRig(b *testing.B) *rig {
 	r := &rig{mapPath: filepath.Join(dir, "users.map")}
 	socket := filepath.Join(dir, "admin.sock")
 	os.WriteFile(r.mapPath, nil, 0o644)
-	cfg := fmt.Sprintf(`global
-  stats socket %s mode 600 level admin
-  stats timeout 10s
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 5s
-  timeout server 5s
-frontend fe
-  bind 127.0.0.1:%d
-  use_backend %%[req.cook(user),map(%s,shard0)]
-backend shard0
-  http-request return status 200 content-type text/plain string shard0
-backend shard1
-  http-request return status 200 content-type text/plain string shard1
-`, socket, testenv.FreePort(b), r.mapPath)
-	r.haproxy, r.socket = testenv.StartHAProxy(b, dir, cfg, socket), socket
+	// The routing rules come from the product's renderer. No traffic is sent:
+	// the servers' address only has to be valid.
+	topo := &haproxy.Topology{
+		Cookie:       "user",
+		DefaultShard: "shard0",
+		Map:          r.mapPath,
+		Frontend:     fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(b)),
+		Stats:        fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(b)),
+		Socket:       socket,
+		StatsTimeout: 10 * time.Second,
+		Shards: map[string]haproxy.Shard{
+			"shard0": {Servers: []haproxy.Server{{Addr: "127.0.0.1:9"}}},
+			"shard1": {Servers: []haproxy.Server{{Addr: "127.0.0.1:10"}}},
+		},
+	}
+	cfg, err := haproxy.Render(topo, "bench newRig")
+	if err != nil {
+		b.Fatal(err)
+	}
+	r.haproxy, r.socket = testenv.StartHAProxy(b, dir, string(cfg), socket), socket
 	rt, err := runtime.New(socket, 30*time.Second)
 	if err != nil {
 		b.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shardmap/shardmap/haproxy"
 	"github.com/shardmap/shardmap/internal/testenv"
 	"github.com/shardmap/shardmap/maps"
 	"github.com/shardmap/shardmap/runtime"
@@ -84,25 +85,28 @@ func newStack(t *testing.T) *stack {
 	}
 	port := testenv.FreePort(t)
 	s.front = fmt.Sprintf("http://127.0.0.1:%d", port)
-	var cfg strings.Builder
-	fmt.Fprintf(&cfg, `global
-  stats socket %s mode 600 level admin
-  stats timeout 10s
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 10s
-  timeout server 10s
-frontend fe
-  bind 127.0.0.1:%d
-  use_backend %%[req.cook(user),map(%s,shard0)]
-`, s.socket, port, s.mapPath)
+	// The routing rules come from the product's renderer, so the tests follow
+	// it when it changes; only the backends' addresses are the test's.
+	topo := &haproxy.Topology{
+		Cookie:       "user",
+		DefaultShard: "shard0",
+		Map:          s.mapPath,
+		Frontend:     fmt.Sprintf("127.0.0.1:%d", port),
+		Stats:        fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		Socket:       s.socket,
+		StatsTimeout: 10 * time.Second,
+		Shards:       map[string]haproxy.Shard{},
+	}
 	for _, sh := range shards {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, sh) }))
 		t.Cleanup(srv.Close)
-		fmt.Fprintf(&cfg, "backend %s\n  server s1 %s\n", sh, strings.TrimPrefix(srv.URL, "http://"))
+		topo.Shards[sh] = haproxy.Shard{Servers: []haproxy.Server{{Addr: strings.TrimPrefix(srv.URL, "http://")}}}
 	}
-	s.haproxy = testenv.StartHAProxy(t, s.dir, cfg.String(), s.socket)
+	cfg, err := haproxy.Render(topo, "e2e newStack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.haproxy = testenv.StartHAProxy(t, s.dir, string(cfg), s.socket)
 	rt, err := runtime.New(s.socket, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)

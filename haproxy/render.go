@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"sort"
+	"time"
 )
 
 // Render returns a complete haproxy.cfg for t. The same topology always
@@ -24,7 +25,7 @@ func Render(t *Topology, source string) ([]byte, error) {
 	w("# Do not edit: change the topology and render again.")
 	w("global")
 	w("    stats socket %s mode 600 level admin", t.Socket)
-	w("    stats timeout 30s")
+	w("    stats timeout %s", haproxyDuration(t.EffectiveStatsTimeout()))
 	w("")
 	w("defaults")
 	w("    mode http")
@@ -63,4 +64,13 @@ func Render(t *Topology, source string) ([]byte, error) {
 		}
 	}
 	return b.Bytes(), nil
+}
+
+// haproxyDuration writes d in HAProxy's time format: whole seconds as "30s",
+// anything else in milliseconds. Validate allows only whole milliseconds.
+func haproxyDuration(d time.Duration) string {
+	if d%time.Second == 0 {
+		return fmt.Sprintf("%ds", d/time.Second)
+	}
+	return fmt.Sprintf("%dms", d/time.Millisecond)
 }

@@ -133,3 +133,27 @@ func TestTopologyValidation(t *testing.T) {
 		t.Errorf("valid topology refused: %v", err)
 	}
 }
+
+// stats_timeout sets HAProxy's Runtime API idle timeout; unset keeps 30s.
+func TestRenderStatsTimeout(t *testing.T) {
+	base := "default_shard: s0\nmap: /m/users.map\nfrontend: 127.0.0.1:7000\nstats: 127.0.0.1:8404\nsocket: /m/a.sock\nshards: {s0: {servers: [{addr: '127.0.0.1:1'}]}}\n"
+	for extra, want := range map[string]string{
+		"":                      "    stats timeout 30s\n",
+		"stats_timeout: 10s\n":  "    stats timeout 10s\n",
+		"stats_timeout: 1.5s\n": "    stats timeout 1500ms\n",
+	} {
+		topo, err := ParseTopology([]byte(base + extra))
+		if err != nil {
+			t.Fatalf("%q: %v", extra, err)
+		}
+		cfg, err := Render(topo, "t")
+		if err != nil || !strings.Contains(string(cfg), want) {
+			t.Errorf("%q: want %q in:\n%s (%v)", extra, want, cfg, err)
+		}
+	}
+	for _, v := range []string{"1us", "-1s", "25h", "ten"} {
+		if _, err := ParseTopology([]byte(base + "stats_timeout: " + v + "\n")); !errors.Is(err, ErrTopology) {
+			t.Errorf("stats_timeout %s: err = %v, want ErrTopology", v, err)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -24,14 +25,30 @@ var ErrTopology = errors.New("invalid topology")
 // Topology is the one file that describes a sharded deployment: the shards
 // (HAProxy backends) and their servers, and where HAProxy listens.
 type Topology struct {
-	Cookie       string           `yaml:"cookie"`                 // request cookie holding the user (default "user")
-	DefaultShard string           `yaml:"default_shard"`          // shard for users without a cookie or not in the map
-	Map          string           `yaml:"map"`                    // map file path, as HAProxy and the syncer see it
-	Frontend     string           `yaml:"frontend"`               // address:port the users connect to
-	Stats        string           `yaml:"stats"`                  // address:port of the stats page (/stats)
-	Socket       string           `yaml:"socket"`                 // Runtime API socket path (level admin)
-	HealthCheck  string           `yaml:"health_check,omitempty"` // HTTP check for servers with check: true, e.g. "GET /healthz"
+	Cookie       string `yaml:"cookie"`                 // request cookie holding the user (default "user")
+	DefaultShard string `yaml:"default_shard"`          // shard for users without a cookie or not in the map
+	Map          string `yaml:"map"`                    // map file path, as HAProxy and the syncer see it
+	Frontend     string `yaml:"frontend"`               // address:port the users connect to
+	Stats        string `yaml:"stats"`                  // address:port of the stats page (/stats)
+	Socket       string `yaml:"socket"`                 // Runtime API socket path (level admin)
+	HealthCheck  string `yaml:"health_check,omitempty"` // HTTP check for servers with check: true, e.g. "GET /healthz"
+	// StatsTimeout is how long HAProxy keeps an idle Runtime API connection
+	// open (its "stats timeout"): 0 means the default, 30s; otherwise whole
+	// milliseconds from 1ms to 24h.
+	StatsTimeout time.Duration    `yaml:"stats_timeout,omitempty"`
 	Shards       map[string]Shard `yaml:"shards"`
+}
+
+// DefaultStatsTimeout is the Runtime API idle timeout rendered when the
+// topology does not set stats_timeout.
+const DefaultStatsTimeout = 30 * time.Second
+
+// EffectiveStatsTimeout is StatsTimeout with the default applied.
+func (t *Topology) EffectiveStatsTimeout() time.Duration {
+	if t.StatsTimeout == 0 {
+		return DefaultStatsTimeout
+	}
+	return t.StatsTimeout
 }
 
 // Shard is one logical shard: an HAProxy backend.
@@ -127,6 +144,9 @@ func (t *Topology) Validate() error {
 		if err := checkAddr(a.v); err != nil {
 			return bad("%s: %v", a.name, err)
 		}
+	}
+	if d := t.StatsTimeout; d != 0 && (d < time.Millisecond || d > 24*time.Hour || d%time.Millisecond != 0) {
+		return bad("stats_timeout %s: want whole milliseconds from 1ms to 24h (or unset for %s)", d, DefaultStatsTimeout)
 	}
 	if t.HealthCheck != "" && strings.ContainsAny(t.HealthCheck, "\r\n#;\\") {
 		return bad("health_check %q: one line, no '#', ';' or '\\'", t.HealthCheck)
