@@ -36,8 +36,14 @@ func TestStoreNothingWrittenWhenLogAppendFails(t *testing.T) {
 		seed  string // the ID the log ends at
 		write func(context.Context, *Store) error
 	}{
-		{"set", maxID, func(ctx context.Context, s *Store) error { _, err := s.Set(ctx, Assignment{"bob", "shard2"}); return err }},
-		{"set-changed", maxID, func(ctx context.Context, s *Store) error { _, err := s.Set(ctx, Assignment{"alice", "shard2"}); return err }},
+		{"set", maxID, func(ctx context.Context, s *Store) error {
+			_, err := s.Set(ctx, Assignment{"bob", "shard2"})
+			return err
+		}},
+		{"set-changed", maxID, func(ctx context.Context, s *Store) error {
+			_, err := s.Set(ctx, Assignment{"alice", "shard2"})
+			return err
+		}},
 		{"setmany", maxID, func(ctx context.Context, s *Store) error {
 			_, err := s.SetMany(ctx, []Assignment{{"carol", "shard1"}, {"alice", "shard2"}})
 			return err
