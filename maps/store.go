@@ -318,7 +318,8 @@ func (s *Store) Snapshot(ctx context.Context, bad func(BadEntry)) (Snapshot, err
 // tries times, until no change was logged during the scan. exact is false
 // when every try saw a change (the last snapshot is returned anyway). Every
 // write through this store that changes the hash logs a new ID, so an
-// unchanged last ID means an unchanged hash (hand edits aside).
+// unchanged last ID means an unchanged hash (hand edits aside). bad is
+// called again for each try.
 func (s *Store) StableSnapshot(ctx context.Context, bad func(BadEntry), tries int) (snap Snapshot, exact bool, err error) {
 	for i := 0; i < max(tries, 1); i++ {
 		snap, err = s.Snapshot(ctx, bad)
