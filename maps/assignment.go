@@ -55,7 +55,7 @@ func ValidateUser(u string) error {
 	for i := 0; i < len(u); i++ {
 		c := u[i]
 		if c <= ' ' || c >= 0x7f || c == '"' || c == ',' || c == ';' || c == '\\' {
-			return invalid("user", u, fmt.Sprintf("byte %d is %q", i, c), UserRule)
+			return invalid("user", u, badByte(c, i), UserRule)
 		}
 	}
 	return nil
@@ -72,10 +72,20 @@ func ValidateShard(s string) error {
 		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
 			c == '.' || c == '_' || c == ':' || c == '-'
 		if !ok {
-			return invalid("shard", s, fmt.Sprintf("byte %d is %q", i, c), ShardRule)
+			return invalid("shard", s, badByte(c, i), ShardRule)
 		}
 	}
 	return nil
+}
+
+// badByte names the byte c at offset i (from 0): printable ASCII as itself,
+// anything else in hex, since a lone byte of a UTF-8 sequence or a control
+// byte printed as a character misleads ("'Ã'" for 0xc3).
+func badByte(c byte, i int) string {
+	if c > ' ' && c < 0x7f {
+		return fmt.Sprintf("byte %q at %d", c, i)
+	}
+	return fmt.Sprintf("byte 0x%02x at %d", c, i)
 }
 
 // invalid builds an error that names the input (quoted and cut to a readable

@@ -17,20 +17,20 @@ func TestValidateUser(t *testing.T) {
 		"":                            "length 0",
 		strings.Repeat("a", 257):      "length 257",
 		"#0x55aa":                     "starts with '#'",
-		"a b":                         "byte 1",
-		"a\tb":                        "byte 1",
-		"a\nclear map /x.map":         "byte 1",
-		"a\r":                         "byte 1",
-		"a;clear map /x.map":          "byte 1",
-		"a\\ b":                       "byte 1",
-		`a"b`:                         "byte 1",
-		"a,b":                         "byte 1",
+		"a b":                         "byte 0x20 at 1",
+		"a\tb":                        "byte 0x09 at 1",
+		"a\nclear map /x.map":         "byte 0x0a at 1",
+		"a\r":                         "byte 0x0d at 1",
+		"a;clear map /x.map":          "byte ';' at 1",
+		"a\\ b":                       "byte '\\\\' at 1",
+		`a"b`:                         `byte '"' at 1`,
+		"a,b":                         "byte ',' at 1",
 		"x<<":                         `ends in "<<"`,
-		"\x00":                        "byte 0",
-		"caf\xc3\xa9":                 "byte 3",
-		"a\n\nshow map":               "byte 1",
-		"\x7f":                        "byte 0",
-		"user\nadd map /x.map evil 1": "byte 4",
+		"\x00":                        "byte 0x00 at 0",
+		"caf\xc3\xa9":                 "byte 0xc3 at 3",
+		"a\n\nshow map":               "byte 0x0a at 1",
+		"\x7f":                        "byte 0x7f at 0",
+		"user\nadd map /x.map evil 1": "byte 0x0a at 4",
 	}
 	for u, why := range bad {
 		err := ValidateUser(u)
@@ -49,6 +49,9 @@ func TestValidateShard(t *testing.T) {
 		if err := ValidateShard(s); err != nil {
 			t.Errorf("ValidateShard(%q) = %v", s, err)
 		}
+	}
+	if err := ValidateShard("sh\xc3rd"); err == nil || !strings.Contains(err.Error(), "byte 0xc3 at 2") {
+		t.Errorf("a non-ASCII byte is not shown in hex: %v", err)
 	}
 	for _, s := range []string{"", strings.Repeat("s", 65), "a b", "a;b", "a\nb", "a/b", "shard#1", "ünï"} {
 		err := ValidateShard(s)

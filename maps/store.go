@@ -2,10 +2,8 @@ package maps
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -58,56 +56,133 @@ func NewStore(rdb redis.UniversalClient, prefix string) *Store {
 	return &Store{rdb: rdb, prefix: prefix, maxLen: DefaultLogMaxLen}
 }
 
-// SetLogMaxLen changes the approximate cap of the change-log stream.
-func (s *Store) SetLogMaxLen(n int64) { s.maxLen = n }
-
 // UsersKey, LogKey, SyncersKey and ShardsKey name the store's Redis keys.
 func (s *Store) UsersKey() string   { return s.prefix + ":users" }
 func (s *Store) LogKey() string     { return s.prefix + ":log" }
 func (s *Store) SyncersKey() string { return s.prefix + ":syncers" }
 func (s *Store) ShardsKey() string  { return s.prefix + ":shards" }
 
-// checkTypes fails a script before any write if a key holds the wrong type.
-const checkTypes = `
+// The write scripts share one shape, so that nothing is written unless
+// everything is. Redis runs a script atomically but does not roll it back:
+// a command that fails half-way leaves the earlier writes in place. So:
+//
+//  1. A key of the wrong type fails the script before anything.
+//  2. The script decides every change with reads only (HGET/HEXISTS).
+//  3. commit appends every change to the log first, with redis.pcall and
+//     without MAXLEN. XADD * can fail on a valid stream: when the stream's
+//     last ID is 18446744073709551615-18446744073709551615 no later ID
+//     exists. On the first failure, commit deletes the entries it added
+//     (XDEL, and DEL of a stream it created) and returns the error, before
+//     any hash write: no reader can see the undone entries, since the script
+//     is atomic. We chose undo over a precheck of the stream's
+//     last-generated-id because it covers any XADD failure, not only the
+//     ones we know of, and needs no 64-bit arithmetic in Lua (whose numbers
+//     are doubles).
+//  4. Only then the hash writes (HSET/HDEL on a hash, which cannot fail), and
+//     one XTRIM MAXLEN ~ last: trimming is the one step that cannot be undone,
+//     so it comes after everything else succeeded.
+//
+// Every script starts with "#!lua", so Redis refuses it whole, before its
+// first command, when over maxmemory (noeviction), rather than failing a
+// write in the middle. ARGV[1] is always the log's MAXLEN.
+const prologue = `#!lua
 local ut = redis.call('TYPE', KEYS[1])['ok']
 local lt = redis.call('TYPE', KEYS[2])['ok']
 if (ut ~= 'none' and ut ~= 'hash') or (lt ~= 'none' and lt ~= 'stream') then
   return redis.error_reply('WRONGTYPE shardmap keys ' .. KEYS[1] .. ' (' .. ut .. ') and ' .. KEYS[2] .. ' (' .. lt .. ') must be a hash and a stream')
-end`
+end
+local cur = {}
+local function get(u)
+  if cur[u] == nil then cur[u] = redis.call('HGET', KEYS[1], u) end
+  return cur[u]
+end
+local function lastid()
+  local r = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  if #r > 0 then return r[1][1] end
+  return '0-0'
+end
+-- commit writes {user, shard} (shard false: delete) to the log, then the
+-- hash; it returns the last new ID, or nil and the error with nothing written.
+local function commit(writes)
+  local ids = {}
+  for _, w in ipairs(writes) do
+    local r
+    if w[2] then
+      r = redis.pcall('XADD', KEYS[2], '*', 'op', 'set', 'user', w[1], 'shard', w[2])
+    else
+      r = redis.pcall('XADD', KEYS[2], '*', 'op', 'del', 'user', w[1])
+    end
+    if type(r) == 'table' and r.err then
+      for j = 1, #ids, 1000 do
+        redis.call('XDEL', KEYS[2], unpack(ids, j, math.min(j + 999, #ids)))
+      end
+      if lt == 'none' then redis.call('DEL', KEYS[2]) end
+      return nil, r.err
+    end
+    ids[#ids + 1] = r
+  end
+  for _, w in ipairs(writes) do
+    if w[2] then redis.call('HSET', KEYS[1], w[1], w[2]) else redis.call('HDEL', KEYS[1], w[1]) end
+  end
+  if #ids == 0 then return lastid() end
+  redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[1])
+  return ids[#ids]
+end
+local function failed(err)
+  return redis.error_reply('shardmap: change log append failed, nothing written: ' .. tostring(err))
+end
+`
 
 // setScript assigns each (user, shard) pair in ARGV[2:] and logs each real
 // change; it returns the ID of the last change, or the stream's last ID when
 // nothing changed, so a caller can always wait for that ID.
-//
-// Both scripts start with "#!lua" so that Redis refuses them whole when over
-// maxmemory, and check the key types before writing: Redis does not roll a
-// failed script back, so nothing may fail after the first write.
-var setScript = redis.NewScript(`#!lua
-` + checkTypes + `
-local last = false
+var setScript = redis.NewScript(prologue + `
+local writes = {}
 for i = 2, #ARGV, 2 do
   local u, s = ARGV[i], ARGV[i+1]
-  if redis.call('HGET', KEYS[1], u) ~= s then
-    redis.call('HSET', KEYS[1], u, s)
-    last = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'op', 'set', 'user', u, 'shard', s)
+  if get(u) ~= s then
+    cur[u] = s
+    writes[#writes + 1] = {u, s}
   end
 end
-if not last then
-  local r = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-  if #r > 0 then last = r[1][1] else last = '0-0' end
-end
-return last
+local id, err = commit(writes)
+if not id then return failed(err) end
+return id
 `)
 
 // delScript removes ARGV[2] and logs it; it returns {removed, id}.
-var delScript = redis.NewScript(`#!lua
-` + checkTypes + `
-if redis.call('HDEL', KEYS[1], ARGV[2]) == 1 then
-  return {1, redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'op', 'del', 'user', ARGV[2])}
+var delScript = redis.NewScript(prologue + `
+if not get(ARGV[2]) then return {0, lastid()} end
+local id, err = commit({{ARGV[2], false}})
+if not id then return failed(err) end
+return {1, id}
+`)
+
+// fillScript assigns each (user, shard) pair in ARGV[2:] only where the
+// user has no shard (HSETNX semantics), and logs each write. It returns
+// {id, written, same, user1, redisShard1, ...}: the ID to wait for, how many
+// pairs it wrote, how many Redis already had, and each user it left alone
+// because Redis has another shard for it.
+var fillScript = redis.NewScript(prologue + `
+local writes, same, res = {}, 0, {}
+for i = 2, #ARGV, 2 do
+  local u, s = ARGV[i], ARGV[i+1]
+  local have = get(u)
+  if not have then
+    cur[u] = s
+    writes[#writes + 1] = {u, s}
+  elseif have == s then
+    same = same + 1
+  else
+    res[#res + 1] = u
+    res[#res + 1] = have
+  end
 end
-local r = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-if #r > 0 then return {0, r[1][1]} end
-return {0, '0-0'}
+local id, err = commit(writes)
+if not id then return failed(err) end
+local out = {id, #writes, same}
+for _, v in ipairs(res) do out[#out + 1] = v end
+return out
 `)
 
 // Set assigns a.User to a.Shard and returns the change-log ID to wait for.
@@ -238,6 +313,30 @@ func (s *Store) Snapshot(ctx context.Context, bad func(BadEntry)) (Snapshot, err
 	return snap, err
 }
 
+// StableSnapshot is Snapshot taken so that the hash is exactly the state at
+// LogID: it reads the log's last ID again after the scan and retries, up to
+// tries times, until no change was logged during the scan. exact is false
+// when every try saw a change (the last snapshot is returned anyway). Every
+// write through this store that changes the hash logs a new ID, so an
+// unchanged last ID means an unchanged hash (hand edits aside). bad is
+// called again for each try.
+func (s *Store) StableSnapshot(ctx context.Context, bad func(BadEntry), tries int) (snap Snapshot, exact bool, err error) {
+	for i := 0; i < max(tries, 1); i++ {
+		snap, err = s.Snapshot(ctx, bad)
+		if err != nil {
+			return snap, false, err
+		}
+		after, err := s.LastLogID(ctx)
+		if err != nil {
+			return snap, false, err
+		}
+		if after == snap.LogID {
+			return snap, true, nil
+		}
+	}
+	return snap, false, nil
+}
+
 // LastLogID returns the newest change-log ID, or ZeroID for an empty log.
 func (s *Store) LastLogID(ctx context.Context) (string, error) {
 	msgs, err := s.rdb.XRevRangeN(ctx, s.LogKey(), "+", "-", 1).Result()
@@ -265,8 +364,10 @@ func (s *Store) LogHas(ctx context.Context, id string) (bool, error) {
 }
 
 // ReadLog returns up to count changes after id, waiting up to block for the
-// first one; none and no error when the wait ran out. Entries that fail
-// validation are returned with their error in bad, never as changes.
+// first one (block < 0: no wait); none and no error when the wait ran out.
+// An entry that fails validation is reported in bad, and is also returned
+// in changes as a Change with only its ID set (Op empty), so the reader can
+// move past it: a caller must apply only changes whose Op is OpSet or OpDel.
 func (s *Store) ReadLog(ctx context.Context, after string, count int64, block time.Duration) (changes []Change, bad []BadEntry, err error) {
 	streams, err := s.rdb.XRead(ctx, &redis.XReadArgs{
 		Streams: []string{s.LogKey(), after},
@@ -312,89 +413,6 @@ func parseChange(m redis.XMessage) (Change, error) {
 	return c, nil
 }
 
-// SyncerState is what a syncer reports about itself in Redis.
-type SyncerState struct {
-	Name    string    `json:"-"`
-	Applied string    `json:"applied"` // last change-log ID in the live map
-	Seen    time.Time `json:"seen"`    // heartbeat
-	Map     string    `json:"map"`
-	Entries int       `json:"entries"` // entries in the live map
-	Ready   bool      `json:"ready"`
-	Problem string    `json:"problem,omitempty"`
-}
-
-// Live reports whether the syncer sent a heartbeat within maxAge of now.
-func (st SyncerState) Live(now time.Time, maxAge time.Duration) bool {
-	return now.Sub(st.Seen) <= maxAge
-}
-
-// ReportSyncer records a syncer's state under its name.
-func (s *Store) ReportSyncer(ctx context.Context, st SyncerState) error {
-	b, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	if err := s.rdb.HSet(ctx, s.SyncersKey(), st.Name, b).Err(); err != nil {
-		return fmt.Errorf("redis report syncer %s: %w", st.Name, err)
-	}
-	return nil
-}
-
-// Syncers returns every syncer that ever reported, sorted by name.
-func (s *Store) Syncers(ctx context.Context) ([]SyncerState, error) {
-	all, err := s.rdb.HGetAll(ctx, s.SyncersKey()).Result()
-	if err != nil {
-		return nil, fmt.Errorf("redis read syncers: %w", err)
-	}
-	out := make([]SyncerState, 0, len(all))
-	for name, v := range all {
-		st := SyncerState{Name: name}
-		if err := json.Unmarshal([]byte(v), &st); err != nil {
-			st.Problem = "unreadable state: " + err.Error()
-		}
-		out = append(out, st)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
-}
-
-// AddShards records shard names as known (HAProxy backends that exist).
-func (s *Store) AddShards(ctx context.Context, shards []string) error {
-	if len(shards) == 0 {
-		return nil
-	}
-	args := make([]any, 0, len(shards))
-	for _, sh := range shards {
-		if err := ValidateShard(sh); err != nil {
-			return err
-		}
-		args = append(args, sh)
-	}
-	if err := s.rdb.SAdd(ctx, s.ShardsKey(), args...).Err(); err != nil {
-		return fmt.Errorf("redis add shards: %w", err)
-	}
-	return nil
-}
-
-// KnownShard reports whether shard was recorded as known.
-func (s *Store) KnownShard(ctx context.Context, shard string) (bool, error) {
-	ok, err := s.rdb.SIsMember(ctx, s.ShardsKey(), shard).Result()
-	if err != nil {
-		return false, fmt.Errorf("redis check shard %q: %w", shard, err)
-	}
-	return ok, nil
-}
-
-// KnownShards returns the known shard names, sorted.
-func (s *Store) KnownShards(ctx context.Context) ([]string, error) {
-	out, err := s.rdb.SMembers(ctx, s.ShardsKey()).Result()
-	if err != nil {
-		return nil, fmt.Errorf("redis read shards: %w", err)
-	}
-	sort.Strings(out)
-	return out, nil
-}
-
 // CompareIDs orders two change-log IDs ("ms-seq"): -1, 0 or 1.
 func CompareIDs(a, b string) int {
 	am, as := splitID(a)
@@ -412,6 +430,19 @@ func CompareIDs(a, b string) int {
 	return 0
 }
 
+// ParseID splits a change-log ID "MS-SEQ" into its two numbers; ok is false
+// for anything else.
+func ParseID(id string) (ms, seq uint64, ok bool) {
+	a, b, found := strings.Cut(id, "-")
+	if !found {
+		return 0, 0, false
+	}
+	var err1, err2 error
+	ms, err1 = strconv.ParseUint(a, 10, 64)
+	seq, err2 = strconv.ParseUint(b, 10, 64)
+	return ms, seq, err1 == nil && err2 == nil
+}
+
 func splitID(id string) (ms, seq uint64) {
 	a, b, _ := strings.Cut(id, "-")
 	ms, _ = strconv.ParseUint(a, 10, 64)
@@ -419,50 +450,157 @@ func splitID(id string) (ms, seq uint64) {
 	return ms, seq
 }
 
-// Import assigns every pair in batches of batch pairs, several batches per
-// round trip, and calls progress with the count done so far. Each batch is
-// atomic; a failure leaves the earlier batches written and reports how many
-// pairs were done. It returns the change-log ID to wait for.
-func (s *Store) Import(ctx context.Context, as []Assignment, batch int, progress func(done int)) (string, error) {
+// BatchError reports a batched write (Import, Fill) that stopped part-way.
+// Each batch is one script call, written whole or not at all; Done counts
+// the pairs of the batches that succeeded, even those sent in the same round
+// trip after the failed one. When Unknown is true the connection failed and
+// the batches of the last round trip may or may not have been written:
+// Done does not count them.
+type BatchError struct {
+	What    string // "import" or "fill"
+	Done    int
+	Total   int
+	Batch   int
+	Unknown bool
+	Err     error
+}
+
+func (e *BatchError) Error() string {
+	unknown := ""
+	if e.Unknown {
+		unknown = ", and the outcome of the last round trip is unknown (the connection failed)"
+	}
+	return fmt.Sprintf("redis %s stopped: %d of %d assignments written (each batch of up to %d is written whole or not at all%s): %v",
+		e.What, e.Done, e.Total, e.Batch, unknown, e.Err)
+}
+
+func (e *BatchError) Unwrap() error { return e.Err }
+
+// batches runs script over as in batches of batch pairs, several batches per
+// round trip, and hands each batch's reply to done (with the batch's size).
+// It stops after the first round trip in which a batch failed.
+func (s *Store) batches(ctx context.Context, what string, script *redis.Script, as []Assignment, batch int,
+	progress func(done int), reply func(n int, cmd *redis.Cmd)) (int, error) {
 	if batch <= 0 {
 		batch = 500
 	}
 	for _, a := range as {
 		if err := a.Validate(); err != nil {
-			return "", err
+			return 0, err
 		}
 	}
 	const perTrip = 8
-	last := ZeroID
 	keys := []string{s.UsersKey(), s.LogKey()}
-	for done := 0; done < len(as); {
+	done := 0
+	for next := 0; next < len(as); {
 		pipe := s.rdb.Pipeline()
 		var cmds []*redis.Cmd
-		end := done
-		for t := 0; t < perTrip && end < len(as); t++ {
-			hi := min(end+batch, len(as))
-			args := make([]any, 0, 1+2*(hi-end))
+		var sizes []int
+		for t := 0; t < perTrip && next < len(as); t++ {
+			hi := min(next+batch, len(as))
+			args := make([]any, 0, 1+2*(hi-next))
 			args = append(args, s.maxLen)
-			for _, a := range as[end:hi] {
+			for _, a := range as[next:hi] {
 				args = append(args, a.User, a.Shard)
 			}
-			cmds = append(cmds, setScript.Eval(ctx, pipe, keys, args...))
-			end = hi
+			cmds = append(cmds, script.Eval(ctx, pipe, keys, args...))
+			sizes = append(sizes, hi-next)
+			next = hi
 		}
-		if _, err := pipe.Exec(ctx); err != nil {
-			return "", fmt.Errorf("redis import after %d of %d assignments: %w", done, len(as), err)
-		}
-		for _, c := range cmds {
-			if id, err := c.Text(); err == nil && CompareIDs(id, last) > 0 {
-				last = id
+		_, _ = pipe.Exec(ctx) // each command carries its own error
+		var first error
+		unknown := false
+		for i, c := range cmds {
+			if err := c.Err(); err != nil {
+				var rerr redis.Error
+				if !errors.As(err, &rerr) {
+					unknown = true // not a reply from Redis: the trip's fate is unknown
+				}
+				if first == nil {
+					first = err
+				}
+				continue
 			}
+			done += sizes[i]
+			reply(sizes[i], c)
 		}
-		done = end
+		if first != nil {
+			return done, &BatchError{What: what, Done: done, Total: len(as), Batch: batch, Unknown: unknown, Err: first}
+		}
 		if progress != nil {
 			progress(done)
 		}
 	}
-	return last, nil
+	return done, nil
+}
+
+// Import assigns every pair in batches of batch pairs (500 when <= 0),
+// several batches per round trip, and calls progress with the count done so
+// far. Every pair is validated first. Each batch is atomic; a failure
+// returns a *BatchError with the exact count written. It returns the
+// change-log ID to wait for.
+func (s *Store) Import(ctx context.Context, as []Assignment, batch int, progress func(done int)) (string, error) {
+	last := ZeroID
+	_, err := s.batches(ctx, "import", setScript, as, batch, progress, func(_ int, c *redis.Cmd) {
+		if id, err := c.Text(); err == nil && CompareIDs(id, last) > 0 {
+			last = id
+		}
+	})
+	return last, err
+}
+
+// Conflict is a user that Fill left alone because Redis already assigns it
+// another shard.
+type Conflict struct {
+	User  string
+	Redis string // the shard in Redis, kept
+	Want  string // the shard Fill was given, not written
+}
+
+// FillResult is what Fill did.
+type FillResult struct {
+	LogID     string // change-log ID to wait for
+	Written   int    // users that had no shard and got one
+	Same      int    // users that already had the given shard
+	Conflicts []Conflict
+}
+
+// Fill assigns each pair only where Redis has no shard for the user (for a
+// restore after Redis lost data: what was assigned since stays). Every pair
+// is validated first; each batch is one atomic script that writes its new
+// pairs and their log entries together, or nothing. A failure returns the
+// result so far and a *BatchError.
+func (s *Store) Fill(ctx context.Context, as []Assignment, batch int, progress func(done int)) (FillResult, error) {
+	res := FillResult{LogID: ZeroID}
+	want := make(map[string]string, len(as))
+	for _, a := range as {
+		want[a.User] = a.Shard
+	}
+	var bad error
+	_, err := s.batches(ctx, "fill", fillScript, as, batch, progress, func(_ int, c *redis.Cmd) {
+		r, err := c.Slice()
+		if err != nil || len(r) < 3 || len(r)%2 == 0 {
+			bad = fmt.Errorf("redis fill: unexpected reply %v (%v)", r, err)
+			return
+		}
+		id, _ := r[0].(string)
+		w, _ := r[1].(int64)
+		same, _ := r[2].(int64)
+		if CompareIDs(id, res.LogID) > 0 {
+			res.LogID = id
+		}
+		res.Written += int(w)
+		res.Same += int(same)
+		for i := 3; i+1 < len(r); i += 2 {
+			u, _ := r[i].(string)
+			sh, _ := r[i+1].(string)
+			res.Conflicts = append(res.Conflicts, Conflict{User: u, Redis: sh, Want: want[u]})
+		}
+	})
+	if err == nil {
+		err = bad
+	}
+	return res, err
 }
 
 // forceKey holds a human's permission for the next guarded reconcile.

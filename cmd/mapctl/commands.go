@@ -27,7 +27,8 @@ type app struct {
 	store    *maps.Store
 }
 
-func newRoot() *cobra.Command {
+// newRoot builds the command tree; the caller closes the app after Execute.
+func newRoot() (*cobra.Command, *app) {
 	a := &app{}
 	root := &cobra.Command{
 		Use:           "mapctl",
@@ -46,10 +47,21 @@ func newRoot() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.redisURL, "redis", cli.Env(cli.EnvRedis, cli.DefaultRedis), "Redis URL (env "+cli.EnvRedis+")")
+	// --help shows the default, which may come from the environment with a
+	// password in it: show it redacted, keep the real value.
+	pf.Lookup("redis").DefValue = cli.RedactURL(pf.Lookup("redis").DefValue)
 	pf.StringVar(&a.prefix, "prefix", cli.Env(cli.EnvPrefix, maps.DefaultPrefix), "Redis key prefix (env "+cli.EnvPrefix+")")
 	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "how long a command, or --wait, may take")
-	root.AddCommand(a.setCmd(), a.getCmd(), a.delCmd(), a.listCmd(), a.importCmd(), a.exportCmd(), a.statusCmd(), a.configCmd(), a.shardCmd(), a.restoreCmd(), a.reconcileCmd())
-	return root
+	root.AddCommand(a.setCmd(), a.getCmd(), a.delCmd(), a.listCmd(), a.importCmd(), a.exportCmd(), a.statusCmd(), a.configCmd(), a.shardCmd(), a.restoreCmd(), a.reconcileCmd(), a.syncersCmd())
+	return root, a
+}
+
+// close releases the Redis connection, if the command opened one.
+func (a *app) close() {
+	if a.rdb != nil {
+		a.rdb.Close()
+		a.rdb = nil
+	}
 }
 
 // args wraps cobra's argument checks so that a wrong count exits 2.
@@ -91,6 +103,7 @@ func (a *app) setCmd() *cobra.Command {
 			if wait {
 				return a.waitApplied(ctx, id)
 			}
+			a.warnNoSyncer(ctx, cmd)
 			return nil
 		},
 	}
@@ -121,10 +134,30 @@ func (a *app) checkShards(ctx context.Context, shards []string) error {
 	return nil
 }
 
-// waitApplied returns when every live syncer reports the change-log ID id
-// (or a later one) as applied to its HAProxy.
+// warnNoSyncer prints a one-line warning when no active syncer sent a
+// heartbeat lately: the change is stored but reaches no HAProxy for now. It
+// never fails the command (a failure to look is not reported either).
+func (a *app) warnNoSyncer(ctx context.Context, cmd *cobra.Command) {
+	all, err := a.store.Syncers(ctx)
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	for _, st := range all {
+		if !st.Standby && st.Live(now, maps.LiveWithin) {
+			return
+		}
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: warning: stored in Redis; no syncer reported in the last %s, so no HAProxy will get it until one runs\n", maps.LiveWithin)
+}
+
+// waitApplied returns when every live, active (not standby) syncer reports
+// the change-log ID id (or a later one) as applied to its HAProxy. At the
+// timeout its error names each syncer that lacks it, where it is and the
+// problem it reports.
 func (a *app) waitApplied(ctx context.Context, id string) error {
-	const liveWithin = 5 * time.Second
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -135,12 +168,18 @@ func (a *app) waitApplied(ctx context.Context, id string) error {
 		now := time.Now()
 		var live, lagging []string
 		for _, st := range all {
-			if !st.Live(now, liveWithin) {
+			if st.Standby || !st.Live(now, maps.LiveWithin) {
 				continue
 			}
 			live = append(live, st.Name)
 			if maps.CompareIDs(st.Applied, id) < 0 {
-				lagging = append(lagging, fmt.Sprintf("%s (at %s)", st.Name, st.Applied))
+				problem := ""
+				if st.Problem != "" {
+					problem = ", problem: " + st.Problem
+				} else if !st.Ready {
+					problem = ", not ready"
+				}
+				lagging = append(lagging, fmt.Sprintf("%s (at %s%s)", st.Name, orNone(st.Applied), problem))
 			}
 		}
 		if len(live) > 0 && len(lagging) == 0 {
@@ -151,13 +190,20 @@ func (a *app) waitApplied(ctx context.Context, id string) error {
 			if len(live) == 0 {
 				// Right after Redis comes back, heartbeats are stale for a moment:
 				// this is only an answer once the whole timeout has passed.
-				return fmt.Errorf("change %s is stored in Redis, but no syncer reported in the last %s, so no HAProxy is known to have it", id, liveWithin)
+				return fmt.Errorf("change %s is stored in Redis, but no syncer reported in the last %s, so no HAProxy is known to have it", id, maps.LiveWithin)
 			}
 			return fmt.Errorf("change %s is stored in Redis, but after %s these syncers have not applied it: %s",
-				id, a.timeout, strings.Join(lagging, ", "))
+				id, a.timeout, strings.Join(lagging, "; "))
 		case <-tick.C:
 		}
 	}
+}
+
+func orNone(id string) string {
+	if id == "" {
+		return "nothing"
+	}
+	return id
 }
 
 func (a *app) getCmd() *cobra.Command {
@@ -199,6 +245,9 @@ func (a *app) delCmd() *cobra.Command {
 			}
 			if wait {
 				return a.waitApplied(ctx, id)
+			}
+			if found {
+				a.warnNoSyncer(ctx, cmd)
 			}
 			return nil
 		},
@@ -291,6 +340,10 @@ func readMapFile(cmd *cobra.Command, path string) (maps.MapFile, string, error) 
 	if err != nil {
 		return maps.MapFile{}, path, usageError{err}
 	}
+	if fi, err := f.Stat(); err == nil && fi.IsDir() {
+		f.Close()
+		return maps.MapFile{}, path, usagef("%s is a directory, not a map file", path)
+	}
 	defer f.Close()
 	mf, err := maps.ParseMapFile(f)
 	return mf, path, err
@@ -338,6 +391,7 @@ func (a *app) importCmd() *cobra.Command {
 			if wait {
 				return a.waitApplied(ctx, id)
 			}
+			a.warnNoSyncer(ctx, cmd)
 			return nil
 		},
 	}

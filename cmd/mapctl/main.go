@@ -18,7 +18,9 @@ const (
 )
 
 func main() {
-	err := newRoot().Execute()
+	root, a := newRoot()
+	err := root.Execute()
+	a.close()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mapctl:", err)
 	}

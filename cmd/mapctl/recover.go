@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -9,13 +11,18 @@ import (
 
 func (a *app) restoreCmd() *cobra.Command {
 	var from string
-	var wait bool
+	var wait, overwrite bool
 	c := &cobra.Command{
 		Use:   "restore --from FILE",
 		Short: "Seed Redis back from a map file (users.map): after Redis lost its data, before any reconcile",
-		Long: `restore assigns every user in the map file (the one the syncer persists) in Redis,
-so that a syncer that refused to empty the live map can reconcile again. Users
-only in Redis are kept. Every line is checked before anything is written.`,
+		Long: `restore assigns, in Redis, every user of the map file (the one the syncer
+persists) that Redis has no shard for, so that a syncer that refused to empty
+the live map can reconcile again. Users Redis already has are left alone:
+an assignment made after Redis lost its data is newer than the file. restore
+says how many it skipped and names the first few whose shard differs; with
+--overwrite it assigns the file's shard to every user instead. Users only in
+Redis are kept. Every line is checked before anything is written; each batch
+of 500 is written whole, with its change-log entries, or not at all.`,
 		Args: args(0, "only --from"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if from == "" {
@@ -25,21 +32,47 @@ only in Redis are kept. Every line is checked before anything is written.`,
 			if err != nil {
 				return fmt.Errorf("restore from %s: nothing written: %w", from, err)
 			}
-			ctx, cancel := a.ctx(cmd)
+			ctx, cancel := context.WithTimeout(cmd.Context(), max(a.timeout, 10*time.Minute))
 			defer cancel()
-			id, err := a.store.Import(ctx, mf.Entries, 500, nil)
-			if err != nil {
-				return err
+			stderr := cmd.ErrOrStderr()
+			var id string
+			if overwrite {
+				id, err = a.store.Import(ctx, mf.Entries, 500, nil)
+				if err != nil {
+					return fmt.Errorf("restore from %s: %w", from, err)
+				}
+				fmt.Fprintf(stderr, "mapctl: restored %d assignments from %s (written at log id %s), overwriting Redis\n", len(mf.Entries), from, mf.LogID)
+			} else {
+				res, err := a.store.Fill(ctx, mf.Entries, 500, nil)
+				if err != nil {
+					return fmt.Errorf("restore from %s: %w", from, err)
+				}
+				id = res.LogID
+				fmt.Fprintf(stderr, "mapctl: restored %d assignments missing from Redis from %s (written at log id %s); %d already there with the same shard\n",
+					res.Written, from, mf.LogID, res.Same)
+				if n := len(res.Conflicts); n > 0 {
+					var first []string
+					for _, c := range res.Conflicts[:min(n, 5)] {
+						first = append(first, fmt.Sprintf("%s (redis %s, file %s)", c.User, c.Redis, c.Want))
+					}
+					more := ""
+					if n > 5 {
+						more = fmt.Sprintf(" and %d more", n-5)
+					}
+					fmt.Fprintf(stderr, "mapctl: skipped %d users that Redis assigns another shard (Redis kept): %s%s; --overwrite replaces them with the file's\n",
+						n, strings.Join(first, ", "), more)
+				}
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: restored %d assignments from %s (written at log id %s)\n", len(mf.Entries), from, mf.LogID)
 			if wait {
 				return a.waitApplied(ctx, id)
 			}
+			a.warnNoSyncer(ctx, cmd)
 			return nil
 		},
 	}
 	c.Flags().StringVar(&from, "from", "", "map file to restore from")
 	c.Flags().BoolVar(&wait, "wait", false, "return only when every live syncer has applied it")
+	c.Flags().BoolVar(&overwrite, "overwrite", false, "assign the file's shard even to users Redis already assigns another")
 	return c
 }
 

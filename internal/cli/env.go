@@ -4,8 +4,11 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -34,13 +37,40 @@ type quiet struct{}
 
 func (quiet) Printf(context.Context, string, ...any) {}
 
+// RedactURL returns u safe to print: the password of a URL that parses is
+// replaced by "xxxxx" (net/url's Redacted); in a URL that does not parse,
+// everything between "//" (or the start) and the last "@" is replaced, since
+// where the password ends cannot be known. Every message, log line and flag
+// default that shows a Redis URL must show RedactURL(u), never u.
+func RedactURL(u string) string {
+	if p, err := url.Parse(u); err == nil {
+		return p.Redacted()
+	}
+	at := strings.LastIndex(u, "@")
+	if at < 0 {
+		return u
+	}
+	start := 0
+	if i := strings.Index(u, "//"); i >= 0 && i < at {
+		start = i + 2
+	}
+	return u[:start] + "xxxxx" + u[at:]
+}
+
 // Redis opens a client for a redis:// URL. It does not connect yet. With
 // failFast, a Redis that is down fails the first command within about a
-// second instead of being retried (for one-shot commands).
-func Redis(url string, failFast bool) (*redis.Client, error) {
-	opt, err := redis.ParseURL(url)
+// second instead of being retried (for one-shot commands). Its errors show
+// the URL redacted.
+func Redis(rawURL string, failFast bool) (*redis.Client, error) {
+	opt, err := redis.ParseURL(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("--redis %q: %w", url, err)
+		// url.Parse's error quotes the whole URL, password included: keep
+		// only its reason.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("--redis %q: %w", RedactURL(rawURL), err)
 	}
 	redis.SetLogger(quiet{})
 	if failFast {

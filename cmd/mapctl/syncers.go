@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/shardmap/shardmap/maps"
+)
+
+// Defaults of status's and syncers' bounds.
+const (
+	defaultMaxLag    = 5 * time.Second
+	defaultRetention = 24 * time.Hour
+)
+
+// syncerView is one syncer as status and syncers judge it.
+type syncerView struct {
+	maps.SyncerState
+	Short   string   // one word: ready, catching-up, standby, not-ready, behind, gone, unreadable
+	State   string   // the same in a sentence
+	Lag     maps.Lag // how far its applied ID is behind the log
+	Age     time.Duration
+	Problem string // why it counts as a problem; "" when it does not
+}
+
+// viewSyncers judges every syncer seen within retention against the log's
+// last ID: gone (no heartbeat within maps.LiveWithin), not ready, or behind
+// (its oldest missing change is older than maxLag on Redis's clock) is a
+// problem; a standby syncer is none of these. It also returns how many
+// syncers were left out for being gone longer than retention.
+func (a *app) viewSyncers(ctx context.Context, lastID string, maxLag, retention time.Duration) ([]syncerView, int, error) {
+	all, err := a.store.Syncers(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	now := time.Now()
+	var out []syncerView
+	hidden := 0
+	for _, st := range all {
+		v := syncerView{SyncerState: st, Age: max(0, now.Sub(st.Seen))}
+		if !st.Live(now, retention) {
+			hidden++
+			continue
+		}
+		var lagErr error
+		if maps.CompareIDs(st.Applied, lastID) < 0 {
+			v.Lag, lagErr = a.store.LagAfter(ctx, st.Applied)
+		}
+		behind := v.Lag.Behind && v.Lag.Age > maxLag
+		switch {
+		case !st.Live(now, maps.LiveWithin):
+			v.Short = "gone"
+			v.State = fmt.Sprintf("gone (last seen %s ago)", v.Age.Round(time.Second))
+			v.Problem = "gone"
+		case st.Standby:
+			v.Short = "standby"
+			v.State = "standby"
+		case !st.Ready:
+			v.Short = "not-ready"
+			v.State = "NOT READY: " + st.Problem
+			v.Problem = "not ready"
+		case lagErr != nil:
+			v.Short = "unreadable"
+			v.State = fmt.Sprintf("ready, but its applied id is unreadable: %v", lagErr)
+			v.Problem = "unreadable applied id"
+		case behind:
+			v.Short = "behind"
+			v.State = fmt.Sprintf("BEHIND: oldest missing change %s is %s old (bound %s)", v.Lag.Oldest, v.Lag.Age.Round(time.Millisecond), maxLag)
+			v.Problem = "behind"
+		case v.Lag.Behind:
+			v.Short = "catching-up"
+			v.State = fmt.Sprintf("ready, catching up (%s)", v.Lag.Age.Round(time.Millisecond))
+		default:
+			v.Short = "ready"
+			v.State = "ready"
+		}
+		out = append(out, v)
+	}
+	return out, hidden, nil
+}
+
+// activeLive reports whether any syncer in vs is live and not standby.
+func activeLive(vs []syncerView) bool {
+	for _, v := range vs {
+		if !v.Standby && v.Live(time.Now(), maps.LiveWithin) {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *app) syncersCmd() *cobra.Command {
+	var maxLag, retention time.Duration
+	c := &cobra.Command{
+		Use:   "syncers",
+		Short: "List the syncers that reported to Redis: name, state, applied, lag, last seen, problem",
+		Args:  args(0, "nothing"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			lastID, err := a.store.LastLogID(ctx)
+			if err != nil {
+				return err
+			}
+			vs, hidden, err := a.viewSyncers(ctx, lastID, maxLag, retention)
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "NAME\tSTATE\tAPPLIED\tLAG\tLAST SEEN\tPROBLEM")
+			for _, v := range vs {
+				lag := "-"
+				if v.Lag.Behind {
+					lag = v.Lag.Age.Round(time.Millisecond).String()
+				}
+				problem := v.SyncerState.Problem
+				if problem == "" {
+					problem = "-"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s ago\t%s\n", v.Name, v.Short, orNone(v.Applied), lag, v.Age.Round(time.Second), problem)
+			}
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			if hidden > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: %d syncers gone for over %s not listed; mapctl syncers prune deletes them\n", hidden, retention)
+			}
+			return nil
+		},
+	}
+	c.Flags().DurationVar(&maxLag, "max-lag", defaultMaxLag, "a syncer whose oldest missing change is older than this is behind")
+	c.Flags().DurationVar(&retention, "retention", defaultRetention, "syncers gone for longer are not listed")
+	c.AddCommand(a.pruneCmd())
+	return c
+}
+
+func (a *app) pruneCmd() *cobra.Command {
+	var olderThan time.Duration
+	c := &cobra.Command{
+		Use:   "prune",
+		Short: "Delete from Redis the syncers gone for longer than --older-than (never a live one)",
+		Long: `prune deletes the registry entries of syncers with no heartbeat for longer
+than --older-than (at least ` + maps.LiveWithin.String() + `, the live window, so a live syncer
+is never deleted). A syncer that reports again while prune runs is kept, and
+one that comes back later registers itself again.`,
+		Args: args(0, "nothing"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if olderThan < maps.LiveWithin {
+				return usagef("--older-than %s: must be at least %s, the window in which a syncer counts as live", olderThan, maps.LiveWithin)
+			}
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			pruned, err := a.store.PruneSyncers(ctx, time.Now(), olderThan)
+			if err != nil {
+				return err
+			}
+			if len(pruned) == 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: no syncer gone for over %s\n", olderThan)
+				return nil
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: pruned %d syncers: %s\n", len(pruned), strings.Join(pruned, ", "))
+			return nil
+		},
+	}
+	c.Flags().DurationVar(&olderThan, "older-than", maps.LiveWithin, "delete syncers with no heartbeat for longer than this")
+	return c
+}
