@@ -29,6 +29,39 @@ func FuzzReadPromptReply(f *testing.F) {
 	})
 }
 
+// The "show map" list parser never panics, and what it accepts has the
+// three numbers and a path.
+func FuzzParseMaps(f *testing.F) {
+	for _, seed := range []string{
+		"# id (file) description\n2 (/x/users.map) pattern loaded from file '/x/users.map' used by map at file 'h.cfg' line 11. curr_ver=0 next_ver=2 entry_cnt=6",
+		"# id (file) description", "", "# id (file)\n()", "# id (file)\n2 (/a) curr_ver= next_ver=1 entry_cnt=1",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		list, err := parseMaps(s)
+		for _, m := range list {
+			if err == nil && m.Path == "" {
+				t.Fatalf("accepted a map without a path: %q", s)
+			}
+		}
+	})
+}
+
+// The "show info" parser never panics and never accepts a reply without a
+// positive Pid.
+func FuzzParseInfo(f *testing.F) {
+	for _, seed := range []string{"Name: HAProxy\nPid: 1\nUptime_sec: 5", "Pid: ", "Pid", "Pid: -1", ":", "Uptime_sec: x\nPid: 2"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		i, err := parseInfo(s)
+		if err == nil && i.Pid <= 0 {
+			t.Fatalf("accepted %q: %+v", s, i)
+		}
+	})
+}
+
 // Every user and shard the domain accepts is a safe runtime word.
 func FuzzValidUsersAreSafeWords(f *testing.F) {
 	for _, seed := range []string{"alice", "a<", "#x", "x<<", "a;b", "~!$%&'()*+-./:<=>?@[]^_`{|}"} {

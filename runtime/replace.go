@@ -3,7 +3,9 @@ package runtime
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // Entry is one key/value pair of a map.
@@ -12,14 +14,29 @@ type Entry struct {
 	Value string
 }
 
+// perEntry is the time allowed per entry of a Replace whose context has no
+// deadline, on top of the client's timeout (1M entries load in ~1 s).
+const perEntry = 20 * time.Microsecond
+
 // Replace swaps the whole content of the live map for entries in one atomic
-// step: it prepares a new version, loads it in payloads of at most 8 KB (one
-// connection each, through client-native), checks HAProxy's entry count and
-// only then commits. Requests see the old map until the commit. On any error
-// the new version is cleared and the old map stays as it was.
+// step. It prepares a new version, loads it in payloads of at most 8 KB (one
+// fresh connection each), checks that HAProxy's entry count grew by exactly
+// len(entries), commits, and then checks that the map's current version is
+// the one it loaded (else ErrNotCommitted) and that its count is
+// len(entries) (else ErrCountMismatch). Requests see the old map until the
+// commit.
+//
+// nil means every reply arrived in full and both checks passed. On an error
+// before the commit the new version is cleared and the old map stays as it
+// was. If the commit's reply is lost, the map's version tells whether it
+// took effect: if not, the version is cleared; if so, it stays live and the
+// error says so; if the version cannot be read either, the error says the
+// state is unknown. A committed version is never cleared (that would empty
+// the live map). ErrUnknownMap if HAProxy has no such map.
 //
 // entries must not hold duplicate keys. Every key and value is checked with
-// CheckWord before anything is sent.
+// CheckWord before anything is sent. Replace holds the client's map-write
+// lock (see Client).
 func (c *Client) Replace(ctx context.Context, mapPath string, entries []Entry) error {
 	if err := checkPath(mapPath); err != nil {
 		return err
@@ -46,41 +63,170 @@ func (c *Client) Replace(ctx context.Context, mapPath string, entries []Entry) e
 		payloads = append(payloads, b.String())
 	}
 
-	before, err := c.MapEntryCount(ctx, mapPath)
+	ctx, cancel := c.bound(ctx, time.Duration(len(entries))*perEntry)
+	defer cancel()
+	if err := c.lockWrites(ctx); err != nil {
+		return err
+	}
+	defer c.unlockWrites()
+
+	before, err := c.mapStatus(ctx, mapPath)
 	if err != nil {
 		return fmt.Errorf("runtime replace %s: %w", mapPath, err)
 	}
-	version, err := c.native.PrepareMap(mapPath)
+	version, err := c.prepare(ctx, mapPath)
 	if err != nil {
-		return fmt.Errorf("runtime prepare map %s: %w", mapPath, err)
+		return fmt.Errorf("runtime replace %s: %w", mapPath, err)
 	}
 	fail := func(err error) error {
-		// The version was never committed, so no request saw it; drop it.
-		if cerr := c.native.ClearMapVersioned(mapPath, version); cerr != nil {
-			return fmt.Errorf("%w (and clear map @%s: %v)", err, version, cerr)
+		// The version was never committed, so no request saw it; drop it,
+		// even when ctx has ended.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
+		defer cancel()
+		if cerr := c.clearVersion(cctx, mapPath, version); cerr != nil {
+			return fmt.Errorf("%w (and clear map @%d: %v)", err, version, cerr)
 		}
 		return err
 	}
 	for i, p := range payloads {
-		if err := ctx.Err(); err != nil {
-			return fail(fmt.Errorf("runtime replace %s: %w", mapPath, err))
-		}
-		if err := c.native.AddMapPayloadVersioned(version, mapPath, p); err != nil {
-			return fail(fmt.Errorf("runtime add map @%s %s payload %d/%d: %w", version, mapPath, i+1, len(payloads), err))
+		cmd := fmt.Sprintf("add map @%d %s <<\n%s", version, mapPath, p)
+		if err := c.expectEmpty(ctx, cmd, mapPath); err != nil {
+			return fail(fmt.Errorf("runtime replace %s: payload %d/%d: %w", mapPath, i+1, len(payloads), err))
 		}
 	}
-	// client-native reports a payload HAProxy dropped, or a timed-out read,
-	// as success: count what HAProxy actually holds before committing.
-	after, err := c.MapEntryCount(ctx, mapPath)
+	// A payload HAProxy dropped has no reply (a timeout above), but check
+	// what it actually holds before committing anyway.
+	after, err := c.mapStatus(ctx, mapPath)
 	if err != nil {
 		return fail(fmt.Errorf("runtime replace %s: %w", mapPath, err))
 	}
-	if after-before != len(entries) {
-		return fail(fmt.Errorf("runtime replace %s: version %s holds %d entries, sent %d: not committed",
-			mapPath, version, after-before, len(entries)))
+	if after.EntryCount-before.EntryCount != len(entries) {
+		return fail(fmt.Errorf("runtime replace %s: %w: version %d holds %d entries, sent %d: not committed",
+			mapPath, ErrCountMismatch, version, after.EntryCount-before.EntryCount, len(entries)))
 	}
-	if err := c.native.CommitMap(version, mapPath); err != nil {
-		return fail(fmt.Errorf("runtime commit map @%s %s: %w", version, mapPath, err))
+	commitErr := c.expectEmpty(ctx, fmt.Sprintf("commit map @%d %s", version, mapPath), mapPath)
+
+	// Whether or not the commit's reply came, HAProxy's status says whether
+	// it took effect.
+	vctx, vcancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
+	defer vcancel()
+	st, err := c.mapStatus(vctx, mapPath)
+	switch {
+	case err != nil && commitErr != nil:
+		return fmt.Errorf("runtime replace %s: commit of version %d in an unknown state: %w (then reading show map: %v)", mapPath, version, commitErr, err)
+	case err != nil:
+		return fmt.Errorf("runtime replace %s: checking the commit of version %d: %w", mapPath, version, err)
+	case st.CurrVer != version && commitErr != nil:
+		return fail(fmt.Errorf("runtime replace %s: %w: %w", mapPath, ErrNotCommitted, commitErr))
+	case st.CurrVer != version:
+		return fail(fmt.Errorf("runtime replace %s: %w: commit of version %d answered, but curr_ver=%d", mapPath, ErrNotCommitted, version, st.CurrVer))
+	case commitErr != nil:
+		// Live, but a step's reply was lost: report it rather than take
+		// a cut reply for success. Clearing now would empty the live map.
+		return fmt.Errorf("runtime replace %s: version %d is live (curr_ver=%d entry_cnt=%d), but the commit's reply was lost: %w",
+			mapPath, version, st.CurrVer, st.EntryCount, commitErr)
+	case st.EntryCount != len(entries):
+		return fmt.Errorf("runtime replace %s: %w: version %d committed, HAProxy holds %d entries (next_ver=%d), sent %d",
+			mapPath, ErrCountMismatch, version, st.EntryCount, st.NextVer, len(entries))
+	}
+	return nil
+}
+
+// ClearUncommitted drops every uncommitted version of the map, such as one
+// left by a loader killed in the middle of a Replace: each version above
+// curr_ver up to next_ver of "show map", one "clear map @V" each, pipelined.
+// The live version is never touched. It returns how many entries that
+// removed (HAProxy's entry_cnt before minus after; 0 when there were none).
+// Call it before resuming after a crash: on HAProxy 3.2.0 a "set map" of a
+// key present in an uncommitted version loops until the watchdog kills
+// HAProxy. It holds the client's map-write lock (see Client); another
+// process committing this map at the same time is not allowed for.
+func (c *Client) ClearUncommitted(ctx context.Context, mapPath string) (cleared int, err error) {
+	if err := checkPath(mapPath); err != nil {
+		return 0, err
+	}
+	ctx, cancel := c.bound(ctx, 0)
+	defer cancel()
+	if err := c.lockWrites(ctx); err != nil {
+		return 0, err
+	}
+	defer c.unlockWrites()
+	before, err := c.mapStatus(ctx, mapPath)
+	if err != nil {
+		return 0, fmt.Errorf("runtime clear uncommitted %s: %w", mapPath, err)
+	}
+	span := before.NextVer - before.CurrVer // versions wrap around as uint32
+	if span == 0 {
+		return 0, nil
+	}
+	if span > maxClearSpan {
+		return 0, fmt.Errorf("runtime clear uncommitted %s: %w: curr_ver=%d next_ver=%d, over %d versions apart",
+			mapPath, ErrBadReply, before.CurrVer, before.NextVer, maxClearSpan)
+	}
+	lines := make([]string, 0, span)
+	for v := before.CurrVer + 1; v != before.NextVer+1; v++ {
+		lines = append(lines, fmt.Sprintf("clear map @%d %s\n", v, mapPath))
+	}
+	err = c.pipeline(ctx, mapPath, lines, func(i int, body string) error {
+		if body != "" {
+			return fmt.Errorf("runtime %q: %w: %.200q", strings.TrimSuffix(lines[i], "\n"), ErrBadReply, body)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("runtime clear uncommitted %s: %w", mapPath, err)
+	}
+	after, err := c.mapStatus(ctx, mapPath)
+	if err != nil {
+		return 0, fmt.Errorf("runtime clear uncommitted %s: %w", mapPath, err)
+	}
+	if after.CurrVer != before.CurrVer {
+		return 0, fmt.Errorf("runtime clear uncommitted %s: curr_ver moved from %d to %d meanwhile: another writer", mapPath, before.CurrVer, after.CurrVer)
+	}
+	return before.EntryCount - after.EntryCount, nil
+}
+
+// maxClearSpan bounds how many versions ClearUncommitted clears in one call
+// (~45 bytes each, pipelined at >200k/s).
+const maxClearSpan = 1 << 20
+
+// prepare runs "prepare map" and returns the new version, parsed strictly
+// from "New version created: N".
+func (c *Client) prepare(ctx context.Context, mapPath string) (uint32, error) {
+	cmd := "prepare map " + mapPath
+	out, err := c.oneShot(ctx, cmd)
+	if err != nil {
+		return 0, err
+	}
+	if strings.HasPrefix(out, unknownMapReply) {
+		return 0, c.unknownMap(ctx, mapPath)
+	}
+	v, ok := strings.CutPrefix(out, "New version created: ")
+	n, err := strconv.ParseUint(v, 10, 32)
+	if !ok || err != nil {
+		return 0, fmt.Errorf("runtime %q on %s: %w: %.200q", cmd, c.path, ErrBadReply, out)
+	}
+	return uint32(n), nil
+}
+
+// clearVersion drops one uncommitted version.
+func (c *Client) clearVersion(ctx context.Context, mapPath string, version uint32) error {
+	return c.expectEmpty(ctx, fmt.Sprintf("clear map @%d %s", version, mapPath), mapPath)
+}
+
+// expectEmpty runs cmd on a fresh connection and requires HAProxy's empty
+// success reply.
+func (c *Client) expectEmpty(ctx context.Context, cmd, mapPath string) error {
+	out, err := c.oneShot(ctx, cmd)
+	if err != nil {
+		return err
+	}
+	if strings.HasPrefix(out, unknownMapReply) {
+		return c.unknownMap(ctx, mapPath)
+	}
+	if out != "" {
+		first, _, _ := strings.Cut(cmd, "\n")
+		return fmt.Errorf("runtime %.60q on %s: haproxy replied %.200q: %w", first, c.path, out, ErrBadReply)
 	}
 	return nil
 }

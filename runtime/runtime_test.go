@@ -1,13 +1,14 @@
 package runtime
 
 import (
-	"bufio"
 	"context"
 	"errors"
+	"fmt"
+	"io/fs"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -25,82 +26,18 @@ func TestCheckWord(t *testing.T) {
 	}
 }
 
-// fakeSocket is a Unix socket that records what it reads and answers with
-// reply(line) for each line, in HAProxy's prompt-mode framing.
-type fakeSocket struct {
-	path  string
-	mu    sync.Mutex
-	got   strings.Builder
-	reply func(line string) (string, bool) // reply body, and false to hang up
-}
-
-func newFakeSocket(t *testing.T, reply func(string) (string, bool)) *fakeSocket {
-	f := &fakeSocket{path: filepath.Join(t.TempDir(), "s.sock"), reply: reply}
-	ln, err := net.Listen("unix", f.path)
+func newClient(t testing.TB, path string) *Client {
+	c, err := New(path, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go f.serve(c)
-		}
-	}()
-	return f
-}
-
-func (f *fakeSocket) serve(c net.Conn) {
-	defer c.Close()
-	rd := bufio.NewReader(c)
-	prompt := false
-	for {
-		line, err := rd.ReadString('\n')
-		if err != nil {
-			return
-		}
-		f.mu.Lock()
-		f.got.WriteString(line)
-		f.mu.Unlock()
-		line = strings.TrimSuffix(line, "\n")
-		var out string
-		switch {
-		case line == "prompt":
-			prompt = true
-			c.Write([]byte("\n"))
-			continue
-		case line == "set severity-output number":
-			out = "\n"
-		default:
-			body, ok := f.reply(line)
-			if !ok {
-				c.Write([]byte("> " + body))
-				return
-			}
-			out = body + "\n"
-		}
-		if prompt {
-			out = "> " + out
-		}
-		c.Write([]byte(out))
-		if !prompt {
-			return
-		}
-	}
-}
-
-func (f *fakeSocket) received() string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.got.String()
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func TestApplyRefusesUnsafeWordsAndSendsNothing(t *testing.T) {
-	f := newFakeSocket(t, func(string) (string, bool) { return "", true })
-	c, _ := New(f.path, time.Second)
+	f := newFake(t, newModel().reply)
+	c := newClient(t, f.path)
 	for _, op := range []Op{
 		{Kind: Add, Key: "evil\nclear map /m.map", Value: "s"},
 		{Kind: Set, Key: "u", Value: "shard1;clear map /other.map"},
@@ -116,27 +53,25 @@ func TestApplyRefusesUnsafeWordsAndSendsNothing(t *testing.T) {
 	if err := c.Replace(context.Background(), "/m.map", []Entry{{"ok", "s"}, {"k", "v\n\nclear map /m.map"}}); !errors.Is(err, ErrUnsafeWord) {
 		t.Errorf("Replace: %v, want ErrUnsafeWord", err)
 	}
-	if _, err := c.Apply(context.Background(), "/m.map;clear map x", []Op{{Kind: Del, Key: "u"}}); !errors.Is(err, ErrUnsafeWord) {
-		t.Errorf("unsafe map path: %v", err)
+	for _, p := range []string{"/m.map;clear map x", "/m\x7f.map", "/" + strings.Repeat("m", MaxWord)} {
+		if _, err := c.Apply(context.Background(), p, []Op{{Kind: Del, Key: "u"}}); !errors.Is(err, ErrUnsafeWord) {
+			t.Errorf("unsafe map path %.20q: %v", p, err)
+		}
 	}
-	if got := f.received(); got != "" {
+	if got := f.commands(); len(got) != 0 {
 		t.Fatalf("socket received %q, want nothing", got)
 	}
 }
 
 func TestApplyReplies(t *testing.T) {
-	f := newFakeSocket(t, func(line string) (string, bool) {
-		switch {
-		case strings.HasPrefix(line, "set map /m.map missing"):
-			return "[3]: entry not found.\n", true
-		case strings.HasPrefix(line, "del map /m.map missing"):
-			return "[3]: Key not found.\n", true
-		case strings.HasPrefix(line, "add map /m.map full"):
-			return "[3]: out of memory.\n", true
+	m := newModel()
+	f := newFake(t, func(cmd string) string {
+		if strings.HasPrefix(cmd, "add map /m.map full") {
+			return "[3]: out of memory.\n\n"
 		}
-		return "", true
+		return m.reply(cmd)
 	})
-	c, _ := New(f.path, time.Second)
+	c := newClient(t, f.path)
 	ops := []Op{{Add, "a", "s1"}, {Set, "missing", "s2"}, {Del, "missing", ""}, {Add, "full", "s"}, {Del, "a", ""}}
 	res, err := c.Apply(context.Background(), "/m.map", ops)
 	if err != nil || len(res) != 5 {
@@ -151,78 +86,357 @@ func TestApplyReplies(t *testing.T) {
 	if res[3] == nil || errors.Is(res[3], ErrNotFound) || !strings.Contains(res[3].Error(), "out of memory") || !strings.Contains(res[3].Error(), "add map /m.map full") {
 		t.Errorf("other error reply: %v", res[3])
 	}
-	want := "prompt\nset severity-output number\nadd map /m.map a s1\nset map /m.map missing s2\ndel map /m.map missing\nadd map /m.map full s\ndel map /m.map a\n"
-	if got := f.received(); got != want {
+	want := []string{"prompt", "set severity-output number", "add map /m.map a s1", "set map /m.map missing s2", "del map /m.map missing", "add map /m.map full s", "del map /m.map a"}
+	if got := f.commands(); strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("sent %q, want %q", got, want)
 	}
 	// The same connection is reused for the next batch.
 	if _, err := c.Apply(context.Background(), "/m.map", []Op{{Add, "b", "s"}}); err != nil {
 		t.Fatal(err)
 	}
-	if n := strings.Count(f.received(), "prompt\n"); n != 1 {
-		t.Errorf("%d prompt handshakes, want 1 (one connection)", n)
+	if n := len(f.written()); n != 1 {
+		t.Errorf("%d connections, want 1", n)
 	}
 }
 
-func TestApplyConnectionClosedMidReply(t *testing.T) {
-	f := newFakeSocket(t, func(line string) (string, bool) {
-		if strings.Contains(line, " b ") {
-			return "[3]: half a rep", false
+// Apply never has more than 8 KB of unanswered commands in flight
+// (HAProxy 3.2.0 issue #3064), however large the batch.
+func TestApplyKeepsAtMost8KBInFlight(t *testing.T) {
+	m := newModel()
+	f := newFake(t, m.reply)
+	c := newClient(t, f.path)
+	ops := make([]Op, 5000)
+	for i := range ops {
+		ops[i] = Op{Kind: Add, Key: fmt.Sprintf("user%09d", i), Value: "shard1"}
+	}
+	res, err := c.Apply(context.Background(), "/m.map", ops)
+	if err != nil || len(res) != len(ops) {
+		t.Fatalf("Apply: %d results, %v", len(res), err)
+	}
+	for i, r := range res {
+		if r != nil {
+			t.Fatalf("op %d: %v", i, r)
 		}
-		return "", true
-	})
-	c, _ := New(f.path, time.Second)
-	res, err := c.Apply(context.Background(), "/m.map", []Op{{Add, "a", "s"}, {Add, "b", "s"}, {Add, "c", "s"}})
-	if err == nil || !errors.Is(err, ErrTruncated) || !strings.Contains(err.Error(), "add on /m.map: reply 2 of 3") {
-		t.Fatalf("err = %v, want ErrTruncated naming the command", err)
 	}
-	if len(res) != 1 || res[0] != nil {
-		t.Fatalf("results before the failure: %v", res)
+	if got := len(m.live()); got != len(ops) {
+		t.Fatalf("model holds %d entries, want %d", got, len(ops))
+	}
+	if max := f.maxInflight.Load(); max > 8*1024 {
+		t.Fatalf("%d bytes of commands were unanswered at once, want <= 8192", max)
 	}
 }
 
-func TestDumpTruncatedIsAnError(t *testing.T) {
-	full := newFakeSocket(t, func(string) (string, bool) { return "0x1 a s1\n0x2 b s2\n", true })
-	c, _ := New(full.path, time.Second)
-	var got []string
-	if err := c.Dump(context.Background(), "/m.map", func(k, v string) error { got = append(got, k+"="+v); return nil }); err != nil {
+func TestReplaceSwapsAndVerifies(t *testing.T) {
+	m := newModel(Entry{"old", "s0"})
+	f := newFake(t, m.reply)
+	c := newClient(t, f.path)
+	var es []Entry
+	for i := 0; i < 2000; i++ { // several payloads
+		es = append(es, Entry{fmt.Sprintf("user%05d", i), "shard1"})
+	}
+	if err := c.Replace(context.Background(), "/m.map", es); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(got, ",") != "a=s1,b=s2" {
-		t.Fatalf("dump: %v", got)
+	if live := m.live(); len(live) != len(es) || live[0] != "user00000=shard1" {
+		t.Fatalf("live map after Replace: %d entries, want %d", len(live), len(es))
 	}
-	cut := newFakeSocket(t, func(string) (string, bool) { return "0x1 a s1\n0x2 b", false })
-	c, _ = New(cut.path, time.Second)
-	err := c.Dump(context.Background(), "/m.map", func(k, v string) error { return nil })
-	if !errors.Is(err, ErrTruncated) || !strings.Contains(err.Error(), "show map /m.map") {
-		t.Fatalf("cut dump: %v, want ErrTruncated naming the command", err)
-	}
-	bad := newFakeSocket(t, func(string) (string, bool) { return "Unknown map identifier.\n", true })
-	c, _ = New(bad.path, time.Second)
-	if err := c.Dump(context.Background(), "/m.map", func(k, v string) error { return nil }); err == nil {
-		t.Fatal("error reply taken for a dump")
+	for _, cmd := range f.commands() {
+		if _, payload, ok := strings.Cut(cmd, "\n"); ok && len(payload)+1 > 8*1024 {
+			t.Errorf("payload of %d bytes, want <= 8 KB", len(payload))
+		}
 	}
 }
 
-func TestDumpTimesOut(t *testing.T) {
-	hang := newFakeSocket(t, func(string) (string, bool) {
-		time.Sleep(2 * time.Second)
-		return "", true
-	})
-	c, _ := New(hang.path, 100*time.Millisecond)
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	if err := c.Dump(ctx, "/m.map", func(k, v string) error { return nil }); err == nil {
-		t.Fatal("a hung dump returned no error")
+// A commit HAProxy answers but does not apply, or a payload it acknowledges
+// but drops, is an error, never a success.
+func TestReplaceDetectsLostCommitAndLostPayload(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		lose  string
+		want  error
+		clear bool
+	}{
+		{"commit", "commit map", ErrNotCommitted, true},
+		{"payload", "add map @", ErrCountMismatch, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newModel(Entry{"old", "s0"})
+			f := newFake(t, func(cmd string) string {
+				if strings.HasPrefix(cmd, tc.lose) {
+					return "\n"
+				}
+				return m.reply(cmd)
+			})
+			c := newClient(t, f.path)
+			err := c.Replace(context.Background(), "/m.map", []Entry{{"a", "s1"}, {"b", "s1"}})
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if live := m.live(); strings.Join(live, ",") != "old=s0" {
+				t.Fatalf("live map changed: %v", live)
+			}
+			cmds := f.commands()
+			if last := cmds[len(cmds)-1]; tc.clear && last != "clear map @1 /m.map" {
+				t.Fatalf("last command %q, want the version cleared", last)
+			}
+		})
 	}
 }
 
-func TestParseEntryCount(t *testing.T) {
-	out := "# id (file) description\n2 (/x/users.map) pattern loaded from file '/x/users.map' used by map at file 'h.cfg' line 11. curr_ver=0 next_ver=2 entry_cnt=6\n"
-	if n, err := parseEntryCount(out, "/x/users.map"); n != 6 || err != nil {
-		t.Fatalf("%d %v", n, err)
+func TestPrepareReplyParsedStrictly(t *testing.T) {
+	for _, reply := range []string{"New version created: x\n\n", "New version created: -1\n\n", "New version created: 99999999999\n\n",
+		"New version created: 1\nmore\n\n", "version 1\n\n", "\n", "New version created: \n\n"} {
+		m := newModel()
+		f := newFake(t, func(cmd string) string {
+			if strings.HasPrefix(cmd, "prepare") {
+				return reply
+			}
+			return m.reply(cmd)
+		})
+		err := newClient(t, f.path).Replace(context.Background(), "/m.map", []Entry{{"a", "s"}})
+		if !errors.Is(err, ErrBadReply) {
+			t.Errorf("prepare reply %q: %v, want ErrBadReply", reply, err)
+		}
 	}
-	if _, err := parseEntryCount(out, "/y.map"); err == nil {
-		t.Fatal("missing map: no error")
+}
+
+// scenarios are calls that succeed on the model; each is then run with
+// every reply cut at every byte.
+var scenarios = []struct {
+	name  string
+	model func() *model
+	run   func(ctx context.Context, c *Client) error
+}{
+	{"Info", nil, func(ctx context.Context, c *Client) error {
+		i, err := c.Info(ctx)
+		if err == nil && (i.Pid != 42 || i.UptimeSec != 5 || i.Version != "2.6.12") {
+			return fmt.Errorf("wrong info %+v", i)
+		}
+		return err
+	}},
+	{"Backends", nil, func(ctx context.Context, c *Client) error {
+		b, err := c.Backends(ctx)
+		if err == nil && strings.Join(b, ",") != "shard0,shard1" {
+			return fmt.Errorf("wrong backends %v", b)
+		}
+		return err
+	}},
+	{"MapEntryCount", nil, func(ctx context.Context, c *Client) error {
+		n, err := c.MapEntryCount(ctx, "/m.map")
+		if err == nil && n != 2 {
+			return fmt.Errorf("count %d", n)
+		}
+		return err
+	}},
+	{"Dump", nil, func(ctx context.Context, c *Client) error {
+		var got []string
+		err := c.Dump(ctx, "/m.map", func(k, v string) error { got = append(got, k+"="+v); return nil })
+		if err == nil && strings.Join(got, ",") != "a=s0,b=s1" {
+			return fmt.Errorf("dump %v", got)
+		}
+		return err
+	}},
+	{"Replace", nil, func(ctx context.Context, c *Client) error {
+		return c.Replace(ctx, "/m.map", []Entry{{"x", "s1"}, {"y", "s1"}, {"z", "s2"}})
+	}},
+	{"Apply", nil, func(ctx context.Context, c *Client) error {
+		res, err := c.Apply(ctx, "/m.map", []Op{{Add, "c", "s1"}, {Set, "nope", "s1"}, {Del, "a", ""}})
+		if err == nil && (len(res) != 3 || res[0] != nil || !errors.Is(res[1], ErrNotFound) || res[2] != nil) {
+			return fmt.Errorf("results %v", res)
+		}
+		return err
+	}},
+	{"ClearUncommitted", func() *model {
+		m := newModel(Entry{"a", "s0"})
+		m.next, m.vers[1], m.vers[2] = 2, []Entry{{"p", "q"}}, []Entry{{"x", "y"}, {"z", "w"}}
+		return m
+	}, func(ctx context.Context, c *Client) error {
+		n, err := c.ClearUncommitted(ctx, "/m.map")
+		if err == nil && n != 3 {
+			return fmt.Errorf("cleared %d", n)
+		}
+		return err
+	}},
+	{"AddServer", nil, func(ctx context.Context, c *Client) error {
+		return c.AddServer(ctx, "shard0", "s2", "127.0.0.1:9", 1, true)
+	}},
+	{"SetServerState", nil, func(ctx context.Context, c *Client) error {
+		return c.SetServerState(ctx, "shard0", "s2", "drain")
+	}},
+	{"DelServer", nil, func(ctx context.Context, c *Client) error { return c.DelServer(ctx, "shard0", "s2") }},
+	{"Servers", nil, func(ctx context.Context, c *Client) error {
+		s, err := c.Servers(ctx, "shard0")
+		if err == nil && (len(s) != 1 || s[0].Sessions != 3) {
+			return fmt.Errorf("servers %+v", s)
+		}
+		return err
+	}},
+}
+
+func scenarioModel(i int) *model {
+	if scenarios[i].model != nil {
+		return scenarios[i].model()
+	}
+	return newModel(Entry{"a", "s0"}, Entry{"b", "s1"})
+}
+
+// Every reply of every command the client sends, cut at every byte (the
+// final empty line included), makes the call fail: never a panic, never a
+// success.
+func TestEveryCutReplyIsAnError(t *testing.T) {
+	for i, sc := range scenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			m := scenarioModel(i)
+			f := newFake(t, m.reply)
+			if err := sc.run(context.Background(), newClient(t, f.path)); err != nil {
+				t.Fatalf("uncut: %v", err)
+			}
+			outs := f.written()
+			cuts := 0
+			for conn, n := range outs {
+				for at := 0; at < n; at++ {
+					m := scenarioModel(i)
+					before := strings.Join(m.live(), ",")
+					f := newCutFake(t, m.reply, conn, at)
+					c, _ := New(f.path, 2*time.Second)
+					err := sc.run(context.Background(), c)
+					c.Close()
+					if err == nil {
+						t.Fatalf("connection %d (%q...) cut at byte %d of %d: no error", conn, f.commands(), at, n)
+					}
+					if sc.name == "Replace" {
+						if live := strings.Join(m.live(), ","); live != before && live != "x=s1,y=s1,z=s2" {
+							t.Fatalf("cut at %d/%d: live map %q is neither old nor new", conn, at, live)
+						}
+					}
+					cuts++
+				}
+			}
+			t.Logf("%d connections, %d cuts, all errors", len(outs), cuts)
+		})
+	}
+}
+
+// Replies HAProxy should never send are errors, not panics or successes.
+func TestOddRepliesAreErrors(t *testing.T) {
+	odd := []string{
+		"", "\n", "garbage\n\n", "garbage", "\x00\x01\n\n", "no severity here\nand more\n\n",
+		strings.Repeat("x", 2<<20) + "\n\n", strings.Repeat("y", 100_000),
+		"# id (file) description\n2 (/m.map) x curr_ver=a next_ver=1 entry_cnt=2\n\n",
+		"# id (file) description\n2 (/m.map) x curr_ver=0 next_ver=1 entry_cnt=-2\n\n",
+		"# id (file) description\n2 (/m.map) x curr_ver=0 next_ver=1 entry_cnt=99999999999\n\n",
+		"# id (file) description\n2 (/m.map)\n\n",
+		"# id (file) description\n(/m.map) curr_ver=0 next_ver=0 entry_cnt=0\n\n",
+		"Name: HAProxy\nPid: x\n\n", "Name: HAProxy\nPid: -3\n\n", "Name: HAProxy\nPid\n\n", "Name: HAProxy\nUptime_sec: 5\n\n",
+		"0x1 a\n0xzz b c\n\n", "0x b c\n\n", "New version created: x\n\n",
+		"> [3]: half\n", "# pxname,svname\nx,y\n\n", "# pxname,svname,scur,status,addr\nshard0,s1,many,UP,a\n\n",
+	}
+	for _, sc := range scenarios {
+		for _, reply := range odd {
+			f := newFake(t, func(string) string { return reply })
+			c, _ := New(f.path, 300*time.Millisecond) // some odd replies never end
+			err := sc.run(context.Background(), c)
+			c.Close()
+			if err == nil && !(reply == "\n" && sc.name == "SetServerState") { // its success reply
+				t.Errorf("%s: reply %.60q: no error", sc.name, reply)
+			}
+		}
+	}
+}
+
+func TestUnknownMapNamesTheMapsHAProxyHas(t *testing.T) {
+	m := newModel(Entry{"a", "s0"})
+	f := newFake(t, m.reply)
+	c := newClient(t, f.path)
+	ctx := context.Background()
+	_, err1 := c.MapEntryCount(ctx, "/wrong.map")
+	err2 := c.Dump(ctx, "/wrong.map", func(k, v string) error { return nil })
+	err3 := c.Replace(ctx, "/wrong.map", []Entry{{"a", "b"}})
+	res, err4 := c.Apply(ctx, "/wrong.map", []Op{{Add, "a", "b"}, {Del, "c", ""}})
+	_, err5 := c.ClearUncommitted(ctx, "/wrong.map")
+	for i, err := range []error{err1, err2, err3, err4, err5} {
+		if !errors.Is(err, ErrUnknownMap) || !strings.Contains(err.Error(), "/wrong.map") || !strings.Contains(err.Error(), "it has: /m.map") {
+			t.Errorf("call %d: %v, want ErrUnknownMap naming /wrong.map and /m.map", i+1, err)
+		}
+	}
+	if len(res) != 2 || !errors.Is(res[0], ErrUnknownMap) || !errors.Is(res[1], ErrUnknownMap) {
+		t.Errorf("Apply results: %v", res)
+	}
+}
+
+func TestSocketPathErrorsNameThePath(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "plain")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := newClient(t, file).Info(context.Background())
+	if !errors.Is(err, ErrNotSocket) || !strings.Contains(err.Error(), file+" is not a socket") {
+		t.Errorf("regular file: %v, want ErrNotSocket naming %s", err, file)
+	}
+	missing := filepath.Join(dir, "missing.sock")
+	_, err = newClient(t, missing).Info(context.Background())
+	if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), missing) {
+		t.Errorf("missing: %v, want ErrNotExist naming %s", err, missing)
+	}
+}
+
+// A socket that accepts and never answers: every call returns ErrNoAnswer
+// by its deadline, the context's or the client's timeout.
+func TestSilentSocketIsErrNoAnswer(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	c, _ := New(path, 200*time.Millisecond)
+	defer c.Close()
+	ctx := context.Background()
+	for name, call := range map[string]func() error{
+		"Info":             func() error { _, err := c.Info(ctx); return err },
+		"Replace":          func() error { return c.Replace(ctx, "/m.map", []Entry{{"a", "b"}}) },
+		"Apply":            func() error { _, err := c.Apply(ctx, "/m.map", []Op{{Add, "a", "b"}}); return err },
+		"ClearUncommitted": func() error { _, err := c.ClearUncommitted(ctx, "/m.map"); return err },
+		"Info with ctx": func() error {
+			ctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+			defer cancel()
+			_, err := c.Info(ctx)
+			if !errors.Is(err, context.DeadlineExceeded) {
+				return fmt.Errorf("not DeadlineExceeded: %w", err)
+			}
+			return err
+		},
+	} {
+		if err := call(); !errors.Is(err, ErrNoAnswer) {
+			t.Errorf("%s: %v, want ErrNoAnswer", name, err)
+		}
+	}
+	// A cancelled context is the caller's doing, not HAProxy's.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := c.Info(cctx); !errors.Is(err, context.Canceled) || errors.Is(err, ErrNoAnswer) {
+		t.Errorf("cancelled: %v", err)
+	}
+}
+
+func TestParseMapsAndInfo(t *testing.T) {
+	out := "# id (file) description\n2 (/x/users.map) pattern loaded from file '/x/users.map' used by map at file 'h.cfg' line 11. curr_ver=3 next_ver=5 entry_cnt=6"
+	list, err := parseMaps(out)
+	if err != nil || len(list) != 1 || list[0] != (MapStatus{ID: "2", Path: "/x/users.map", CurrVer: 3, NextVer: 5, EntryCount: 6}) {
+		t.Fatalf("%+v %v", list, err)
+	}
+	i, err := parseInfo("Name: HAProxy\nVersion: 2.6.12-1+deb12u4\nPid: 19221\nUptime: 0d 0h00m05s\nUptime_sec: 5\nUnstoppable Jobs: 0")
+	if err != nil || i != (Info{Pid: 19221, UptimeSec: 5, Version: "2.6.12-1+deb12u4"}) {
+		t.Fatalf("%+v %v", i, err)
 	}
 }

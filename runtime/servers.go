@@ -10,19 +10,26 @@ import (
 )
 
 // unframed runs one command on a fresh connection and returns everything
-// HAProxy sent before closing it, for replies that lack the closing empty
-// line. The caller must check the text.
+// HAProxy sent before closing it (at most 64 KB), for replies that lack the
+// closing empty line. The caller must check the text whole: a cut reply is
+// only told from a full one by its content.
 func (c *Client) unframed(ctx context.Context, cmd string) (string, error) {
+	ctx, cancel := c.bound(ctx, 0)
+	defer cancel()
 	conn, done, err := c.send(ctx, cmd)
 	if err != nil {
 		return "", err
 	}
 	defer done()
-	b, err := io.ReadAll(conn)
+	const max = 64 * 1024
+	b, err := io.ReadAll(io.LimitReader(conn, max+1))
 	if err != nil {
-		return "", fmt.Errorf("runtime %q: %w", cmd, err)
+		return "", c.ioErr(ctx, cmd, err, len(b) > 0)
 	}
-	return strings.TrimSpace(string(b)), nil
+	if len(b) > max {
+		return "", fmt.Errorf("runtime %q on %s: %w: over %d bytes", cmd, c.path, ErrBadReply, max)
+	}
+	return string(b), nil
 }
 
 func checkServerWords(words ...string) error {
@@ -53,7 +60,7 @@ func (c *Client) AddServer(ctx context.Context, backend, name, addr string, weig
 	}
 	if out, err := c.oneShot(ctx, cmd); err != nil {
 		return err
-	} else if !strings.Contains(out, "New server registered") {
+	} else if out != "New server registered." {
 		return fmt.Errorf("runtime %q: haproxy replied %q", cmd, out)
 	}
 	steps := []string{"enable server " + backend + "/" + name}
@@ -92,10 +99,10 @@ func (c *Client) DelServer(ctx context.Context, backend, name string) error {
 	}
 	cmd := fmt.Sprintf("del server %s/%s", backend, name)
 	// HAProxy 2.6 ends this one reply without the usual empty line, so the
-	// whole reply up to EOF is read and its text checked instead.
+	// whole reply up to EOF is read and must be exactly the success text.
 	if out, err := c.unframed(ctx, cmd); err != nil {
 		return err
-	} else if !strings.Contains(out, "Server deleted") {
+	} else if out != "Server deleted.\n" {
 		return fmt.Errorf("runtime %q: haproxy replied %q", cmd, out)
 	}
 	return nil
@@ -117,7 +124,7 @@ func (c *Client) Servers(ctx context.Context, backend string) ([]ServerStat, err
 	r.FieldsPerRecord = -1
 	rows, err := r.ReadAll()
 	if err != nil || len(rows) == 0 {
-		return nil, fmt.Errorf("runtime show stat: unreadable reply: %v", err)
+		return nil, fmt.Errorf("runtime show stat: %w: unreadable CSV: %v", ErrBadReply, err)
 	}
 	col := map[string]int{}
 	for i, h := range rows[0] {
@@ -128,15 +135,25 @@ func (c *Client) Servers(ctx context.Context, backend string) ([]ServerStat, err
 			return nil, fmt.Errorf("runtime show stat: no %s column", h)
 		}
 	}
+	need := 0
+	for _, h := range []string{"pxname", "svname", "scur", "status", "addr"} {
+		need = max(need, col[h]+1)
+	}
 	var list []ServerStat
-	for _, row := range rows[1:] {
-		if len(row) <= col["addr"] || row[col["svname"]] == "FRONTEND" || row[col["svname"]] == "BACKEND" {
+	for i, row := range rows[1:] {
+		if len(row) < need {
+			return nil, fmt.Errorf("runtime show stat: %w: row %d has %d fields, want %d", ErrBadReply, i+1, len(row), need)
+		}
+		if row[col["svname"]] == "FRONTEND" || row[col["svname"]] == "BACKEND" {
 			continue
 		}
 		if backend != "" && row[col["pxname"]] != backend {
 			continue
 		}
-		n, _ := strconv.Atoi(row[col["scur"]])
+		n, err := strconv.Atoi(row[col["scur"]])
+		if err != nil {
+			return nil, fmt.Errorf("runtime show stat: %w: scur of %s/%s: %q", ErrBadReply, row[col["pxname"]], row[col["svname"]], row[col["scur"]])
+		}
 		list = append(list, ServerStat{Backend: row[col["pxname"]], Name: row[col["svname"]],
 			Addr: row[col["addr"]], Status: row[col["status"]], Sessions: n})
 	}
