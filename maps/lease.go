@@ -1,0 +1,73 @@
+package maps
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// A Claim is a key in Redis that at most one holder owns at a time, for a
+// time-to-live the holder keeps renewing: a syncer's name (so that two
+// running syncers never report under one name) and a HAProxy map's lease (so
+// that two syncers never interleave swaps on one map). A holder that stops
+// renewing loses it after the TTL; another may then take it.
+//
+// Claims are written with SET NX PX and renewed or released by scripts that
+// compare the holder first, so a holder never extends or drops another's.
+
+// NameClaimKey and LeaseKey name the claim keys.
+func (s *Store) NameClaimKey(name string) string { return s.prefix + ":name:" + name }
+func (s *Store) LeaseKey(target string) string   { return s.prefix + ":lease:" + target }
+
+var renewScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+`)
+
+var releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`)
+
+// Claim takes key for holder for ttl if nobody holds it, or renews it if
+// holder already does. It reports whether holder holds it now, and, when it
+// does not, who does.
+func (s *Store) Claim(ctx context.Context, key, holder string, ttl time.Duration) (held bool, other string, err error) {
+	n, err := renewScript.Run(ctx, s.rdb, []string{key}, holder, ttl.Milliseconds()).Int64()
+	if err != nil {
+		return false, "", fmt.Errorf("redis renew %s: %w", key, err)
+	}
+	if n == 1 {
+		return true, "", nil
+	}
+	ok, err := s.rdb.SetNX(ctx, key, holder, ttl).Result()
+	if err != nil {
+		return false, "", fmt.Errorf("redis claim %s: %w", key, err)
+	}
+	if ok {
+		return true, "", nil
+	}
+	other, err = s.rdb.Get(ctx, key).Result()
+	if errors.Is(err, redis.Nil) {
+		return false, "", nil // expired meanwhile: the next try takes it
+	}
+	if err != nil {
+		return false, "", fmt.Errorf("redis read %s: %w", key, err)
+	}
+	return false, other, nil
+}
+
+// Release drops key if holder holds it; it does nothing otherwise.
+func (s *Store) Release(ctx context.Context, key, holder string) error {
+	if err := releaseScript.Run(ctx, s.rdb, []string{key}, holder).Err(); err != nil {
+		return fmt.Errorf("redis release %s: %w", key, err)
+	}
+	return nil
+}
