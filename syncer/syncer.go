@@ -1,11 +1,14 @@
 // Package syncer holds the loop that keeps one HAProxy map equal to the
-// assignments in Redis: it loads them all into the live map in one atomic
-// swap, then follows the change log and applies each change over the Runtime
-// API, and persists the map file so a restarted HAProxy starts right.
+// assignments in Redis: it brings the live map to Redis's content (by a diff,
+// or one atomic swap when the diff is large), then follows the change log and
+// applies each change over the Runtime API, and persists the map file so a
+// restarted HAProxy starts right.
 //
 // Where a change goes from Redis to HAProxy, top to bottom: Run -> fullSync
-// (once, and after any doubt) -> step (read the log) -> apply (diff against
-// the mirror, send) -> flush (the file) -> report (Redis, for mapctl --wait).
+// (at start, and after any doubt) -> step (read the log) -> apply (diff
+// against the mirror, send) -> the file (mapfile.go) -> report (status.go,
+// Redis, for mapctl --wait). drift.go looks for changes made behind the
+// syncer's back; lease.go keeps one syncer per name and per map.
 package syncer
 
 import (
@@ -13,11 +16,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"sync"
 	"time"
 
+	"github.com/shardmap/shardmap/internal/atomicfile"
 	"github.com/shardmap/shardmap/maps"
 	"github.com/shardmap/shardmap/runtime"
 )
@@ -29,6 +32,9 @@ type Runtime interface {
 	Apply(ctx context.Context, mapPath string, ops []runtime.Op) ([]error, error)
 	// Replace swaps the whole live map atomically or leaves it as it was.
 	Replace(ctx context.Context, mapPath string, entries []runtime.Entry) error
+	// ClearUncommitted drops versions of the map that were prepared and
+	// never committed (a loader killed mid-swap).
+	ClearUncommitted(ctx context.Context, mapPath string) (int, error)
 	// Backends lists HAProxy's backends.
 	Backends(ctx context.Context) ([]string, error)
 	// Info identifies the running HAProxy process.
@@ -41,27 +47,58 @@ type Runtime interface {
 	Close() error
 }
 
+// Store is the part of the Redis store the syncer needs. *maps.Store
+// implements it.
+type Store interface {
+	Snapshot(ctx context.Context, bad func(maps.BadEntry)) (maps.Snapshot, error)
+	LastLogID(ctx context.Context) (string, error)
+	LogHas(ctx context.Context, id string) (bool, error)
+	ReadLog(ctx context.Context, after string, count int64, block time.Duration) ([]maps.Change, []maps.BadEntry, error)
+	Count(ctx context.Context) (int64, error)
+	ScanPage(ctx context.Context, cursor uint64, count int64) ([]maps.Assignment, []maps.BadEntry, uint64, error)
+	UsersChangedAfter(ctx context.Context, after, upto string, limit int64) (map[string]bool, error)
+	AddShards(ctx context.Context, shards []string) error
+	TakeForcedReconcile(ctx context.Context) (bool, error)
+	ReportSyncer(ctx context.Context, st maps.SyncerState) error
+	Claim(ctx context.Context, key, holder string, ttl time.Duration) (bool, string, error)
+	Release(ctx context.Context, key, holder string) error
+	NameClaimKey(name string) string
+	LeaseKey(target string) string
+}
+
+// DefaultMaxDeleteShare is the delete guard's share unless told otherwise.
+const DefaultMaxDeleteShare = 0.10
+
 // Config tunes a Syncer. Zero values take the defaults named.
 type Config struct {
-	Name         string        // how this syncer reports itself in Redis (required)
+	Name         string        // how this syncer reports itself in Redis; unique among running syncers (required)
 	MapPath      string        // the map path exactly as in haproxy.cfg; also the file written (required)
+	FileMode     os.FileMode   // mode of a new map file; an existing file keeps its mode and owner (0640)
 	FlushDelay   time.Duration // longest the file lags the live map while changes arrive (200 ms)
 	BatchMax     int           // most changes read and applied at once (10,000)
 	ReplaceAbove int           // a batch with more set/del than this is applied as one versioned swap (64)
-	Heartbeat    time.Duration // how often the syncer reports itself in Redis (1 s)
+	Heartbeat    time.Duration // how often the syncer reports itself in Redis and renews its claims (1 s)
 	CheckEvery   time.Duration // how often HAProxy's identity (show info Pid) is checked (500 ms)
-	Socket       string        // the stats socket: its directory is watched to notice restarts at once (optional)
+	Socket       string        // the stats socket: watched to notice restarts at once, and names the lease (optional)
 	// MaxDeleteShare: a full reconcile that would delete more than this share
 	// of the live map (and more than 5 entries) is refused until a human
-	// allows it (mapctl reconcile --force) or restores Redis (0.10).
+	// allows it (mapctl reconcile --force) or restores Redis. 0 refuses any
+	// such reconcile; use DefaultMaxDeleteShare for the usual 10%.
 	MaxDeleteShare float64
 	ReconcileEvery time.Duration // how often drift in Redis, the live map and the file is looked for (60 s)
+	ClaimTTL       time.Duration // how long the name and the lease outlive a syncer that stops renewing them (5 s)
 	Logger         *slog.Logger
 }
 
 func (c *Config) defaults() error {
 	if c.Name == "" || c.MapPath == "" {
 		return errors.New("syncer: Name and MapPath are required")
+	}
+	if c.MaxDeleteShare < 0 || c.MaxDeleteShare > 1 {
+		return fmt.Errorf("syncer: MaxDeleteShare %v: must be from 0 to 1", c.MaxDeleteShare)
+	}
+	if c.FileMode == 0 {
+		c.FileMode = 0o640
 	}
 	if c.FlushDelay <= 0 {
 		c.FlushDelay = 200 * time.Millisecond
@@ -75,14 +112,14 @@ func (c *Config) defaults() error {
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = time.Second
 	}
-	if c.MaxDeleteShare <= 0 {
-		c.MaxDeleteShare = 0.10
-	}
 	if c.ReconcileEvery <= 0 {
 		c.ReconcileEvery = time.Minute
 	}
 	if c.CheckEvery <= 0 {
 		c.CheckEvery = 500 * time.Millisecond
+	}
+	if c.ClaimTTL <= 0 {
+		c.ClaimTTL = 5 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -93,89 +130,80 @@ func (c *Config) defaults() error {
 // Syncer keeps one HAProxy map equal to the store. Create it with New and
 // call Run once.
 type Syncer struct {
-	cfg   Config
-	store *maps.Store
-	rt    Runtime
-	log   *slog.Logger
+	cfg      Config
+	store    Store
+	rt       Runtime
+	log      *slog.Logger
+	instance string // this process, in its claims and reports
 
 	// Owned by the Run goroutine.
-	mirror       map[string]string // what the live map holds, as far as we know
-	applied      string            // last change-log ID in the live map
-	fileID       string            // change-log ID the map file reflects
-	dirtySince   time.Time         // first change not yet in the file; zero when none
-	needFull     bool              // the live map is in doubt: reload it whole
-	problem      string            // current failure state, "" when healthy
-	haproxy      runtime.Info      // the process the live map was loaded into
-	lastCheck    time.Time
-	kick         chan struct{} // the socket appeared or went away
-	badInHash    int           // invalid entries in the hash at the last snapshot
-	lastDrift    time.Time     // last periodic reconcile
-	lastGapCheck time.Time
-	fileStat     fileStamp // the map file as we last wrote it
+	mirror     map[string]string // what the live map holds, as far as we know
+	applied    string            // last change-log ID in the live map
+	needFull   bool              // the live map is in doubt: reconcile it whole
+	haproxy    runtime.Info      // the process the live map was loaded into
+	lastCheck  time.Time
+	kick       chan struct{} // the socket appeared or went away, or SIGHUP: look now
+	badInHash  int           // invalid entries in the hash at the last snapshot
+	drift      driftScan     // the periodic drift check (drift.go)
+	file       mapFile       // the map file writer (mapfile.go)
+	shardsWarn bool          // the shards key is unusable; warned once
+	active     bool          // holds the map's lease and writes to HAProxy
 
-	mu     sync.Mutex // guards status
-	status Status
+	claims claims // name and lease (lease.go); shared with the heartbeat
 
-	writing bool           // a background file write is under way
-	written chan fileWrite // its outcome
+	mu      sync.Mutex // guards status and the problems
+	status  Status
+	loop    error // the last step's failure, nil when it succeeded
+	fileErr error // the last file write's failure, nil when it succeeded
 
 	reportMu   sync.Mutex // serialises reports to Redis; guards lastReport
 	lastReport time.Time
 }
 
-// Status is a syncer's view of itself, for health checks and metrics.
-type Status struct {
-	Ready       bool   // the live map was loaded and the last step succeeded
-	Problem     string // why not ready
-	Applied     string // last change-log ID in the live map
-	Entries     int    // entries in the live map
-	FullSyncs   int    // whole-map swaps done
-	Refused     int    // reconciles refused by the delete guard
-	Drift       int64  // entries corrected by periodic reconciles
-	Changes     int64  // change-log entries applied
-	BadSkipped  int64  // invalid entries found in Redis and skipped
-	HAProxyPid  int64
-	FileWritten time.Time
-}
-
 // New returns a syncer for cfg.MapPath.
-func New(cfg Config, store *maps.Store, rt Runtime) (*Syncer, error) {
+func New(cfg Config, store Store, rt Runtime) (*Syncer, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	return &Syncer{
+	s := &Syncer{
 		cfg:      cfg,
 		store:    store,
 		rt:       rt,
 		log:      cfg.Logger.With("map", cfg.MapPath),
+		instance: newInstanceID(),
 		needFull: true,
 		applied:  maps.ZeroID,
 		kick:     make(chan struct{}, 1),
-		written:  make(chan fileWrite, 1),
-	}, nil
+	}
+	s.file.init(cfg.MapPath, cfg.FileMode)
+	return s, nil
 }
 
-// Status returns a copy of the current status. Safe for concurrent use.
-func (s *Syncer) Status() Status {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.status
-}
-
-func (s *Syncer) updateStatus(f func(*Status)) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	f(&s.status)
-	s.status.Applied = s.applied
-	s.status.Entries = len(s.mirror)
+// Kick makes the syncer check HAProxy and look for drift now, instead of
+// at its next period (the command calls it on SIGHUP). Safe for concurrent
+// use.
+func (s *Syncer) Kick() {
+	s.drift.forceNext.Store(true)
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
 }
 
 // Run syncs until ctx is cancelled, then finishes the batch in hand, writes
 // the map file and returns nil. It retries every failure (Redis or HAProxy
 // away) with capped, jittered backoff, keeping the live map and the file as
-// they are meanwhile; it returns an error only if the final file write fails.
+// they are meanwhile. It returns an error if another running syncer holds
+// its name (ErrNameTaken), or if the final file write fails.
 func (s *Syncer) Run(ctx context.Context) error {
-	backoff := newBackoff(50*time.Millisecond, time.Second)
+	if err := s.claimName(ctx); err != nil {
+		return err
+	}
+	if removed, err := atomicfile.RemoveStale(s.cfg.MapPath); err != nil {
+		s.log.Warn("cannot remove leftover temp files of the map file", "err", err)
+	} else if len(removed) > 0 {
+		s.log.Info("removed leftover temp files of the map file (a write was interrupted)", "files", removed)
+	}
 	if s.cfg.Socket != "" {
 		stop, err := watchSocket(s.cfg.Socket, s.kick, s.log)
 		if err != nil {
@@ -184,20 +212,31 @@ func (s *Syncer) Run(ctx context.Context) error {
 			defer stop()
 		}
 	}
-	s.resume(ctx)
 	hbCtx, stopHB := context.WithCancel(ctx)
 	hbDone := make(chan struct{})
 	go func() { defer close(hbDone); s.heartbeat(hbCtx) }()
-	defer func() { stopHB(); <-hbDone }()
+	defer func() { stopHB(); <-hbDone; s.releaseClaims() }()
+
+	backoff := newBackoff(50*time.Millisecond, time.Second)
 	for ctx.Err() == nil {
+		if lost := s.claims.nameLost(); lost != nil {
+			return lost
+		}
+		if !s.holdLease(ctx) {
+			s.sleep(ctx, s.cfg.Heartbeat)
+			continue
+		}
 		var err error
 		if s.needFull {
 			err = s.fullSync(ctx)
 		} else {
 			err = s.step(ctx)
 		}
-		if err != nil && ctx.Err() == nil {
-			s.setProblem(err)
+		if ctx.Err() != nil {
+			break
+		}
+		s.setLoopProblem(ctx, err)
+		if err != nil {
 			wait := backoff.next()
 			if errors.Is(err, errRefused) {
 				wait = 5 * time.Second // each try dumps the live map and scans Redis
@@ -205,22 +244,25 @@ func (s *Syncer) Run(ctx context.Context) error {
 			s.sleep(ctx, wait)
 			continue
 		}
-		if err == nil {
-			s.setProblem(nil)
-			backoff.reset()
-		}
+		backoff.reset()
 	}
 	// The last batch was applied with a context of its own; persist it.
-	if err := s.flush(); err != nil {
-		return fmt.Errorf("syncer: final flush: %w", err)
+	if s.active {
+		if err := s.file.flushNow(s); err != nil {
+			return fmt.Errorf("syncer: final flush: %w", err)
+		}
 	}
 	s.report(context.Background(), true)
-	s.log.Info("syncer stopped", "applied", s.applied, "entries", len(s.mirror))
+	s.log.Info("syncer stopped", "log_id", s.applied, "entries", len(s.mirror))
 	return nil
 }
 
-// fullSync loads every assignment into the live map in one versioned swap,
-// writes the file and resumes following the log from the snapshot's ID.
+// fullSync brings the live map to Redis's content and resumes following the
+// log from the snapshot's ID. It never takes the live map as truth: it reads
+// it, diffs it against a snapshot of Redis, and sends the difference (as
+// single commands, or one versioned swap when that is cheaper or the live map
+// holds duplicates). It runs at start, after HAProxy restarts, and after any
+// doubt (a failed batch, a log gap).
 func (s *Syncer) fullSync(ctx context.Context) error {
 	start := time.Now()
 	// A connection kept across a reload still talks to the old process (and
@@ -228,61 +270,80 @@ func (s *Syncer) fullSync(ctx context.Context) error {
 	s.rt.Close()
 	info, err := s.rt.Info(ctx)
 	if err != nil {
-		return fmt.Errorf("haproxy: %w", err)
+		return fail(kindHAProxy, err)
 	}
 	if backends, err := s.rt.Backends(ctx); err != nil {
-		return fmt.Errorf("haproxy: %w", err)
+		return fail(kindHAProxy, err)
 	} else if err := s.publishShards(ctx, backends); err != nil {
 		return err
 	}
-	live, err := s.dumpLive(ctx)
+	// A loader killed mid-swap leaves a prepared version behind; some HAProxy
+	// versions loop on a later set of a key it holds (3.2.0).
+	if n, err := s.rt.ClearUncommitted(ctx, s.cfg.MapPath); err != nil {
+		return fail(kindHAProxy, err)
+	} else if n > 0 {
+		s.log.Warn("cleared uncommitted map versions left by an interrupted load", "versions", n)
+	}
+	live, lines, err := s.dumpLive(ctx)
 	if err != nil {
-		return fmt.Errorf("haproxy: %w", err)
+		return fail(kindHAProxy, err)
 	}
 	snap, err := s.store.Snapshot(ctx, s.skipBad)
 	if err != nil {
-		return fmt.Errorf("redis: %w", err)
+		return fail(kindRedis, err)
 	}
 	if err := s.guard(ctx, live, snap.Entries); err != nil {
 		return err
 	}
-	applyCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-	defer cancel()
-	if err := s.rt.Replace(applyCtx, s.cfg.MapPath, entriesOf(snap.Entries)); err != nil {
-		return fmt.Errorf("haproxy: %w", err)
+	d := maps.Diff(snap.Entries, live)
+	s.mirror = live
+	swaps := s.Status().Swaps
+	if lines != len(live) { // duplicate keys: only a swap removes them
+		err = s.swap(ctx, snap.Entries)
+	} else {
+		err = s.push(ctx, wantsOf(s.mirror, snap.Entries), true)
+	}
+	how := "diff"
+	if s.Status().Swaps > swaps {
+		how = "swap"
+	}
+	if err != nil {
+		s.mirror = nil // unknown until the next full sync reads it again
+		return fail(kindHAProxy, err)
 	}
 	s.mirror = snap.Entries
 	s.applied = snap.LogID
 	s.badInHash = snap.Skipped
 	s.needFull = false
-	s.haproxy, s.lastCheck, s.lastDrift = info, time.Now(), time.Now()
-	s.markDirty()
-	if err := s.flush(); err != nil {
-		return fmt.Errorf("file: %w", err)
+	s.haproxy, s.lastCheck = info, time.Now()
+	s.drift.reset()
+	s.file.markDirty()
+	if err := s.file.flushNow(s); err != nil {
+		s.setFileProblem(ctx, err)
 	}
 	s.updateStatus(func(st *Status) { st.FullSyncs++; st.HAProxyPid = info.Pid })
-	s.report(ctx, true)
-	s.log.Info("full sync", "entries", len(snap.Entries), "skipped", snap.Skipped,
-		"log_id", snap.LogID, "haproxy_pid", info.Pid, "took", time.Since(start).Round(time.Millisecond))
+	s.log.Info("full sync", "entries", len(snap.Entries), "how", how, "missing", d.Missing, "extra", d.Extra,
+		"changed", d.Changed, "skipped", snap.Skipped, "log_id", snap.LogID, "haproxy_pid", info.Pid,
+		"haproxy_version", info.Version, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
 // dumpLive reads the live map; of duplicated keys the first, which HAProxy
-// serves, counts.
-func (s *Syncer) dumpLive(ctx context.Context) (map[string]string, error) {
-	live := map[string]string{}
-	err := s.rt.Dump(ctx, s.cfg.MapPath, func(k, v string) error {
+// serves, counts. lines is the number of entries HAProxy listed.
+func (s *Syncer) dumpLive(ctx context.Context) (live map[string]string, lines int, err error) {
+	live = map[string]string{}
+	err = s.rt.Dump(ctx, s.cfg.MapPath, func(k, v string) error {
+		lines++
 		if _, dup := live[k]; !dup {
 			live[k] = v
 		}
 		return nil
 	})
-	return live, err
+	return live, lines, err
 }
 
-// errRefused marks a reconcile the delete guard refused; its text "guard"
-// is the state name status and the logs show.
-var errRefused = errors.New("guard")
+// errRefused marks a reconcile the delete guard refused.
+var errRefused = errors.New("refusing to delete")
 
 // guard refuses a reconcile that would delete more than MaxDeleteShare of
 // the live map (and more than 5 entries): Redis coming back empty (FLUSHALL,
@@ -300,50 +361,21 @@ func (s *Syncer) guard(ctx context.Context, live, next map[string]string) error 
 	}
 	forced, err := s.store.TakeForcedReconcile(ctx)
 	if err != nil {
-		return fmt.Errorf("redis: %w", err)
+		return fail(kindRedis, err)
 	}
 	if forced {
 		s.log.Warn("reconcile forced by a human: deleting from the live map", "deletes", deletes, "live", len(live))
 		return nil
 	}
 	s.updateStatus(func(st *Status) { st.Refused++ })
-	return fmt.Errorf("%w: refusing to delete %d of %d live entries (more than %.0f%%): did Redis lose its data? "+
+	return fail(kindGuard, fmt.Errorf("%w %d of %d live entries (more than %.0f%%): did Redis lose its data? "+
 		"HAProxy keeps serving the current map. Restore Redis with 'mapctl restore --from %s', or accept with 'mapctl reconcile --force'",
-		errRefused, deletes, len(live), 100*s.cfg.MaxDeleteShare, s.cfg.MapPath)
-}
-
-// resume starts from the map file's change-log position when the log still
-// holds it: the live map is read as it is (HAProxy kept serving while the
-// syncer was away) and the log is replayed from there, instead of a full
-// reload. Anything in doubt leaves needFull set.
-func (s *Syncer) resume(ctx context.Context) {
-	mf, err := maps.ReadMapFile(s.cfg.MapPath)
-	if err != nil || mf.LogID == "" || mf.LogID == maps.ZeroID {
-		return
-	}
-	if ok, err := s.store.LogHas(ctx, mf.LogID); err != nil || !ok {
-		s.log.Info("map file's log position is gone from the log: full reload", "position", mf.LogID)
-		return
-	}
-	info, err := s.rt.Info(ctx)
-	if err != nil {
-		return
-	}
-	live, err := s.dumpLive(ctx)
-	if err != nil {
-		return
-	}
-	s.mirror, s.applied, s.fileID = live, mf.LogID, mf.LogID
-	s.haproxy, s.lastCheck, s.lastDrift = info, time.Now(), time.Now()
-	s.needFull = false
-	if backends, err := s.rt.Backends(ctx); err == nil {
-		s.publishShards(ctx, backends)
-	}
-	s.updateStatus(func(st *Status) { st.HAProxyPid = info.Pid })
-	s.log.Info("resuming from the map file's log position (catch-up, no full reload)", "position", mf.LogID, "live", len(live))
+		errRefused, deletes, len(live), 100*s.cfg.MaxDeleteShare, s.cfg.MapPath))
 }
 
 // publishShards records HAProxy's backends as the shards mapctl may assign.
+// A shards key of the wrong type is warned about once and skipped: it must
+// not stop the map from being synced.
 func (s *Syncer) publishShards(ctx context.Context, backends []string) error {
 	var valid []string
 	for _, b := range backends {
@@ -351,9 +383,18 @@ func (s *Syncer) publishShards(ctx context.Context, backends []string) error {
 			valid = append(valid, b)
 		}
 	}
-	if err := s.store.AddShards(ctx, valid); err != nil {
-		return fmt.Errorf("redis: %w", err)
+	err := s.store.AddShards(ctx, valid)
+	switch {
+	case errors.Is(err, maps.ErrWrongType):
+		if !s.shardsWarn {
+			s.log.Warn("cannot publish HAProxy's backends as known shards; going on without (mapctl set needs --force until it is fixed)", "err", err)
+			s.shardsWarn = true
+		}
+		return nil
+	case err != nil:
+		return fail(kindRedis, err)
 	}
+	s.shardsWarn = false
 	return nil
 }
 
@@ -366,22 +407,18 @@ func (s *Syncer) step(ctx context.Context) error {
 	if err := s.reconcile(ctx); err != nil || s.needFull {
 		return err
 	}
-	if err := s.collectFlush(false); err != nil {
-		return fmt.Errorf("file: %w", err)
-	}
+	s.file.collect(s, ctx)
 	wait := min(s.cfg.Heartbeat, s.cfg.CheckEvery)
-	switch {
-	case s.writing:
-		wait = min(wait, 20*time.Millisecond) // look for the write's end soon
-	case !s.dirtySince.IsZero():
-		wait = max(time.Millisecond, min(wait, s.cfg.FlushDelay-time.Since(s.dirtySince)))
+	if s.drift.scanning() {
+		wait = time.Millisecond // a drift pass reads Redis a page per step
 	}
+	wait = s.file.bound(s, wait)
 	changes, bad, err := s.store.ReadLog(ctx, s.applied, int64(s.cfg.BatchMax), wait)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("redis: %w", err)
+		return fail(kindRedis, err)
 	}
 	for _, b := range bad {
 		s.skipBad(b)
@@ -391,121 +428,30 @@ func (s *Syncer) step(ctx context.Context) error {
 		// follows, silently skipping what was trimmed: check it is still there.
 		ok, err := s.store.LogHas(ctx, s.applied)
 		if err != nil {
-			return fmt.Errorf("redis: %w", err)
+			return fail(kindRedis, err)
 		}
 		if !ok {
-			s.log.Warn("change log gap: position no longer in the log, reloading whole map", "position", s.applied)
+			s.log.Warn("change log gap: position no longer in the log, reconciling the whole map", "log_id", s.applied)
 			s.needFull = true
 			return nil
 		}
 		// Once read, a batch is applied whole even if we are told to stop.
-		applyCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		err = s.apply(applyCtx, changes)
-		cancel()
+		err = s.apply(context.WithoutCancel(ctx), changes)
 		if err != nil {
 			s.needFull = true
-			return fmt.Errorf("haproxy: %w", err)
+			return fail(kindHAProxy, err)
 		}
 		s.report(ctx, true)
 	}
-	// Changes wait out the flush delay; a header-only change (log position
-	// moved, no entry changed) is written at once.
-	if s.fileDue() && (s.dirtySince.IsZero() || time.Since(s.dirtySince) >= s.cfg.FlushDelay) {
-		s.startFlush()
-	}
+	s.file.maybeStart(s)
 	return nil
-}
-
-// reconcile looks for drift every ReconcileEvery: a log gap or a hash
-// changed behind the log (full reload, guarded), a live map edited over the
-// socket (put back from the mirror), a map file edited by hand (rewritten).
-// It is cheap when nothing changed: counts and a stat; the live map is only
-// dumped when its count differs or it is small (<= 100k entries).
-func (s *Syncer) reconcile(ctx context.Context) error {
-	// A gap is looked for every heartbeat: with no new changes to read, it is
-	// how a Redis that was emptied or replaced gets noticed.
-	if time.Since(s.lastGapCheck) >= s.cfg.Heartbeat {
-		s.lastGapCheck = time.Now()
-		if ok, err := s.store.LogHas(ctx, s.applied); err != nil {
-			return fmt.Errorf("redis: %w", err)
-		} else if !ok {
-			s.log.Warn("change log gap: position no longer in the log (trimmed, deleted or Redis emptied), reconciling", "position", s.applied)
-			s.needFull = true
-			return nil
-		}
-	}
-	if time.Since(s.lastDrift) < s.cfg.ReconcileEvery {
-		return nil
-	}
-	s.lastDrift = time.Now()
-	// The hash count is only comparable when no change is in flight: the
-	// log's last ID equals ours before and after the count.
-	before, err := s.store.LastLogID(ctx)
-	if err != nil {
-		return fmt.Errorf("redis: %w", err)
-	}
-	n, err := s.store.Count(ctx)
-	if err != nil {
-		return fmt.Errorf("redis: %w", err)
-	}
-	after, err := s.store.LastLogID(ctx)
-	if err != nil {
-		return fmt.Errorf("redis: %w", err)
-	}
-	if before == s.applied && after == s.applied && int(n) != len(s.mirror)+s.badInHash {
-		s.log.Warn("drift: redis hash changed behind the change log, reconciling", "redis", n, "mirror", len(s.mirror))
-		s.needFull = true
-		return nil
-	}
-	cnt, err := s.rt.MapEntryCount(ctx, s.cfg.MapPath)
-	if err != nil {
-		return fmt.Errorf("haproxy: %w", err)
-	}
-	if cnt != len(s.mirror) || len(s.mirror) <= 100_000 {
-		live, err := s.dumpLive(ctx)
-		if err != nil {
-			return fmt.Errorf("haproxy: %w", err)
-		}
-		if d := maps.Diff(s.mirror, live); d.Total() > 0 || cnt != len(live) {
-			s.log.Warn("drift: live map edited outside shardmap, putting it back", "missing", d.Missing, "extra", d.Extra, "changed", d.Changed, "entry_cnt", cnt)
-			if err := s.rt.Replace(ctx, s.cfg.MapPath, entriesOf(s.mirror)); err != nil {
-				return fmt.Errorf("haproxy: %w", err)
-			}
-			s.updateStatus(func(st *Status) { st.Drift += int64(d.Total()) })
-		}
-	}
-	if st := stampOf(s.cfg.MapPath); !s.writing && st != s.fileStat && !s.fileStat.zero() {
-		s.log.Warn("drift: map file changed outside shardmap, rewriting it", "file", s.cfg.MapPath)
-		s.fileID = "" // forces the rewrite
-		s.markDirty()
-		if err := s.flush(); err != nil {
-			return fmt.Errorf("file: %w", err)
-		}
-		s.updateStatus(func(st *Status) { st.Drift++ })
-	}
-	return nil
-}
-
-// fileStamp identifies a version of the map file cheaply.
-type fileStamp struct {
-	size  int64
-	mtime time.Time
-}
-
-func (f fileStamp) zero() bool { return f == fileStamp{} }
-
-func stampOf(path string) fileStamp {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return fileStamp{size: -1}
-	}
-	return fileStamp{size: fi.Size(), mtime: fi.ModTime()}
 }
 
 // checkHAProxy notices a restarted or reloaded HAProxy: a new process
 // started from the map file on disk, which may lag Redis, so the live map is
-// reloaded whole. It runs every CheckEvery, and at once when the socket
-// changes.
+// reconciled whole. It runs every CheckEvery, and at once when the socket
+// changes. A HAProxy that does not answer fails here within the runtime
+// client's timeout.
 func (s *Syncer) checkHAProxy(ctx context.Context) error {
 	select {
 	case <-s.kick:
@@ -517,7 +463,7 @@ func (s *Syncer) checkHAProxy(ctx context.Context) error {
 	info, err := s.rt.Info(ctx)
 	if err != nil {
 		s.needFull = true // whatever comes back must be reconciled
-		return fmt.Errorf("haproxy: %w", err)
+		return fail(kindHAProxy, err)
 	}
 	s.lastCheck = time.Now()
 	if info.Pid != s.haproxy.Pid || info.UptimeSec < s.haproxy.UptimeSec {
@@ -529,54 +475,93 @@ func (s *Syncer) checkHAProxy(ctx context.Context) error {
 	return nil
 }
 
-// apply brings the live map up to date with changes: it keeps the last change
-// per user, drops those the mirror says are already live, and sends the rest
-// as add (new key), set (changed key) or del; a batch with many set/del, which
-// scan the whole map in HAProxy 2.6, goes as one versioned swap instead.
+// want is what one user's entry in the live map must become.
+type want struct {
+	user  string
+	shard string // "" to delete
+}
+
+// wantsOf lists what turns the live map from into to, in no order.
+func wantsOf(from, to map[string]string) []want {
+	var ws []want
+	for u, sh := range to {
+		if from[u] != sh {
+			ws = append(ws, want{u, sh})
+		}
+	}
+	for u := range from {
+		if _, ok := to[u]; !ok {
+			ws = append(ws, want{user: u})
+		}
+	}
+	return ws
+}
+
+// apply brings the live map up to date with changes: it keeps the last
+// change per user and pushes it; then the position moves to the last ID.
 func (s *Syncer) apply(ctx context.Context, changes []maps.Change) error {
-	last := map[string]maps.Change{}
-	var order []string
+	last := map[string]int{}
+	var ws []want
 	for _, c := range changes {
 		if c.Op == "" { // a bad entry, already counted
 			continue
 		}
-		if _, seen := last[c.User]; !seen {
-			order = append(order, c.User)
+		w := want{user: c.User}
+		if c.Op == maps.OpSet {
+			w.shard = c.Shard
 		}
-		last[c.User] = c
+		if i, seen := last[c.User]; seen {
+			ws[i] = w
+			continue
+		}
+		last[c.User] = len(ws)
+		ws = append(ws, w)
 	}
-	var ops []runtime.Op
-	setDel := 0
-	for _, u := range order {
-		c := last[u]
-		cur, has := s.mirror[u]
-		switch {
-		case c.Op == maps.OpDel && has:
-			ops = append(ops, runtime.Op{Kind: runtime.Del, Key: u})
-			setDel++
-		case c.Op == maps.OpSet && !has:
-			ops = append(ops, runtime.Op{Kind: runtime.Add, Key: u, Value: c.Shard})
-		case c.Op == maps.OpSet && cur != c.Shard:
-			ops = append(ops, runtime.Op{Kind: runtime.Set, Key: u, Value: c.Shard})
-			setDel++
-		}
+	if err := s.push(ctx, ws, false); err != nil {
+		return err
 	}
 	newID := changes[len(changes)-1].ID
-	if len(ops) > 0 {
-		var err error
-		if setDel > s.cfg.ReplaceAbove {
-			err = s.applyBySwap(ctx, ops)
-		} else {
-			err = s.applyOps(ctx, ops)
-		}
-		if err != nil {
-			return err
-		}
-		s.markDirty()
-	}
 	s.applied = newID
 	s.updateStatus(func(st *Status) { st.Changes += int64(len(changes)) })
-	s.log.Debug("applied", "changes", len(changes), "ops", len(ops), "log_id", newID)
+	s.log.Debug("applied", "changes", len(changes), "log_id", newID)
+	return nil
+}
+
+// push makes the live map hold what ws say, diffed against the mirror: add
+// for a new key, set for a changed one, del for a gone one; what the mirror
+// says is live already sends nothing. A batch with many set/del, which scan
+// the whole map in HAProxy 2.6, goes as one versioned swap instead; with
+// whole, so does a batch with many ops of any kind (a full sync is applied
+// atomically unless it is small).
+func (s *Syncer) push(ctx context.Context, ws []want, whole bool) error {
+	var ops []runtime.Op
+	setDel := 0
+	for _, w := range ws {
+		cur, has := s.mirror[w.user]
+		switch {
+		case w.shard == "" && has:
+			ops = append(ops, runtime.Op{Kind: runtime.Del, Key: w.user})
+			setDel++
+		case w.shard != "" && !has:
+			ops = append(ops, runtime.Op{Kind: runtime.Add, Key: w.user, Value: w.shard})
+		case w.shard != "" && cur != w.shard:
+			ops = append(ops, runtime.Op{Kind: runtime.Set, Key: w.user, Value: w.shard})
+			setDel++
+		}
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	var err error
+	if setDel > s.cfg.ReplaceAbove || whole && len(ops) > s.cfg.ReplaceAbove {
+		err = s.applyBySwap(ctx, ops)
+	} else {
+		err = s.applyOps(ctx, ops)
+	}
+	if err != nil {
+		return err
+	}
+	s.file.markDirty()
 	return nil
 }
 
@@ -634,165 +619,18 @@ func (s *Syncer) applyBySwap(ctx context.Context, ops []runtime.Op) error {
 			next[op.Key] = op.Value
 		}
 	}
+	return s.swap(ctx, next)
+}
+
+// swap replaces the whole live map with next, and the mirror with it.
+func (s *Syncer) swap(ctx context.Context, next map[string]string) error {
 	if err := s.rt.Replace(ctx, s.cfg.MapPath, entriesOf(next)); err != nil {
 		return err
 	}
 	s.mirror = next
-	s.updateStatus(func(st *Status) { st.FullSyncs++ })
+	s.file.markDirty()
+	s.updateStatus(func(st *Status) { st.Swaps++ })
 	return nil
-}
-
-func (s *Syncer) markDirty() {
-	if s.dirtySince.IsZero() {
-		s.dirtySince = time.Now()
-	}
-}
-
-// fileWrite is the outcome of one map-file write.
-type fileWrite struct {
-	id    string
-	stamp fileStamp
-	err   error
-}
-
-// fileDue reports whether the file lags the live map.
-func (s *Syncer) fileDue() bool {
-	return s.mirror != nil && (!s.dirtySince.IsZero() || s.fileID != s.applied)
-}
-
-// snapshotFile copies the mirror into a map file value (in the Run
-// goroutine, which owns the mirror).
-func (s *Syncer) snapshotFile() maps.MapFile {
-	mf := maps.MapFile{LogID: s.applied, Entries: make([]maps.Assignment, 0, len(s.mirror))}
-	for u, sh := range s.mirror {
-		mf.Entries = append(mf.Entries, maps.Assignment{User: u, Shard: sh})
-	}
-	s.dirtySince = time.Time{}
-	return mf
-}
-
-func (s *Syncer) writeFile(mf maps.MapFile) fileWrite {
-	_, err := maps.WriteMapFile(s.cfg.MapPath, mf, 0o640)
-	return fileWrite{id: mf.LogID, stamp: stampOf(s.cfg.MapPath), err: err}
-}
-
-// startFlush begins writing the file in the background, so that sorting and
-// writing a large map (0.7 s at 1M entries) never holds up live updates.
-// One write at a time; changes that arrive meanwhile make the next one due.
-func (s *Syncer) startFlush() {
-	if s.writing || !s.fileDue() {
-		return
-	}
-	mf := s.snapshotFile()
-	s.writing = true
-	go func() { s.written <- s.writeFile(mf) }()
-}
-
-// collectFlush takes the outcome of a background write, waiting for it when
-// wait is set.
-func (s *Syncer) collectFlush(wait bool) error {
-	if !s.writing {
-		return nil
-	}
-	var w fileWrite
-	if wait {
-		w = <-s.written
-	} else {
-		select {
-		case w = <-s.written:
-		default:
-			return nil
-		}
-	}
-	s.writing = false
-	return s.doneWrite(w)
-}
-
-func (s *Syncer) doneWrite(w fileWrite) error {
-	if w.err != nil {
-		s.markDirty() // try again
-		return w.err
-	}
-	s.fileID, s.fileStat = w.id, w.stamp
-	s.updateStatus(func(st *Status) { st.FileWritten = time.Now() })
-	return nil
-}
-
-// flush writes the file now, after any background write: on a full sync (a
-// syncer reports ready only with its file written) and when stopping.
-func (s *Syncer) flush() error {
-	if err := s.collectFlush(true); err != nil {
-		return err
-	}
-	if !s.fileDue() {
-		return nil
-	}
-	return s.doneWrite(s.writeFile(s.snapshotFile()))
-}
-
-// report records this syncer's position in Redis: always when force is set
-// (after a batch, so mapctl --wait sees it at once), else once a heartbeat.
-// It reads the shared status under reportMu, so reports never go backwards.
-func (s *Syncer) report(ctx context.Context, force bool) {
-	s.reportMu.Lock()
-	defer s.reportMu.Unlock()
-	if !force && time.Since(s.lastReport) < s.cfg.Heartbeat {
-		return
-	}
-	st := s.Status()
-	err := s.store.ReportSyncer(ctx, maps.SyncerState{
-		Name: s.cfg.Name, Applied: st.Applied, Seen: time.Now(), Map: s.cfg.MapPath,
-		Entries: st.Entries, Ready: st.Ready, Problem: st.Problem,
-	})
-	if err == nil {
-		s.lastReport = time.Now()
-	}
-}
-
-// heartbeat reports the syncer every Heartbeat until ctx ends, whatever the
-// sync loop is doing (a long load, a backoff, a refused reconcile).
-func (s *Syncer) heartbeat(ctx context.Context) {
-	t := time.NewTicker(s.cfg.Heartbeat)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			rctx, cancel := context.WithTimeout(ctx, s.cfg.Heartbeat)
-			s.report(rctx, false)
-			cancel()
-		}
-	}
-}
-
-// setProblem logs a failure once when the state changes, not on every retry.
-func (s *Syncer) setProblem(err error) {
-	msg := ""
-	if err != nil {
-		msg = err.Error()
-	}
-	switch {
-	case err != nil && s.problem == "":
-		s.log.Warn("syncer not ready, retrying", "err", err)
-	case err != nil && stateOf(msg) != stateOf(s.problem):
-		s.log.Warn("syncer still not ready", "err", err)
-	case err == nil && s.problem != "":
-		s.log.Info("syncer recovered", "applied", s.applied, "entries", len(s.mirror))
-	}
-	s.problem = msg
-	s.updateStatus(func(st *Status) { st.Problem = msg; st.Ready = err == nil && s.mirror != nil })
-}
-
-// stateOf is the part of a problem that names what failed ("redis",
-// "haproxy", "file"): retries of the same failure log nothing new.
-func stateOf(msg string) string {
-	for i := 0; i < len(msg); i++ {
-		if msg[i] == ':' {
-			return msg[:i]
-		}
-	}
-	return msg
 }
 
 func (s *Syncer) skipBad(b maps.BadEntry) {
@@ -810,23 +648,7 @@ func entriesOf(m map[string]string) []runtime.Entry {
 	return out
 }
 
-// backoff yields capped exponential delays with full jitter.
-type backoff struct{ min, max, cur time.Duration }
-
-func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max} }
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	return b.cur/2 + rand.N(b.cur/2+1)
-}
-
-func (b *backoff) reset() { b.cur = 0 }
-
-// sleep waits d, or less if the socket changes or ctx ends.
+// sleep waits d, or less if the socket changes, SIGHUP comes or ctx ends.
 func (s *Syncer) sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -834,5 +656,10 @@ func (s *Syncer) sleep(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-t.C:
 	case <-s.kick:
+		// Put the kick back: checkHAProxy must still see it.
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
 	}
 }

@@ -55,10 +55,11 @@ func (f *fakeRuntime) Replace(_ context.Context, _ string, es []runtime.Entry) e
 	}
 	return nil
 }
-func (f *fakeRuntime) Close() error                                       { return nil }
-func (f *fakeRuntime) Backends(context.Context) ([]string, error)         { return nil, nil }
-func (f *fakeRuntime) Info(context.Context) (runtime.Info, error)         { return runtime.Info{Pid: 1}, nil }
-func (f *fakeRuntime) MapEntryCount(context.Context, string) (int, error) { return len(f.live), nil }
+func (f *fakeRuntime) ClearUncommitted(context.Context, string) (int, error) { return 0, nil }
+func (f *fakeRuntime) Close() error                                          { return nil }
+func (f *fakeRuntime) Backends(context.Context) ([]string, error)            { return nil, nil }
+func (f *fakeRuntime) Info(context.Context) (runtime.Info, error)            { return runtime.Info{Pid: 1}, nil }
+func (f *fakeRuntime) MapEntryCount(context.Context, string) (int, error)    { return len(f.live), nil }
 func (f *fakeRuntime) Dump(_ context.Context, _ string, fn func(k, v string) error) error {
 	for k, v := range f.live {
 		if err := fn(k, v); err != nil {

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -45,11 +47,29 @@ func run(args []string) int {
 		listen   = fs.String("listen", "", "address for /healthz, /readyz and /metrics, e.g. 127.0.0.1:9477 (off when empty)")
 		flush    = fs.Duration("flush-delay", 200*time.Millisecond, "longest the map file lags the live map")
 		replace  = fs.Int("replace-above", 64, "apply a batch with more set/del than this as one versioned swap")
-		maxDel   = fs.Float64("max-delete-share", 0.10, "refuse a full reconcile that would delete more than this share of the live map")
+		maxDel   = fs.Float64("max-delete-share", syncer.DefaultMaxDeleteShare, "refuse a full reconcile that would delete more than this share of the live map (0 to 1; 0 refuses any that deletes more than 5 entries)")
 		recEvery = fs.Duration("reconcile-every", time.Minute, "how often to look for drift in Redis, the live map and the file")
+		rtTime   = fs.Duration("runtime-timeout", 3*time.Second, "longest to wait for HAProxy to answer one Runtime API command before reporting it not answering")
+		fileMode = fs.String("file-mode", "0640", "mode of a new map file (an existing one keeps its mode and owner)")
 		verbose  = fs.Bool("v", false, "log each applied batch")
 	)
+	// The default shown by --help and in usage errors must not carry the
+	// password that SHARDMAP_REDIS may hold.
+	fs.Lookup("redis").DefValue = cli.RedactURL(fs.Lookup("redis").DefValue)
+	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitConfig
+	}
+	mode, err := strconv.ParseUint(*fileMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		fmt.Fprintf(os.Stderr, "syncer: --file-mode %q: want an octal mode such as 0640\n", *fileMode)
+		return exitConfig
+	}
+	if *maxDel < 0 || *maxDel > 1 {
+		fmt.Fprintf(os.Stderr, "syncer: --max-delete-share %v: want a share from 0 to 1\n", *maxDel)
 		return exitConfig
 	}
 	level := slog.LevelInfo
@@ -65,12 +85,12 @@ func run(args []string) int {
 		*name = host + ":" + *mapPath
 	}
 	rdb, err := cli.Redis(*redisURL, false)
-	if err != nil {
+	if err != nil { // cli.Redis's errors carry the URL redacted
 		fmt.Fprintln(os.Stderr, "syncer:", err)
 		return exitConfig
 	}
 	defer rdb.Close()
-	rt, err := runtime.New(*socket, 10*time.Second)
+	rt, err := runtime.New(*socket, *rtTime)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "syncer:", err)
 		return exitConfig
@@ -78,7 +98,7 @@ func run(args []string) int {
 	defer rt.Close()
 	s, err := syncer.New(syncer.Config{
 		Name: *name, MapPath: *mapPath, Socket: *socket, FlushDelay: *flush, ReplaceAbove: *replace, Logger: log,
-		MaxDeleteShare: *maxDel, ReconcileEvery: *recEvery,
+		MaxDeleteShare: *maxDel, ReconcileEvery: *recEvery, FileMode: os.FileMode(mode),
 	}, maps.NewStore(rdb, *prefix), rt)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "syncer:", err)
@@ -87,6 +107,16 @@ func run(args []string) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	// SIGHUP: there is no configuration to reload; look for drift now.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			log.Info("SIGHUP: checking HAProxy and looking for drift now")
+			s.Kick()
+		}
+	}()
 	if *listen != "" {
 		ln, err := net.Listen("tcp", *listen)
 		if err != nil {
@@ -97,9 +127,12 @@ func run(args []string) int {
 		go srv.Serve(ln)
 		defer srv.Close()
 	}
-	log.Info("syncer starting", "name", *name, "socket", *socket, "map", *mapPath, "prefix", *prefix)
+	log.Info("syncer starting", "name", *name, "socket", *socket, "map", *mapPath, "prefix", *prefix, "redis", cli.RedactURL(*redisURL))
 	if err := s.Run(ctx); err != nil {
 		log.Error("syncer failed", "err", err)
+		if errors.Is(err, syncer.ErrNameTaken) {
+			return exitConfig
+		}
 		return exitFail
 	}
 	return exitOK

@@ -22,7 +22,9 @@ func newStatusCollector(s *syncer.Syncer, mapPath string) *statusCollector {
 		"ready":        d("ready", "1 when the live map is loaded and the last step succeeded."),
 		"entries":      d("live_entries", "Entries in the live map, as the syncer knows it."),
 		"changes":      d("changes_applied_total", "Change-log entries applied."),
-		"full":         d("full_syncs_total", "Whole-map versioned swaps."),
+		"full":         d("full_syncs_total", "Reconciles of the whole live map with Redis (at start, after HAProxy restarts, after doubt)."),
+		"swaps":        d("swaps_total", "Whole-map versioned swaps."),
+		"standby":      d("standby", "1 while another syncer holds this map's lease."),
 		"refused":      d("refused_reconciles_total", "Reconciles refused because they would delete too much of the live map."),
 		"drift":        d("drift_corrected_total", "Entries (or file rewrites) corrected by periodic reconciles."),
 		"bad":          d("bad_entries_skipped_total", "Invalid entries found in Redis and skipped."),
@@ -50,6 +52,12 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	g("entries", prometheus.GaugeValue, float64(st.Entries))
 	g("changes", prometheus.CounterValue, float64(st.Changes))
 	g("full", prometheus.CounterValue, float64(st.FullSyncs))
+	g("swaps", prometheus.CounterValue, float64(st.Swaps))
+	standby := 0.0
+	if st.Standby {
+		standby = 1
+	}
+	g("standby", prometheus.GaugeValue, standby)
 	g("refused", prometheus.CounterValue, float64(st.Refused))
 	g("drift", prometheus.CounterValue, float64(st.Drift))
 	g("bad", prometheus.CounterValue, float64(st.BadSkipped))

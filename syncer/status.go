@@ -1,0 +1,196 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/shardmap/shardmap/maps"
+	"github.com/shardmap/shardmap/runtime"
+)
+
+// Status is a syncer's view of itself, for health checks and metrics.
+type Status struct {
+	Ready       bool      `json:"ready"`             // the live map is in sync, the last step and the last file write succeeded
+	Standby     bool      `json:"standby"`           // another syncer holds this map's lease; this one waits to take over
+	State       string    `json:"state"`             // "ready", "standby", "starting", or the failing part: redis, haproxy, haproxy_no_answer, file, guard
+	Problem     string    `json:"problem,omitempty"` // why not ready
+	Applied     string    `json:"log_id"`            // last change-log ID in the live map
+	Entries     int       `json:"entries"`           // entries in the live map
+	FullSyncs   int       `json:"full_syncs"`        // reconciles of the whole live map with Redis
+	Swaps       int       `json:"swaps"`             // whole-map versioned swaps
+	Refused     int       `json:"refused"`           // reconciles refused by the delete guard
+	Drift       int64     `json:"drift"`             // entries (or file rewrites) corrected by drift checks
+	Changes     int64     `json:"changes"`           // change-log entries applied
+	BadSkipped  int64     `json:"bad_skipped"`       // invalid entries found in Redis and skipped
+	HAProxyPid  int64     `json:"haproxy_pid"`
+	FileWritten time.Time `json:"file_written"`
+}
+
+// Status returns a copy of the current status. Safe for concurrent use.
+func (s *Syncer) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+func (s *Syncer) updateStatus(f func(*Status)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f(&s.status)
+	s.status.Applied = s.applied
+	s.status.Entries = len(s.mirror)
+}
+
+// The parts a failure can come from: what a not-ready syncer waits for.
+// Retries of a failure of the same kind log nothing new.
+const (
+	kindRedis     = "redis"
+	kindHAProxy   = "haproxy"
+	kindNoAnswer  = "haproxy_no_answer" // HAProxy hung, or every stats socket slot busy
+	kindFile      = "file"
+	kindGuard     = "guard"
+	stateReady    = "ready"
+	stateStandby  = "standby"
+	stateStarting = "starting"
+)
+
+// failure is an error with the part it came from.
+type failure struct {
+	kind string
+	err  error
+}
+
+func (f *failure) Error() string {
+	if f.kind == kindNoAnswer {
+		return kindHAProxy + ": " + f.err.Error()
+	}
+	return f.kind + ": " + f.err.Error()
+}
+func (f *failure) Unwrap() error { return f.err }
+
+// fail marks err as coming from kind; a HAProxy that did not answer is a
+// kind of its own, so that it is logged as such.
+func fail(kind string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var f *failure
+	if errors.As(err, &f) {
+		return err
+	}
+	if kind == kindHAProxy && errors.Is(err, runtime.ErrNoAnswer) {
+		kind = kindNoAnswer
+	}
+	return &failure{kind: kind, err: err}
+}
+
+// kindOf is the part err came from ("" for nil).
+func kindOf(err error) string {
+	var f *failure
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &f):
+		return f.kind
+	}
+	return "error"
+}
+
+// setLoopProblem records the outcome of one loop step.
+func (s *Syncer) setLoopProblem(ctx context.Context, err error) {
+	s.setProblems(ctx, func() { s.loop = err })
+}
+
+// setFileProblem records the outcome of one map-file write.
+func (s *Syncer) setFileProblem(ctx context.Context, err error) {
+	s.setProblems(ctx, func() { s.fileErr = fail(kindFile, err) })
+}
+
+// setProblems applies change to the problems and, when the state changes
+// (a failure of another kind, or a recovery), logs one line and reports to
+// Redis at once, so that mapctl status never shows a state already gone.
+func (s *Syncer) setProblems(ctx context.Context, change func()) {
+	s.mu.Lock()
+	before := s.status.State
+	if before == "" {
+		before = stateStarting
+	}
+	change()
+	after, problem := s.stateLocked()
+	s.status.State, s.status.Problem = after, problem
+	s.status.Ready = after == stateReady
+	s.status.Standby = after == stateStandby
+	s.mu.Unlock()
+	if before == after {
+		return
+	}
+	switch {
+	case after == stateReady && (before == stateStarting || before == stateStandby):
+		s.log.Info("syncer ready", "was", before, "log_id", s.applied, "entries", len(s.mirror))
+	case after == stateReady:
+		s.log.Info("syncer recovered", "was", before, "log_id", s.applied, "entries", len(s.mirror))
+	case after == stateStandby || after == stateStarting:
+		s.log.Info("syncer "+after, "was", before)
+	default:
+		s.log.Warn("syncer not ready", "state", after, "was", before, "err", problem)
+	}
+	s.report(ctx, true)
+}
+
+// stateLocked derives the state from the problems: the loop's failure first,
+// then the file's.
+func (s *Syncer) stateLocked() (state, problem string) {
+	switch {
+	case s.loop != nil:
+		return kindOf(s.loop), s.loop.Error()
+	case s.fileErr != nil:
+		return kindOf(s.fileErr), s.fileErr.Error()
+	case !s.active:
+		if s.claims.standbyFor() != "" {
+			return stateStandby, "another syncer holds this map's lease: " + s.claims.standbyFor()
+		}
+		return stateStarting, ""
+	case s.mirror == nil:
+		return stateStarting, ""
+	}
+	return stateReady, ""
+}
+
+// report records this syncer's position in Redis: always when force is set
+// (after a batch, so mapctl --wait sees it at once), else once a heartbeat.
+// It reads the shared status under reportMu, so reports never go backwards.
+func (s *Syncer) report(ctx context.Context, force bool) {
+	s.reportMu.Lock()
+	defer s.reportMu.Unlock()
+	if !force && time.Since(s.lastReport) < s.cfg.Heartbeat {
+		return
+	}
+	st := s.Status()
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Heartbeat)
+	defer cancel()
+	err := s.store.ReportSyncer(rctx, maps.SyncerState{
+		Name: s.cfg.Name, Instance: s.instance, Applied: st.Applied, Seen: time.Now(), Map: s.cfg.MapPath,
+		Entries: st.Entries, Ready: st.Ready, Standby: st.Standby, Problem: st.Problem,
+	})
+	if err == nil {
+		s.lastReport = time.Now()
+	}
+}
+
+// heartbeat renews the claims and reports the syncer every Heartbeat until
+// ctx ends, whatever the sync loop is doing (a long load, a backoff, a
+// refused reconcile).
+func (s *Syncer) heartbeat(ctx context.Context) {
+	t := time.NewTicker(s.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.renewClaims(ctx)
+			s.report(ctx, false)
+		}
+	}
+}
