@@ -261,3 +261,56 @@ func BenchmarkHAProxyRestartToLive(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
 }
+
+// One periodic drift round at 1M assignments: the live map dumped and
+// compared entry by entry with the syncer's mirror, then a pass over the
+// Redis hash a HSCAN page per loop step. Reports both times; live changes
+// are applied between the pages.
+func BenchmarkDriftRound1M(b *testing.B) {
+	r := newRig(b)
+	ctx := context.Background()
+	rdb := r.redis.Client(b)
+	const n = 1_000_000
+	for lo := 0; lo < n; lo += 10_000 { // straight into the hash: the full sync reads the hash
+		args := make([]any, 0, 20_000)
+		for i := lo; i < lo+10_000; i++ {
+			args = append(args, fmt.Sprintf("user%09d", i), "shard1")
+		}
+		if err := rdb.HSet(ctx, r.store.UsersKey(), args...).Err(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	s, err := syncer.New(syncer.Config{Name: "bench", MapPath: r.mapPath, ReconcileEvery: time.Hour,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, r.store, r.rt)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { s.Run(sctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	testenv.WaitFor(b, 120*time.Second, "syncer ready with 1M", func() error {
+		if st := s.Status(); !st.Ready || st.Entries != n {
+			return fmt.Errorf("ready=%v entries=%d", st.Ready, st.Entries)
+		}
+		return nil
+	})
+	var live, round time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		before := s.Status().DriftChecks
+		s.Kick()
+		testenv.WaitFor(b, 120*time.Second, "a drift round", func() error {
+			if s.Status().DriftChecks == before {
+				return fmt.Errorf("not done")
+			}
+			return nil
+		})
+		st := s.Status()
+		live += st.DriftLiveTook
+		round += st.DriftRoundTook
+	}
+	b.StopTimer()
+	b.ReportMetric(live.Seconds()/float64(b.N), "live-s")
+	b.ReportMetric(round.Seconds()/float64(b.N), "round-s")
+}

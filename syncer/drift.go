@@ -21,7 +21,8 @@ type driftScan struct {
 	last      time.Time // last drift check started
 	active    bool      // a Redis pass is under way
 	cursor    uint64
-	found     int // entries repaired in this pass
+	liveTook  time.Duration // the live map check of this round
+	found     int           // entries repaired in this pass
 }
 
 func (d *driftScan) scanning() bool { return d.active }
@@ -65,6 +66,7 @@ func (s *Syncer) reconcile(ctx context.Context) error {
 	if err := s.checkLive(ctx); err != nil {
 		return err
 	}
+	d.liveTook = time.Since(d.last)
 	s.checkFile(ctx)
 	d.active, d.cursor, d.found = true, 0, 0
 	return s.scanStep(ctx)
@@ -123,7 +125,15 @@ func (s *Syncer) scanStep(ctx context.Context) error {
 		return nil
 	}
 	d.active = false
-	return s.checkCount(ctx)
+	if err := s.checkCount(ctx); err != nil {
+		return err
+	}
+	s.updateStatus(func(st *Status) {
+		st.DriftChecks++
+		st.DriftLiveTook, st.DriftRoundTook = d.liveTook, time.Since(d.last)
+	})
+	s.log.Debug("drift check done", "live_took", d.liveTook, "round_took", time.Since(d.last), "repaired", d.found)
+	return nil
 }
 
 // checkCount compares the hash's size with the mirror's when no change is in
@@ -183,10 +193,11 @@ func (s *Syncer) checkLive(ctx context.Context) error {
 	}
 	s.log.Warn("drift: live map edited outside shardmap, putting it back", "wrong_value", len(wrong), "unknown_keys", unknown,
 		"entries", lines, "mirror", len(s.mirror))
+	// The mirror is right, so the file (written from it) needs nothing.
 	if sameKeys && len(wrong) <= s.cfg.ReplaceAbove {
 		err = s.applyOps(ctx, wrong)
-	} else {
-		err = s.swap(ctx, s.mirror)
+	} else if err = s.rt.Replace(ctx, s.cfg.MapPath, entriesOf(s.mirror)); err == nil {
+		s.updateStatus(func(st *Status) { st.Swaps++ })
 	}
 	if err != nil {
 		s.needFull = true

@@ -11,20 +11,26 @@ import (
 
 // Status is a syncer's view of itself, for health checks and metrics.
 type Status struct {
-	Ready       bool      `json:"ready"`             // the live map is in sync, the last step and the last file write succeeded
-	Standby     bool      `json:"standby"`           // another syncer holds this map's lease; this one waits to take over
-	State       string    `json:"state"`             // "ready", "standby", "starting", or the failing part: redis, haproxy, haproxy_no_answer, file, guard
-	Problem     string    `json:"problem,omitempty"` // why not ready
-	Applied     string    `json:"log_id"`            // last change-log ID in the live map
-	Entries     int       `json:"entries"`           // entries in the live map
-	FullSyncs   int       `json:"full_syncs"`        // reconciles of the whole live map with Redis
-	Swaps       int       `json:"swaps"`             // whole-map versioned swaps
-	Refused     int       `json:"refused"`           // reconciles refused by the delete guard
-	Drift       int64     `json:"drift"`             // entries (or file rewrites) corrected by drift checks
-	Changes     int64     `json:"changes"`           // change-log entries applied
-	BadSkipped  int64     `json:"bad_skipped"`       // invalid entries found in Redis and skipped
-	HAProxyPid  int64     `json:"haproxy_pid"`
-	FileWritten time.Time `json:"file_written"`
+	Ready      bool   `json:"ready"`             // the live map is in sync, the last step and the last file write succeeded
+	Standby    bool   `json:"standby"`           // another syncer holds this map's lease; this one waits to take over
+	State      string `json:"state"`             // "ready", "standby", "starting", or the failing part: redis, haproxy, haproxy_no_answer, file, guard
+	Problem    string `json:"problem,omitempty"` // why not ready
+	Applied    string `json:"log_id"`            // last change-log ID in the live map
+	Entries    int    `json:"entries"`           // entries in the live map
+	FullSyncs  int    `json:"full_syncs"`        // reconciles of the whole live map with Redis
+	Swaps      int    `json:"swaps"`             // whole-map versioned swaps
+	Refused    int    `json:"refused"`           // reconciles refused by the delete guard
+	Drift      int64  `json:"drift"`             // entries (or file rewrites) corrected by drift checks
+	Changes    int64  `json:"changes"`           // change-log entries applied
+	BadSkipped int64  `json:"bad_skipped"`       // invalid entries found in Redis and skipped
+	HAProxyPid int64  `json:"haproxy_pid"`
+	// DriftChecks counts completed drift rounds; DriftLiveTook is the last
+	// round's live-map comparison and DriftRoundTook the whole round, the
+	// Redis pass included (interleaved with live changes).
+	DriftChecks    int           `json:"drift_checks"`
+	DriftLiveTook  time.Duration `json:"drift_live_took_ns"`
+	DriftRoundTook time.Duration `json:"drift_round_took_ns"`
+	FileWritten    time.Time     `json:"file_written"`
 }
 
 // Status returns a copy of the current status. Safe for concurrent use.

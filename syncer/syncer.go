@@ -282,7 +282,7 @@ func (s *Syncer) fullSync(ctx context.Context) error {
 	if n, err := s.rt.ClearUncommitted(ctx, s.cfg.MapPath); err != nil {
 		return fail(kindHAProxy, err)
 	} else if n > 0 {
-		s.log.Warn("cleared uncommitted map versions left by an interrupted load", "versions", n)
+		s.log.Warn("cleared uncommitted map versions left by an interrupted load", "entries", n)
 	}
 	live, lines, err := s.dumpLive(ctx)
 	if err != nil {
