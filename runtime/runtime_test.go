@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -438,5 +439,46 @@ func TestParseMapsAndInfo(t *testing.T) {
 	i, err := parseInfo("Name: HAProxy\nVersion: 2.6.12-1+deb12u4\nPid: 19221\nUptime: 0d 0h00m05s\nUptime_sec: 5\nUnstoppable Jobs: 0")
 	if err != nil || i != (Info{Pid: 19221, UptimeSec: 5, Version: "2.6.12-1+deb12u4"}) {
 		t.Fatalf("%+v %v", i, err)
+	}
+}
+
+// A HAProxy that stops answering in the middle of a large batch is
+// reported within the client's timeout of its last reply (ErrNoAnswer), not
+// at the end of the allowance the whole batch gets (50 ms per op).
+func TestApplyStalledMidBatchIsErrNoAnswer(t *testing.T) {
+	m := newModel()
+	hang := make(chan struct{})
+	t.Cleanup(func() { close(hang) })
+	var adds atomic.Int64
+	f := newFake(t, func(cmd string) string {
+		if strings.HasPrefix(cmd, "add map") && adds.Add(1) > 10 {
+			<-hang // HAProxy hung
+		}
+		return m.reply(cmd)
+	})
+	c, err := New(f.path, 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops := make([]Op, 5000) // allowance: 3 s + 250 s
+	for i := range ops {
+		ops[i] = Op{Kind: Add, Key: fmt.Sprintf("user%09d", i), Value: "shard1"}
+	}
+	type result struct {
+		res []error
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := c.Apply(context.Background(), "/m.map", ops)
+		done <- result{res, err}
+	}()
+	select {
+	case r := <-done:
+		if !errors.Is(r.err, ErrNoAnswer) || len(r.res) != 10 {
+			t.Fatalf("Apply: %d results, err %v; want the 10 answered and ErrNoAnswer", len(r.res), r.err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("Apply still waiting 60 s after HAProxy stopped answering (client timeout 300 ms)")
 	}
 }

@@ -149,7 +149,16 @@ func (c *Client) pipeline(ctx context.Context, mapPath string, lines []string, f
 	}
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	defer stop()
-	if d, ok := ctx.Deadline(); ok {
+	// Besides the whole batch's deadline, every reply must come within the
+	// client's timeout of the last: a HAProxy that hangs mid-batch is
+	// reported as not answering in seconds, not at the end of the allowance
+	// a large batch gets.
+	total, _ := ctx.Deadline()
+	idle := func() {
+		d := time.Now().Add(c.timeout)
+		if !total.IsZero() && total.Before(d) {
+			d = total
+		}
 		conn.SetDeadline(d)
 	}
 
@@ -165,11 +174,13 @@ func (c *Client) pipeline(ctx context.Context, mapPath string, lines []string, f
 				inflight += len(lines[next])
 				next++
 			}
+			idle()
 			if _, err := conn.Write(wbuf); err != nil {
 				conn.Close()
 				return c.ioErr(ctx, strings.TrimSuffix(lines[i], "\n"), err, false)
 			}
 		}
+		idle()
 		body, err := readPromptReply(rd)
 		if err != nil {
 			conn.Close()
