@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -77,9 +78,44 @@ func TestSocketEditWhileStoppedIsRepairedAtStart(t *testing.T) {
 	if err != nil || res[0] != nil {
 		t.Fatalf("hand edit: %v %v", err, res)
 	}
+	// A kill -9 during a write leaves a temp file; an operator chose the
+	// file's mode. Both are looked after at start.
+	stale := filepath.Join(s.dir, ".users.map.tmp-12345")
+	if err := os.WriteFile(stale, []byte("half a map"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(s.mapPath, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	s.startSyncer()
 	s.waitConverged(15 * time.Second)
 	s.mustRoute("u0007", want["u0007"])
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stale temp file still there: %v", err)
+	}
+	s.mustMapctl("set", "u0008", otherShard(want["u0008"]), "--wait")
+	s.waitConverged(15 * time.Second)
+	if fi, err := os.Stat(s.mapPath); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("map file mode after rewrites: %v %v, want 0600 kept", fi.Mode(), err)
+	}
+}
+
+// The syncer never prints the Redis password: not in --help (the default
+// comes from SHARDMAP_REDIS), not when a flag is mistyped, not in its logs.
+func TestSyncerHidesRedisPassword(t *testing.T) {
+	const secret = "s3cretPW"
+	env := []string{"SHARDMAP_REDIS=redis://:" + secret + "@127.0.0.1:1/0"}
+	for _, args := range [][]string{{"--help"}, {"--no-such-flag"}, {"--socket", "/nonexistent.sock", "--map", "/m.map", "--redis", "redis://:" + secret + "@127.0.0.1:1/0%zz"}} {
+		cmd := exec.Command(filepath.Join(binDir, "syncer"), args...)
+		cmd.Env = append(os.Environ(), env...)
+		out, _ := cmd.CombinedOutput()
+		if strings.Contains(string(out), secret) {
+			t.Errorf("syncer %v printed the password:\n%s", args, out)
+		}
+		if len(out) == 0 {
+			t.Errorf("syncer %v printed nothing", args)
+		}
+	}
 }
 
 // A HAProxy that stops answering (SIGSTOP) makes the syncer not ready, with

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -97,21 +99,31 @@ func (f *fakeStore) ScanPage(_ context.Context, cursor uint64, count int64) ([]m
 	}
 	sort.Strings(keys)
 	var page []maps.Assignment
+	var bad []maps.BadEntry
 	i := int(cursor)
-	for ; i < len(keys) && int64(len(page)) < count; i++ {
-		page = append(page, maps.Assignment{User: keys[i], Shard: f.hash[keys[i]]})
+	for ; i < len(keys) && int64(len(page)+len(bad)) < count; i++ {
+		a := maps.Assignment{User: keys[i], Shard: f.hash[keys[i]]}
+		if err := a.Validate(); err != nil { // as maps.Store does
+			bad = append(bad, maps.BadEntry{User: a.User, Err: err})
+			continue
+		}
+		page = append(page, a)
 	}
 	if i >= len(keys) {
 		i = 0
 	}
-	return page, nil, uint64(i), nil
+	return page, bad, uint64(i), nil
 }
-func (f *fakeStore) UsersChangedAfter(_ context.Context, after, upto string, _ int64) (map[string]bool, error) {
+func (f *fakeStore) UsersChangedAfter(_ context.Context, after, upto string, limit int64) (map[string]bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := map[string]bool{}
+	n := int64(0)
 	for _, c := range f.log {
 		if maps.CompareIDs(c.ID, after) > 0 && maps.CompareIDs(c.ID, upto) <= 0 {
+			if n++; n > limit {
+				return nil, errors.New("more than limit entries")
+			}
 			out[c.User] = true
 		}
 	}
@@ -536,5 +548,118 @@ func TestShardsKeyWrongTypeDoesNotBlock(t *testing.T) {
 	}
 	if n := strings.Count(logs.String(), "cannot publish"); n != 1 {
 		t.Fatalf("%d warnings, want 1", n)
+	}
+}
+
+// An invalid entry written into the hash by hand cannot hide an HDEL by
+// hand from the count check (found by review).
+func TestBadEntryDoesNotMaskHDEL(t *testing.T) {
+	s, st, _, _ := newLoop(t, users(50, "s1"), nil)
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	delete(st.hash, "u7")      // HDEL by hand
+	st.hash["bad user"] = "s1" // HSET by hand of an invalid entry: same count
+	s.drift.forceNext.Store(true)
+	for i := 0; i < 5 && !s.needFull; i++ {
+		if err := s.reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !s.needFull {
+		t.Fatal("u7 deleted in Redis stays live, and no full sync is planned")
+	}
+}
+
+// The socket's directory recreated (systemd RuntimeDirectory= on a HAProxy
+// restart) changes the lease's key for every syncer alike: a syncer started
+// afterwards does not get a lease of its own (found by review).
+func TestLeaseFollowsRecreatedSocketDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "run")
+	os.Mkdir(dir, 0o755)
+	sock := filepath.Join(dir, "admin.sock")
+	st := newFakeStore(nil)
+	mk := func(name string) *Syncer {
+		s, err := New(Config{Name: name, MapPath: "/etc/haproxy/users.map", Socket: sock,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, st, &fakeRuntime{live: map[string]string{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	a := mk("a")
+	ctx := context.Background()
+	if !a.holdLease(ctx) {
+		t.Fatal("a: no lease")
+	}
+	os.RemoveAll(dir)
+	os.Mkdir(filepath.Join(filepath.Dir(dir), "pad"), 0o755) // the old inode is not reused at once
+	os.Mkdir(dir, 0o755)
+	b := mk("b")
+	aHeld, bHeld := a.holdLease(ctx), b.holdLease(ctx)
+	if aHeld == bHeld {
+		t.Fatalf("after the directory was recreated: a holds %v, b holds %v; want exactly one", aHeld, bHeld)
+	}
+}
+
+// A syncer that lost the lease is a standby, whatever failed while it was
+// active (found by review).
+func TestStandbyAfterFailureIsStandby(t *testing.T) {
+	a, st, _, _ := newLoop(t, users(3, "s1"), nil)
+	ctx := context.Background()
+	if err := a.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.setLoopProblem(ctx, fail(kindRedis, io.ErrUnexpectedEOF)) // Redis went away
+	// Redis back; the lease ran out meanwhile and another syncer took it.
+	st.claims[a.claims.leaseKey] = "other-instance"
+	a.claims.leaseAt = a.claims.leaseAt.Add(-a.cfg.ClaimTTL)
+	for i := 0; i < 3; i++ {
+		if a.holdLease(ctx) {
+			t.Fatal("still active")
+		}
+	}
+	if got := a.Status(); !got.Standby || got.State != stateStandby {
+		t.Fatalf("status %q / %q, want standby", got.State, got.Problem)
+	}
+	// And it writes nothing to HAProxy while a standby.
+	if err := a.push(ctx, []want{{"x", "s1"}}, false); !errors.Is(err, errLeaseLost) {
+		t.Fatalf("push without the lease: %v, want errLeaseLost", err)
+	}
+}
+
+// Under a backlog too large to tell which entries the log changed, a drift
+// page is read again later, not skipped.
+func TestDriftPageUnderBacklogIsRetried(t *testing.T) {
+	s, st, rt, _ := newLoop(t, users(10, "s1"), nil)
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.cfg.BatchMax = 2
+	st.hash["u3"] = "s7" // by hand
+	for i := 0; i < 5; i++ {
+		st.set(fmt.Sprintf("n%d", i), "s1") // a backlog of 5 > BatchMax
+	}
+	s.drift.forceNext.Store(true)
+	if err := s.reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !s.drift.scanning() || s.drift.cursor != 0 {
+		t.Fatalf("page not kept for later: scanning=%v cursor=%d", s.drift.scanning(), s.drift.cursor)
+	}
+	// The loop applies the backlog; the page is then read again.
+	changes, _, _ := st.ReadLog(ctx, s.applied, 100, 0)
+	if err := s.apply(ctx, changes); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5 && s.drift.scanning(); i++ {
+		if err := s.reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rt.live["u3"] != "s7" {
+		t.Fatalf("u3 live %q, want s7 from the hand edit", rt.live["u3"])
 	}
 }

@@ -21,8 +21,9 @@ type driftScan struct {
 	last      time.Time // last drift check started
 	active    bool      // a Redis pass is under way
 	cursor    uint64
-	liveTook  time.Duration // the live map check of this round
-	found     int           // entries repaired in this pass
+	bad       map[string]bool // invalid entries seen in this pass
+	liveTook  time.Duration   // the live map check of this round
+	found     int             // entries repaired in this pass
 }
 
 func (d *driftScan) scanning() bool { return d.active }
@@ -68,7 +69,7 @@ func (s *Syncer) reconcile(ctx context.Context) error {
 	}
 	d.liveTook = time.Since(d.last)
 	s.checkFile(ctx)
-	d.active, d.cursor, d.found = true, 0, 0
+	d.active, d.cursor, d.found, d.bad = true, 0, 0, map[string]bool{}
 	return s.scanStep(ctx)
 }
 
@@ -76,9 +77,12 @@ func (s *Syncer) reconcile(ctx context.Context) error {
 func (s *Syncer) scanStep(ctx context.Context) error {
 	d := &s.drift
 	before := s.applied
-	page, _, next, err := s.store.ScanPage(ctx, d.cursor, scanPage)
+	page, bad, next, err := s.store.ScanPage(ctx, d.cursor, scanPage)
 	if err != nil {
 		return fail(kindRedis, err)
+	}
+	for _, b := range bad {
+		d.bad[b.User] = true
 	}
 	var differ []maps.Assignment
 	for _, a := range page {
@@ -96,7 +100,10 @@ func (s *Syncer) scanStep(ctx context.Context) error {
 		if upto != before {
 			touched, err := s.store.UsersChangedAfter(ctx, before, upto, int64(s.cfg.BatchMax))
 			if err != nil {
-				differ = nil // too busy to tell: the next pass looks again
+				// Too many changes in flight to tell: read this page again
+				// once the loop has applied them.
+				s.log.Debug("drift pass: page postponed while changes are in flight", "err", err)
+				return nil
 			}
 			kept := differ[:0]
 			for _, a := range differ {
@@ -125,6 +132,7 @@ func (s *Syncer) scanStep(ctx context.Context) error {
 		return nil
 	}
 	d.active = false
+	s.badInHash = len(d.bad)
 	if err := s.checkCount(ctx); err != nil {
 		return err
 	}
@@ -168,7 +176,7 @@ func (s *Syncer) checkLive(ctx context.Context) error {
 		wrong      []runtime.Op
 		unknown    int
 	)
-	err := s.rt.Dump(ctx, s.cfg.MapPath, func(k, v string) error {
+	err := s.dump(ctx, func(k, v string) {
 		lines++
 		sum += keyHash(k)
 		want, ok := s.mirror[k]
@@ -178,7 +186,6 @@ func (s *Syncer) checkLive(ctx context.Context) error {
 		case want != v:
 			wrong = append(wrong, runtime.Op{Kind: runtime.Set, Key: k, Value: want})
 		}
-		return nil
 	})
 	if err != nil {
 		return fail(kindHAProxy, err)

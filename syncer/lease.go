@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/shardmap/shardmap/internal/atomicfile"
 )
 
 // ErrNameTaken: another running syncer reports under this syncer's name.
@@ -105,20 +107,34 @@ func (c *claims) standbyFor() string {
 	return c.leaseOther
 }
 
-// renewLease renews the lease, or takes it when it is free.
+// leaseKeyNow is the lease's key for the target as it is now; the socket's
+// directory may have been recreated (a HAProxy restart with systemd's
+// RuntimeDirectory=), which changes it for every syncer alike. When the
+// directory is not there, the key last known stands.
+func (s *Syncer) leaseKeyNow() string {
+	s.claims.mu.Lock()
+	defer s.claims.mu.Unlock()
+	if target, err := leaseTarget(s.cfg.Socket, s.cfg.MapPath); err == nil {
+		key := s.store.LeaseKey(target)
+		if key != s.claims.leaseKey {
+			s.claims.leaseKey, s.claims.leaseAt = key, time.Time{} // held under the old key only
+		}
+	}
+	return s.claims.leaseKey
+}
+
+// renewLease renews the lease, or takes it when it is free. A lease held
+// under a key that no longer names the target is released.
 func (s *Syncer) renewLease(ctx context.Context) {
 	s.claims.mu.Lock()
-	key := s.claims.leaseKey
+	before := s.claims.leaseKey
 	s.claims.mu.Unlock()
+	key := s.leaseKeyNow()
+	if before != "" && before != key {
+		s.store.Release(ctx, before, s.instance)
+	}
 	if key == "" {
-		target, err := leaseTarget(s.cfg.Socket, s.cfg.MapPath)
-		if err != nil {
-			return // the socket's directory is not there yet
-		}
-		key = s.store.LeaseKey(target)
-		s.claims.mu.Lock()
-		s.claims.leaseKey = key
-		s.claims.mu.Unlock()
+		return // the socket's directory is not there yet
 	}
 	held, other, err := s.claim(ctx, key)
 	if err != nil {
@@ -138,24 +154,44 @@ func (s *Syncer) renewLease(ctx context.Context) {
 // (a margin of a heartbeat before it expires). Taking the lease makes the
 // live map in doubt (another syncer drove it); losing it stops all writes.
 func (s *Syncer) holdLease(ctx context.Context) bool {
-	if !s.active {
+	s.claims.mu.Lock()
+	known := s.claims.leaseKey
+	s.claims.mu.Unlock()
+	if !s.active || s.leaseKeyNow() != known {
 		s.renewLease(ctx)
 	}
-	s.claims.mu.Lock()
-	valid := !s.claims.leaseAt.IsZero() && time.Since(s.claims.leaseAt) < s.cfg.ClaimTTL-s.cfg.Heartbeat
-	other := s.claims.leaseOther
-	s.claims.mu.Unlock()
+	valid := s.leaseValid()
 	switch {
 	case valid && !s.active:
 		s.active, s.needFull = true, true
 		s.log.Info("holding the map's lease: this syncer drives the live map")
+		// Only the active syncer may remove the map file's temp files: a
+		// standby would remove the one the active syncer is writing.
+		if removed, err := atomicfile.RemoveStale(s.cfg.MapPath); err != nil {
+			s.log.Warn("cannot remove leftover temp files of the map file", "err", err)
+		} else if len(removed) > 0 {
+			s.log.Info("removed leftover temp files of the map file (a write was interrupted)", "files", removed)
+		}
 	case !valid && s.active:
 		s.active = false
-		s.log.Warn("lost the map's lease: stopping writes to HAProxy", "holder", other)
+		s.log.Warn("lost the map's lease: stopping writes to HAProxy", "holder", s.claims.standbyFor())
+		s.setProblems(ctx, func() { s.loop = nil }) // a standby's old failure is not its state
 	}
 	s.setProblems(ctx, func() {})
 	return s.active
 }
+
+// leaseValid reports whether the lease was renewed recently enough that no
+// other syncer can have taken it: a margin of a heartbeat before it expires.
+func (s *Syncer) leaseValid() bool {
+	s.claims.mu.Lock()
+	defer s.claims.mu.Unlock()
+	return !s.claims.leaseAt.IsZero() && time.Since(s.claims.leaseAt) < s.cfg.ClaimTTL-s.cfg.Heartbeat
+}
+
+// errLeaseLost: a write to HAProxy was about to start after the lease ran
+// out (the syncer was paused, or Redis was away for its lifetime).
+var errLeaseLost = errors.New("the map's lease ran out before a write to HAProxy")
 
 // releaseClaims drops the name and the lease at a clean stop, so that a
 // successor need not wait for them to expire.

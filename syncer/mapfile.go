@@ -9,8 +9,10 @@ import (
 )
 
 // mapFile writes the map file in the background, one write at a time, so
-// that sorting and writing a large map (0.7 s at 1M entries) never holds up
-// live updates. Changes that arrive meanwhile make the next write due. A
+// that sorting and writing a large map (0.7 s at 1M entries) does not hold
+// up live updates; only after a full sync, a hand edit of the file and at
+// stop is it written in the loop (flushNow). Changes that arrive meanwhile
+// make the next write due. A
 // failed write is retried with capped backoff and is one state (kind file)
 // until a write succeeds. Owned by the Run goroutine.
 type mapFile struct {

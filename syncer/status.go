@@ -148,14 +148,13 @@ func (s *Syncer) setProblems(ctx context.Context, change func()) {
 // then the file's.
 func (s *Syncer) stateLocked() (state, problem string) {
 	switch {
+	case !s.active && s.claims.standbyFor() != "":
+		return stateStandby, "another syncer holds this map's lease: " + s.claims.standbyFor()
 	case s.loop != nil:
 		return kindOf(s.loop), s.loop.Error()
 	case s.fileErr != nil:
 		return kindOf(s.fileErr), s.fileErr.Error()
 	case !s.active:
-		if s.claims.standbyFor() != "" {
-			return stateStandby, "another syncer holds this map's lease: " + s.claims.standbyFor()
-		}
 		return stateStarting, ""
 	case s.mirror == nil:
 		return stateStarting, ""

@@ -20,7 +20,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/shardmap/shardmap/internal/atomicfile"
 	"github.com/shardmap/shardmap/maps"
 	"github.com/shardmap/shardmap/runtime"
 )
@@ -191,18 +190,13 @@ func (s *Syncer) Kick() {
 }
 
 // Run syncs until ctx is cancelled, then finishes the batch in hand, writes
-// the map file and returns nil. It retries every failure (Redis or HAProxy
+// the map file (when it holds the map's lease) and returns nil. It retries every failure (Redis or HAProxy
 // away) with capped, jittered backoff, keeping the live map and the file as
 // they are meanwhile. It returns an error if another running syncer holds
 // its name (ErrNameTaken), or if the final file write fails.
 func (s *Syncer) Run(ctx context.Context) error {
 	if err := s.claimName(ctx); err != nil {
 		return err
-	}
-	if removed, err := atomicfile.RemoveStale(s.cfg.MapPath); err != nil {
-		s.log.Warn("cannot remove leftover temp files of the map file", "err", err)
-	} else if len(removed) > 0 {
-		s.log.Info("removed leftover temp files of the map file (a write was interrupted)", "files", removed)
 	}
 	if s.cfg.Socket != "" {
 		stop, err := watchSocket(s.cfg.Socket, s.kick, s.log)
@@ -332,14 +326,37 @@ func (s *Syncer) fullSync(ctx context.Context) error {
 // serves, counts. lines is the number of entries HAProxy listed.
 func (s *Syncer) dumpLive(ctx context.Context) (live map[string]string, lines int, err error) {
 	live = map[string]string{}
-	err = s.rt.Dump(ctx, s.cfg.MapPath, func(k, v string) error {
+	err = s.dump(ctx, func(k, v string) {
 		lines++
 		if _, dup := live[k]; !dup {
 			live[k] = v
 		}
-		return nil
 	})
 	return live, lines, err
+}
+
+// dump streams the live map to fn and checks that HAProxy listed as many
+// entries as it counts: a concurrent "clear map" can cut a dump that still
+// ends as a whole one does. Uncommitted versions must have been cleared.
+func (s *Syncer) dump(ctx context.Context, fn func(k, v string)) error {
+	lines := 0
+	err := s.rt.Dump(ctx, s.cfg.MapPath, func(k, v string) error {
+		lines++
+		fn(k, v)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	cnt, err := s.rt.MapEntryCount(ctx, s.cfg.MapPath)
+	if err != nil {
+		return err
+	}
+	if cnt != lines {
+		return fmt.Errorf("dump of %s listed %d entries, HAProxy counts %d (changed during the dump, or a version pending): %w",
+			s.cfg.MapPath, lines, cnt, runtime.ErrTruncated)
+	}
+	return nil
 }
 
 // errRefused marks a reconcile the delete guard refused.
@@ -408,11 +425,13 @@ func (s *Syncer) step(ctx context.Context) error {
 		return err
 	}
 	s.file.collect(s, ctx)
-	wait := min(s.cfg.Heartbeat, s.cfg.CheckEvery)
+	wait := s.file.bound(s, min(s.cfg.Heartbeat, s.cfg.CheckEvery))
 	if s.drift.scanning() {
-		wait = time.Millisecond // a drift pass reads Redis a page per step
+		// A drift pass reads Redis a page per step: take what the log has
+		// and go on. (A short BLOCK would not do: Redis ends blocking reads
+		// on its own timer, up to 1/hz = 100 ms late.)
+		wait = -1
 	}
-	wait = s.file.bound(s, wait)
 	changes, bad, err := s.store.ReadLog(ctx, s.applied, int64(s.cfg.BatchMax), wait)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -534,6 +553,9 @@ func (s *Syncer) apply(ctx context.Context, changes []maps.Change) error {
 // whole, so does a batch with many ops of any kind (a full sync is applied
 // atomically unless it is small).
 func (s *Syncer) push(ctx context.Context, ws []want, whole bool) error {
+	if !s.leaseValid() {
+		return errLeaseLost
+	}
 	var ops []runtime.Op
 	setDel := 0
 	for _, w := range ws {
@@ -624,6 +646,9 @@ func (s *Syncer) applyBySwap(ctx context.Context, ops []runtime.Op) error {
 
 // swap replaces the whole live map with next, and the mirror with it.
 func (s *Syncer) swap(ctx context.Context, next map[string]string) error {
+	if !s.leaseValid() {
+		return errLeaseLost
+	}
 	if err := s.rt.Replace(ctx, s.cfg.MapPath, entriesOf(next)); err != nil {
 		return err
 	}

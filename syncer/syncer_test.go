@@ -75,9 +75,12 @@ func newTestSyncer(t *testing.T, live map[string]string) (*Syncer, *fakeRuntime)
 	for k, v := range live {
 		f.live[k], mirror[k] = v, v
 	}
-	s, err := New(Config{Name: "t", MapPath: "/m.map", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil, f)
+	s, err := New(Config{Name: "t", MapPath: "/m.map", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, newFakeStore(nil), f)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !s.holdLease(context.Background()) {
+		t.Fatal("no lease on an empty store")
 	}
 	s.mirror = mirror
 	return s, f
