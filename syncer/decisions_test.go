@@ -30,6 +30,7 @@ type fakeStore struct {
 	claims  map[string]string
 	reports []maps.SyncerState
 	shards  error // AddShards' answer
+	down    error // when set, Claim fails with it (Redis away)
 }
 
 func newFakeStore(hash map[string]string) *fakeStore {
@@ -146,6 +147,9 @@ func (f *fakeStore) ReportSyncer(_ context.Context, st maps.SyncerState) error {
 func (f *fakeStore) Claim(_ context.Context, key, holder string, _ time.Duration) (bool, string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.down != nil {
+		return false, "", f.down
+	}
 	if cur, ok := f.claims[key]; ok && cur != holder {
 		return false, cur, nil
 	}
@@ -661,5 +665,36 @@ func TestDriftPageUnderBacklogIsRetried(t *testing.T) {
 	}
 	if rt.live["u3"] != "s7" {
 		t.Fatalf("u3 live %q, want s7 from the hand edit", rt.live["u3"])
+	}
+}
+
+// A lease that ran out because Redis did not answer is a Redis failure, not
+// a standby or a fresh start, and the recovery is logged as one.
+func TestLeaseRunOutWithRedisAwayIsRedisState(t *testing.T) {
+	s, st, _, logs := newLoop(t, users(3, "s1"), nil)
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.setLoopProblem(ctx, nil)
+	st.down = errors.New("dial tcp: connection refused")
+	s.renewLease(ctx)
+	s.claims.leaseAt = s.claims.leaseAt.Add(-s.cfg.ClaimTTL) // its lifetime passed
+	if s.holdLease(ctx) {
+		t.Fatal("active without a lease")
+	}
+	if got := s.Status(); got.State != kindRedis || got.Standby {
+		t.Fatalf("state %q standby=%v, want redis", got.State, got.Standby)
+	}
+	st.down = nil
+	if !s.holdLease(ctx) || !s.needFull {
+		t.Fatal("lease not taken back (with a full sync) once Redis answers")
+	}
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.setLoopProblem(ctx, nil)
+	if !strings.Contains(logs.String(), "syncer recovered") {
+		t.Fatalf("no recovery line:\n%s", logs)
 	}
 }

@@ -34,6 +34,7 @@ type claims struct {
 	leaseKey    string    // "" until the target is known
 	leaseAt     time.Time // last successful take or renewal of the lease
 	leaseOther  string    // the holder, while another syncer holds it
+	leaseErr    error     // why the last renewal failed, when Redis did not answer
 }
 
 func newInstanceID() string {
@@ -137,11 +138,12 @@ func (s *Syncer) renewLease(ctx context.Context) {
 		return // the socket's directory is not there yet
 	}
 	held, other, err := s.claim(ctx, key)
+	s.claims.mu.Lock()
+	defer s.claims.mu.Unlock()
+	s.claims.leaseErr = err
 	if err != nil {
 		return // Redis away: the lease runs out unless renewed in time
 	}
-	s.claims.mu.Lock()
-	defer s.claims.mu.Unlock()
 	if held {
 		s.claims.leaseAt, s.claims.leaseOther = time.Now(), ""
 	} else {
@@ -174,8 +176,20 @@ func (s *Syncer) holdLease(ctx context.Context) bool {
 		}
 	case !valid && s.active:
 		s.active = false
-		s.log.Warn("lost the map's lease: stopping writes to HAProxy", "holder", s.claims.standbyFor())
-		s.setProblems(ctx, func() { s.loop = nil }) // a standby's old failure is not its state
+		s.claims.mu.Lock()
+		other, why := s.claims.leaseOther, s.claims.leaseErr
+		s.claims.mu.Unlock()
+		if other != "" {
+			s.log.Warn("lost the map's lease to another syncer: stopping writes to HAProxy", "holder", other)
+			s.setProblems(ctx, func() { s.loop = nil }) // a standby's old failure is not its state
+		} else {
+			// Redis did not answer for the lease's lifetime: that is the
+			// state, not a takeover.
+			if why == nil {
+				why = errors.New("not renewed in time")
+			}
+			s.setLoopProblem(ctx, fail(kindRedis, fmt.Errorf("the map's lease ran out, writes to HAProxy stopped: %w", why)))
+		}
 	}
 	s.setProblems(ctx, func() {})
 	return s.active
