@@ -108,32 +108,32 @@ func (c *claims) standbyFor() string {
 	return c.leaseOther
 }
 
-// leaseKeyNow is the lease's key for the target as it is now; the socket's
-// directory may have been recreated (a HAProxy restart with systemd's
-// RuntimeDirectory=), which changes it for every syncer alike. When the
-// directory is not there, the key last known stands.
-func (s *Syncer) leaseKeyNow() string {
+// refreshLeaseKey sets the lease's key for the target as it is now: the
+// socket's directory may have been recreated (a HAProxy restart with
+// systemd's RuntimeDirectory=), which changes it for every syncer alike. A
+// lease held under the old key is released. When the directory is not
+// there, the key last known stands. It returns the key and whether it
+// changed.
+func (s *Syncer) refreshLeaseKey(ctx context.Context) (string, bool) {
+	target, err := leaseTarget(s.cfg.Socket, s.cfg.MapPath)
 	s.claims.mu.Lock()
-	defer s.claims.mu.Unlock()
-	if target, err := leaseTarget(s.cfg.Socket, s.cfg.MapPath); err == nil {
-		key := s.store.LeaseKey(target)
-		if key != s.claims.leaseKey {
-			s.claims.leaseKey, s.claims.leaseAt = key, time.Time{} // held under the old key only
-		}
+	old, held := s.claims.leaseKey, !s.claims.leaseAt.IsZero()
+	if err != nil || s.store.LeaseKey(target) == old {
+		s.claims.mu.Unlock()
+		return old, false
 	}
-	return s.claims.leaseKey
+	key := s.store.LeaseKey(target)
+	s.claims.leaseKey, s.claims.leaseAt = key, time.Time{}
+	s.claims.mu.Unlock()
+	if old != "" && held {
+		s.store.Release(ctx, old, s.instance)
+	}
+	return key, true
 }
 
-// renewLease renews the lease, or takes it when it is free. A lease held
-// under a key that no longer names the target is released.
+// renewLease renews the lease, or takes it when it is free.
 func (s *Syncer) renewLease(ctx context.Context) {
-	s.claims.mu.Lock()
-	before := s.claims.leaseKey
-	s.claims.mu.Unlock()
-	key := s.leaseKeyNow()
-	if before != "" && before != key {
-		s.store.Release(ctx, before, s.instance)
-	}
+	key, _ := s.refreshLeaseKey(ctx)
 	if key == "" {
 		return // the socket's directory is not there yet
 	}
@@ -156,10 +156,7 @@ func (s *Syncer) renewLease(ctx context.Context) {
 // (a margin of a heartbeat before it expires). Taking the lease makes the
 // live map in doubt (another syncer drove it); losing it stops all writes.
 func (s *Syncer) holdLease(ctx context.Context) bool {
-	s.claims.mu.Lock()
-	known := s.claims.leaseKey
-	s.claims.mu.Unlock()
-	if !s.active || s.leaseKeyNow() != known {
+	if _, changed := s.refreshLeaseKey(ctx); !s.active || changed {
 		s.renewLease(ctx)
 	}
 	valid := s.leaseValid()

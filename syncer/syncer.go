@@ -312,9 +312,7 @@ func (s *Syncer) fullSync(ctx context.Context) error {
 	s.haproxy, s.lastCheck = info, time.Now()
 	s.drift.reset()
 	s.file.markDirty()
-	if err := s.file.flushNow(s); err != nil {
-		s.setFileProblem(ctx, err)
-	}
+	s.file.flushNow(s) // a failure is the file's state, retried on its own
 	s.updateStatus(func(st *Status) { st.FullSyncs++; st.HAProxyPid = info.Pid })
 	s.log.Info("full sync", "entries", len(snap.Entries), "how", how, "missing", d.Missing, "extra", d.Extra,
 		"changed", d.Changed, "skipped", snap.Skipped, "log_id", snap.LogID, "haproxy_pid", info.Pid,
