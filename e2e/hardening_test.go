@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/shardmap/shardmap/internal/testenv"
+	"github.com/shardmap/shardmap/maps"
 	"github.com/shardmap/shardmap/runtime"
 )
 
@@ -272,18 +273,7 @@ func TestLeaseStandbyTakesOver(t *testing.T) {
 	s.seed(20)
 	standby := testenv.Start(t, "standby", []string{filepath.Join(binDir, "syncer"), "--redis", s.redis.URL,
 		"--socket", s.socket, "--map", s.mapPath, "--name", "standby"})
-	testenv.WaitFor(t, 15*time.Second, "the second syncer to report standby", func() error {
-		all, err := s.store.Syncers(context.Background())
-		if err != nil {
-			return err
-		}
-		for _, st := range all {
-			if st.Name == "standby" && st.Standby && st.Live(time.Now(), 5*time.Second) {
-				return nil
-			}
-		}
-		return errors.New("not standby")
-	})
+	s.waitSyncer("standby", "standby", 15*time.Second, func(st maps.SyncerState) bool { return st.Standby })
 	if strings.Contains(standby.Output(), "full sync") {
 		t.Fatalf("the standby wrote to HAProxy:\n%s", standby.Output())
 	}

@@ -130,20 +130,28 @@ func (s *stack) startSyncer(extra ...string) *testenv.Proc {
 
 func (s *stack) waitReady(timeout time.Duration) {
 	s.t.Helper()
-	testenv.WaitFor(s.t, timeout, "syncer ready", func() error {
+	s.waitSyncer("e2e", "ready", timeout, func(st maps.SyncerState) bool {
 		if s.syncer.Exited() {
 			s.t.Fatalf("syncer exited: %s", s.syncer.Output())
 		}
+		return st.Ready
+	})
+}
+
+// waitSyncer waits until the live syncer name reports a state ok accepts.
+func (s *stack) waitSyncer(name, what string, timeout time.Duration, ok func(maps.SyncerState) bool) {
+	s.t.Helper()
+	testenv.WaitFor(s.t, timeout, "syncer "+name+" "+what, func() error {
 		all, err := s.store.Syncers(context.Background())
 		if err != nil {
 			return err
 		}
 		for _, st := range all {
-			if st.Name == "e2e" && st.Ready && st.Live(time.Now(), 5*time.Second) {
+			if st.Name == name && st.Live(time.Now(), maps.LiveWithin) && ok(st) {
 				return nil
 			}
 		}
-		return errors.New("not reported ready")
+		return errors.New("not reported " + what)
 	})
 }
 

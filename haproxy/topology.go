@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -95,15 +94,11 @@ func (t *Topology) ShardNames() []string {
 
 // LoadTopology reads and validates a topology file.
 func LoadTopology(path string) (*Topology, error) {
-	data, err := os.ReadFile(path)
+	f, err := OpenTopologyFile(path)
 	if err != nil {
 		return nil, err
 	}
-	t, err := ParseTopology(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return t, nil
+	return f.Topology(), nil
 }
 
 // ParseTopology decodes YAML (unknown fields are errors) and validates it.
