@@ -22,23 +22,31 @@ import (
 func (s *Store) NameClaimKey(name string) string { return s.prefix + ":name:" + name }
 func (s *Store) LeaseKey(target string) string   { return s.prefix + ":lease:" + target }
 
+// renewScript renews the holder's claim, or takes a key that is no live
+// claim: one without a TTL (every claim has one; a key set by hand, or of
+// another type, would otherwise block every syncer for ever).
 var renewScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if t ~= 'none' and redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 `)
 
 var releaseScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
 `)
 
-// Claim takes key for holder for ttl if nobody holds it, or renews it if
-// holder already does. It reports whether holder holds it now, and, when it
-// does not, who does.
+// Claim takes key for holder for ttl if nobody holds it (or the key is no
+// live claim: it has no TTL), or renews it if holder already does. It
+// reports whether holder holds it now, and, when it does not, who does.
 func (s *Store) Claim(ctx context.Context, key, holder string, ttl time.Duration) (held bool, other string, err error) {
 	n, err := renewScript.Run(ctx, s.rdb, []string{key}, holder, ttl.Milliseconds()).Int64()
 	if err != nil {
@@ -55,7 +63,7 @@ func (s *Store) Claim(ctx context.Context, key, holder string, ttl time.Duration
 		return true, "", nil
 	}
 	other, err = s.rdb.Get(ctx, key).Result()
-	if errors.Is(err, redis.Nil) {
+	if errors.Is(err, redis.Nil) || redis.HasErrorPrefix(err, "WRONGTYPE") {
 		return false, "", nil // expired meanwhile: the next try takes it
 	}
 	if err != nil {

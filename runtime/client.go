@@ -111,6 +111,7 @@ type Client struct {
 	timeout time.Duration
 
 	writes chan struct{} // a token held by the one map write running
+	guard  func() error  // see SetWriteGuard; nil allows every write
 
 	mu       sync.Mutex // guards the fields below
 	conn     net.Conn   // the long-lived prompt-mode connection Apply uses
@@ -130,6 +131,23 @@ func New(path string, timeout time.Duration) (*Client, error) {
 		timeout = 10 * time.Second
 	}
 	return &Client{path: path, timeout: timeout, writes: make(chan struct{}, 1)}, nil
+}
+
+// SetWriteGuard makes every map write ask g first, right before each
+// command that changes HAProxy's maps is sent (each pipelined window of
+// Apply, each step of Replace and ClearUncommitted); an error from g stops
+// the call with that error, wrapped. A syncer uses it as a fence: it writes
+// only while it holds its lease, even if it was paused in the middle of a
+// long swap. Set it before the first call; it is not safe to change while
+// calls run.
+func (c *Client) SetWriteGuard(g func() error) { c.guard = g }
+
+// allowed asks the write guard, if any.
+func (c *Client) allowed() error {
+	if c.guard == nil {
+		return nil
+	}
+	return c.guard()
 }
 
 // Close drops the long-lived connection that Apply keeps open; an Apply in

@@ -75,6 +75,9 @@ func (c *Client) Replace(ctx context.Context, mapPath string, entries []Entry) e
 	if err != nil {
 		return fmt.Errorf("runtime replace %s: %w", mapPath, err)
 	}
+	if err := c.allowed(); err != nil {
+		return fmt.Errorf("runtime replace %s: %w", mapPath, err)
+	}
 	version, err := c.prepare(ctx, mapPath)
 	if err != nil {
 		return fmt.Errorf("runtime replace %s: %w", mapPath, err)
@@ -90,6 +93,9 @@ func (c *Client) Replace(ctx context.Context, mapPath string, entries []Entry) e
 		return err
 	}
 	for i, p := range payloads {
+		if err := c.allowed(); err != nil {
+			return fail(fmt.Errorf("runtime replace %s: before payload %d/%d: %w", mapPath, i+1, len(payloads), err))
+		}
 		cmd := fmt.Sprintf("add map @%d %s <<\n%s", version, mapPath, p)
 		if err := c.expectEmpty(ctx, cmd, mapPath); err != nil {
 			return fail(fmt.Errorf("runtime replace %s: payload %d/%d: %w", mapPath, i+1, len(payloads), err))
@@ -104,6 +110,9 @@ func (c *Client) Replace(ctx context.Context, mapPath string, entries []Entry) e
 	if after.EntryCount-before.EntryCount != len(entries) {
 		return fail(fmt.Errorf("runtime replace %s: %w: version %d holds %d entries, sent %d: not committed",
 			mapPath, ErrCountMismatch, version, after.EntryCount-before.EntryCount, len(entries)))
+	}
+	if err := c.allowed(); err != nil {
+		return fail(fmt.Errorf("runtime replace %s: before the commit: %w", mapPath, err))
 	}
 	commitErr := c.expectEmpty(ctx, fmt.Sprintf("commit map @%d %s", version, mapPath), mapPath)
 

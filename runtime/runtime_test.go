@@ -482,3 +482,45 @@ func TestApplyStalledMidBatchIsErrNoAnswer(t *testing.T) {
 		t.Fatal("Apply still waiting 60 s after HAProxy stopped answering (client timeout 300 ms)")
 	}
 }
+
+// The write guard is asked before every map write: once it refuses, a
+// Replace stops before its next payload (the old map stays live, the new
+// version is cleared) and an Apply sends nothing more.
+func TestWriteGuardStopsWritesMidCall(t *testing.T) {
+	m := newModel(Entry{"old", "s1"})
+	f := newFake(t, m.reply)
+	c := newClient(t, f.path)
+	fenced := errors.New("lease lost")
+	var asked atomic.Int64
+	c.SetWriteGuard(func() error {
+		if asked.Add(1) > 3 { // prepare and two payloads pass, then the lease is gone
+			return fenced
+		}
+		return nil
+	})
+	var es []Entry
+	for i := 0; i < 3000; i++ { // several 8 KB payloads
+		es = append(es, Entry{fmt.Sprintf("user%09d", i), "shard1"})
+	}
+	err := c.Replace(context.Background(), "/m.map", es)
+	if !errors.Is(err, fenced) {
+		t.Fatalf("Replace: %v, want the guard's error", err)
+	}
+	if got := m.live(); len(got) != 1 || got[0] != "old=s1" {
+		t.Fatalf("live map after a fenced Replace: %v, want the old map", got)
+	}
+	for _, cmd := range f.commands() {
+		if strings.HasPrefix(cmd, "commit map") {
+			t.Fatalf("a fenced Replace sent %q", cmd)
+		}
+	}
+	sent := len(f.commands())
+	if _, err := c.Apply(context.Background(), "/m.map", []Op{{Kind: Add, Key: "x", Value: "s1"}}); !errors.Is(err, fenced) {
+		t.Fatalf("Apply: %v, want the guard's error", err)
+	}
+	for _, cmd := range f.commands()[sent:] {
+		if strings.HasPrefix(cmd, "add map /m.map x") {
+			t.Fatalf("a fenced Apply sent %q", cmd)
+		}
+	}
+}

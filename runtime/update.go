@@ -174,6 +174,10 @@ func (c *Client) pipeline(ctx context.Context, mapPath string, lines []string, f
 				inflight += len(lines[next])
 				next++
 			}
+			if err := c.allowed(); err != nil {
+				conn.Close()
+				return err
+			}
 			idle()
 			if _, err := conn.Write(wbuf); err != nil {
 				conn.Close()

@@ -22,15 +22,16 @@ import (
 // the claims and the reports. Unit tests of the loop's decisions only; the
 // real store is tested on redis-server.
 type fakeStore struct {
-	mu      sync.Mutex
-	hash    map[string]string
-	log     []maps.Change
-	trimmed bool // the log lost its head: LogHas of an old ID fails
-	forced  bool
-	claims  map[string]string
-	reports []maps.SyncerState
-	shards  error // AddShards' answer
-	down    error // when set, Claim fails with it (Redis away)
+	mu       sync.Mutex
+	hash     map[string]string
+	log      []maps.Change
+	trimmed  bool // the log lost its head: LogHas of an old ID fails
+	forced   bool
+	claims   map[string]string
+	reports  []maps.SyncerState
+	shards   error // AddShards' answer
+	down     error // when set, Claim fails with it (Redis away)
+	noReport error // when set, ReportSyncer fails with it
 }
 
 func newFakeStore(hash map[string]string) *fakeStore {
@@ -141,6 +142,9 @@ func (f *fakeStore) TakeForcedReconcile(context.Context) (bool, error) {
 func (f *fakeStore) ReportSyncer(_ context.Context, st maps.SyncerState) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.noReport != nil {
+		return f.noReport
+	}
 	f.reports = append(f.reports, st)
 	return nil
 }
@@ -696,5 +700,34 @@ func TestLeaseRunOutWithRedisAwayIsRedisState(t *testing.T) {
 	s.setLoopProblem(ctx, nil)
 	if !strings.Contains(logs.String(), "syncer recovered") {
 		t.Fatalf("no recovery line:\n%s", logs)
+	}
+}
+
+// A syncer that cannot report itself (the registry key of the wrong type)
+// is not ready, with one line, instead of ready and invisible to --wait
+// (found by a hostile test).
+func TestReportFailureIsNotReady(t *testing.T) {
+	s, st, _, logs := newLoop(t, users(3, "s1"), nil)
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.setLoopProblem(ctx, nil)
+	st.noReport = errors.New("WRONGTYPE Operation against a key holding the wrong kind of value")
+	for i := 0; i < 5; i++ {
+		s.report(ctx, true)
+		s.holdLease(ctx)
+	}
+	if got := s.Status(); got.Ready || got.State != kindRedis || !strings.Contains(got.Problem, "cannot report") {
+		t.Fatalf("status %+v, want not ready: cannot report", got)
+	}
+	if n := strings.Count(logs.String(), "syncer not ready"); n != 1 {
+		t.Fatalf("%d not-ready lines, want 1", n)
+	}
+	st.noReport = nil
+	s.report(ctx, true)
+	s.holdLease(ctx)
+	if !s.Status().Ready {
+		t.Fatalf("not ready after reports work again: %+v", s.Status())
 	}
 }

@@ -217,6 +217,12 @@ func (s *Syncer) checkLive(ctx context.Context) error {
 // checkFile rewrites the map file when it changed outside shardmap.
 func (s *Syncer) checkFile(ctx context.Context) {
 	f := &s.file
+	s.mu.Lock()
+	failing := s.fileErr != nil
+	s.mu.Unlock()
+	if failing {
+		return // the file's own state retries it, with backoff
+	}
 	if st := stampOf(f.path); !f.writing && st != f.stamp && !f.stamp.zero() {
 		s.log.Warn("drift: map file changed outside shardmap, rewriting it", "file", f.path)
 		f.id = "" // forces the rewrite

@@ -86,11 +86,15 @@ func (s *Syncer) claim(ctx context.Context, key string) (bool, string, error) {
 // renewClaims runs every heartbeat: it renews the name (noticing if another
 // took it meanwhile), and renews or tries to take the lease.
 func (s *Syncer) renewClaims(ctx context.Context) {
-	if held, other, err := s.claim(ctx, s.claims.nameKey); err == nil && !held {
+	held, other, err := s.claim(ctx, s.claims.nameKey)
+	if err == nil && !held {
 		s.claims.mu.Lock()
 		s.claims.nameLostErr = fmt.Errorf("syncer: %w: %q was taken by instance %s while this one could not renew it", ErrNameTaken, s.cfg.Name, other)
 		s.claims.mu.Unlock()
 	}
+	s.mu.Lock()
+	s.nameErr = err // the loop logs the state change
+	s.mu.Unlock()
 	s.renewLease(ctx)
 }
 
@@ -198,6 +202,18 @@ func (s *Syncer) leaseValid() bool {
 	s.claims.mu.Lock()
 	defer s.claims.mu.Unlock()
 	return !s.claims.leaseAt.IsZero() && time.Since(s.claims.leaseAt) < s.cfg.ClaimTTL-s.cfg.Heartbeat
+}
+
+// WriteAllowed is nil while this syncer holds its map's lease, renewed
+// recently enough that no other syncer can have taken it, and errLeaseLost
+// otherwise. Give it to runtime.Client.SetWriteGuard, so that a syncer
+// paused in the middle of a long swap sends nothing more once it resumes.
+// Safe for concurrent use.
+func (s *Syncer) WriteAllowed() error {
+	if !s.leaseValid() {
+		return errLeaseLost
+	}
+	return nil
 }
 
 // errLeaseLost: a write to HAProxy was about to start after the lease ran

@@ -117,6 +117,7 @@ func (s *Syncer) setFileProblem(ctx context.Context, err error) {
 // (a failure of another kind, or a recovery), logs one line and reports to
 // Redis at once, so that mapctl status never shows a state already gone.
 func (s *Syncer) setProblems(ctx context.Context, change func()) {
+	s.reportMu.Lock()
 	s.mu.Lock()
 	before := s.status.State
 	if before == "" {
@@ -124,13 +125,24 @@ func (s *Syncer) setProblems(ctx context.Context, change func()) {
 	}
 	change()
 	after, problem := s.stateLocked()
-	s.status.State, s.status.Problem = after, problem
-	s.status.Ready = after == stateReady
-	s.status.Standby = after == stateStandby
-	s.mu.Unlock()
 	if before == after {
+		s.status.State, s.status.Problem = after, problem // the next heartbeat reports the wording
+		s.mu.Unlock()
+		s.reportMu.Unlock()
 		return
 	}
+	next := s.status
+	next.State, next.Problem = after, problem
+	next.Ready = after == stateReady || after == stateStandby
+	next.Standby = after == stateStandby
+	s.mu.Unlock()
+	// Redis first, then /readyz: whoever sees the new state locally finds
+	// it in Redis too.
+	s.reportLocked(ctx, next)
+	s.mu.Lock()
+	s.status.State, s.status.Problem, s.status.Ready, s.status.Standby = next.State, next.Problem, next.Ready, next.Standby
+	s.mu.Unlock()
+	s.reportMu.Unlock()
 	switch {
 	case after == stateReady && (before == stateStarting || before == stateStandby):
 		s.log.Info("syncer ready", "was", before, "log_id", s.applied, "entries", len(s.mirror))
@@ -141,7 +153,6 @@ func (s *Syncer) setProblems(ctx context.Context, change func()) {
 	default:
 		s.log.Warn("syncer not ready", "state", after, "was", before, "err", problem)
 	}
-	s.report(ctx, true)
 }
 
 // stateLocked derives the state from the problems: the loop's failure first,
@@ -154,6 +165,10 @@ func (s *Syncer) stateLocked() (state, problem string) {
 		return kindOf(s.loop), s.loop.Error()
 	case s.fileErr != nil:
 		return kindOf(s.fileErr), s.fileErr.Error()
+	case s.reportErr != nil:
+		return kindRedis, "redis: cannot report this syncer (mapctl --wait and status cannot see it): " + s.reportErr.Error()
+	case s.nameErr != nil:
+		return kindRedis, "redis: cannot renew this syncer's name: " + s.nameErr.Error()
 	case !s.active:
 		return stateStarting, ""
 	case s.mirror == nil:
@@ -171,7 +186,12 @@ func (s *Syncer) report(ctx context.Context, force bool) {
 	if !force && time.Since(s.lastReport) < s.cfg.Heartbeat {
 		return
 	}
-	st := s.Status()
+	s.reportLocked(ctx, s.Status())
+}
+
+// reportLocked writes st to Redis; the caller holds reportMu. A failure is
+// kept as a problem of its own: a syncer Redis cannot see is not ready.
+func (s *Syncer) reportLocked(ctx context.Context, st Status) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Heartbeat)
 	defer cancel()
 	err := s.store.ReportSyncer(rctx, maps.SyncerState{
@@ -181,6 +201,9 @@ func (s *Syncer) report(ctx context.Context, force bool) {
 	if err == nil {
 		s.lastReport = time.Now()
 	}
+	s.mu.Lock()
+	s.reportErr = err // the loop logs the state change
+	s.mu.Unlock()
 }
 
 // heartbeat renews the claims and reports the syncer every Heartbeat until

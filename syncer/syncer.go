@@ -150,10 +150,12 @@ type Syncer struct {
 
 	claims claims // name and lease (lease.go); shared with the heartbeat
 
-	mu      sync.Mutex // guards status and the problems
-	status  Status
-	loop    error // the last step's failure, nil when it succeeded
-	fileErr error // the last file write's failure, nil when it succeeded
+	mu        sync.Mutex // guards status and the problems
+	status    Status
+	loop      error // the last step's failure, nil when it succeeded
+	fileErr   error // the last file write's failure, nil when it succeeded
+	reportErr error // the last report's failure (heartbeat goroutine)
+	nameErr   error // the last renewal of the name's failure (heartbeat goroutine)
 
 	reportMu   sync.Mutex // serialises reports to Redis; guards lastReport
 	lastReport time.Time

@@ -104,6 +104,8 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "syncer:", err)
 		return exitConfig
 	}
+	// Every map write checks the lease right before it is sent.
+	rt.SetWriteGuard(s.WriteAllowed)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()

@@ -37,24 +37,42 @@ type quiet struct{}
 
 func (quiet) Printf(context.Context, string, ...any) {}
 
-// RedactURL returns u safe to print: the password of a URL that parses is
-// replaced by "xxxxx" (net/url's Redacted); in a URL that does not parse,
-// everything between "//" (or the start) and the last "@" is replaced, since
-// where the password ends cannot be known. Every message, log line and flag
-// default that shows a Redis URL must show RedactURL(u), never u.
+// hidden stands for a string that may be a password as a whole.
+const hidden = "xxxxx (not shown: not a URL with a scheme and a host)"
+
+// RedactURL returns u safe to print. Of a URL with a scheme and a host, the
+// password of the user part and the value of every query parameter are
+// replaced by "xxxxx" (a password may come as ?password=). In a string that
+// does not parse but has an "@", everything between "//" (or the start) and
+// the last "@" is replaced, since where the password ends cannot be known.
+// Anything else (no scheme or host: it may be a password typed in the wrong
+// place) is not shown at all. Every message, log line and flag default that
+// shows a Redis URL must show RedactURL(u), never u.
 func RedactURL(u string) string {
-	if p, err := url.Parse(u); err == nil {
-		return p.Redacted()
+	p, err := url.Parse(u)
+	if err != nil {
+		at := strings.LastIndex(u, "@")
+		if at < 0 {
+			return hidden
+		}
+		start := 0
+		if i := strings.Index(u, "//"); i >= 0 && i < at {
+			start = i + 2
+		}
+		return u[:start] + "xxxxx" + u[at:]
 	}
-	at := strings.LastIndex(u, "@")
-	if at < 0 {
-		return u
+	if p.Scheme == "" || p.Host == "" {
+		return hidden
 	}
-	start := 0
-	if i := strings.Index(u, "//"); i >= 0 && i < at {
-		start = i + 2
+	if p.RawQuery != "" {
+		q := p.Query()
+		for k := range q {
+			q[k] = []string{"xxxxx"}
+		}
+		p.RawQuery = q.Encode()
 	}
-	return u[:start] + "xxxxx" + u[at:]
+	p.Fragment, p.RawFragment = "", ""
+	return p.Redacted()
 }
 
 // Redis opens a client for a redis:// URL. It does not connect yet. With
