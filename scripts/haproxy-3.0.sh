@@ -14,6 +14,10 @@
 # Needs apt-get, apt-cache, dpkg-deb; root, or a user apt can download as.
 set -euo pipefail
 
+if [ -z "${SHARDMAP_HAPROXY30_CACHE:-}" ] && [ -z "${XDG_CACHE_HOME:-}" ] && [ -z "${HOME:-}" ]; then
+  echo "haproxy-3.0.sh: set HOME, XDG_CACHE_HOME or SHARDMAP_HAPROXY30_CACHE (where to keep haproxy 3.0)" >&2
+  exit 1
+fi
 cache="${SHARDMAP_HAPROXY30_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/shardmap/haproxy-3.0}"
 wrapper="$cache/haproxy"
 
@@ -29,13 +33,22 @@ if works; then
   exit 0
 fi
 
+# One fetch at a time per cache (two test runs may start together).
+mkdir -p "$(dirname "$cache")"
+exec 9>"$cache.lock"
+flock 9
+if works; then
+  echo "$wrapper"
+  exit 0
+fi
+
 for tool in apt-get apt-cache dpkg-deb; do
   command -v "$tool" >/dev/null 2>&1 || { echo "haproxy-3.0.sh: needs $tool (a Debian system)" >&2; exit 1; }
 done
 arch="$(dpkg --print-architecture)"
 case "$arch" in
-  amd64) loader=ld-linux-x86-64.so.2 ;;
-  arm64) loader=ld-linux-aarch64.so.1 ;;
+  amd64) loader=ld-linux-x86-64.so.2 multiarch=x86_64-linux-gnu ;;
+  arm64) loader=ld-linux-aarch64.so.1 multiarch=aarch64-linux-gnu ;;
   *) echo "haproxy-3.0.sh: architecture $arch is not supported (amd64, arm64)" >&2; exit 1 ;;
 esac
 
@@ -51,7 +64,7 @@ keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 [ -r "$keyring" ] || { echo "haproxy-3.0.sh: $keyring missing (apt-get install debian-archive-keyring)" >&2; exit 1; }
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/shardmap-haproxy30.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
+trap 'rm -rf "$tmp" "$cache.new"' EXIT
 mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/debs"
 chmod 755 "$tmp"
 cat >"$tmp/trixie.sources" <<EOF
@@ -115,7 +128,7 @@ done
 root="$cache/root"
 bin="$root/usr/sbin/haproxy"
 ld=""
-for d in lib64 "lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)" usr/lib64 "usr/lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)"; do
+for d in lib64 "lib/$multiarch" lib usr/lib64 "usr/lib/$multiarch" usr/lib; do
   if [ -e "$cache.new/root/$d/$loader" ]; then ld="$root/$d/$loader"; break; fi
 done
 [ -n "$ld" ] || { echo "haproxy-3.0.sh: $loader not found in the unpacked libc6" >&2; exit 1; }
