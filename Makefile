@@ -18,17 +18,19 @@ test:
 	@bash scripts/deps.sh --browser
 	$(GO) vet $(PKGS)
 	@haproxy -v | sed -n 1p
-	$(GO) test -race -count=1 -timeout 20m $(PKGS)
-	@$(MAKE) --no-print-directory e2e-3.0
+	@# The 3.0 run happens even when the first fails, so one run shows both.
+	@rc=0; $(GO) test -race -count=1 -timeout 20m $(PKGS) || rc=$$?; \
+	  ( $(E2E30) ) || rc=1; exit $$rc
 
 ## e2e-3.0: the e2e suite and the tests that start a real haproxy, on Debian 13's HAProxy 3.0
 ## (scripts/haproxy-3.0.sh fetches it into ~/.cache/shardmap without touching the system's packages).
 HAPROXY30_PKGS := ./e2e/ ./runtime/ ./haproxy/
-e2e-3.0:
-	@bash scripts/deps.sh --browser
-	@h="$$(bash scripts/haproxy-3.0.sh)" && "$$h" -v | sed -n 1p && \
+E2E30 = h="$$(bash scripts/haproxy-3.0.sh)" && "$$h" -v | sed -n 1p && \
 	  echo "SHARDMAP_HAPROXY=$$h $(GO) test -race -count=1 -timeout 20m $(HAPROXY30_PKGS)" && \
 	  SHARDMAP_HAPROXY="$$h" $(GO) test -race -count=1 -timeout 20m $(HAPROXY30_PKGS)
+e2e-3.0:
+	@bash scripts/deps.sh --browser
+	@$(E2E30)
 
 unit:
 	$(GO) test -race -count=1 ./maps/ ./runtime/ ./syncer/ ./haproxy/
