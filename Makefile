@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin
 PKGS    := ./...
 
-.PHONY: build test unit e2e bench fuzz soak lint demo deps clean
+.PHONY: build test unit e2e e2e-3.0 bench fuzz soak lint demo deps clean
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
@@ -12,11 +12,25 @@ build:
 deps:
 	@bash scripts/deps.sh
 
-## test: unit and e2e tests, with the race detector (installs haproxy, redis-server, chromium if missing).
+## test: unit and e2e tests, with the race detector, on Debian 12's HAProxy 2.6 (installs haproxy,
+## redis-server, chromium if missing), then the e2e suite again on Debian 13's HAProxy 3.0.
 test:
 	@bash scripts/deps.sh --browser
 	$(GO) vet $(PKGS)
-	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	@haproxy -v | sed -n 1p
+	@# The 3.0 run happens even when the first fails, so one run shows both.
+	@rc=0; $(GO) test -race -count=1 -timeout 20m $(PKGS) || rc=$$?; \
+	  ( $(E2E30) ) || rc=1; exit $$rc
+
+## e2e-3.0: the e2e suite and the tests that start a real haproxy, on Debian 13's HAProxy 3.0
+## (scripts/haproxy-3.0.sh fetches it into ~/.cache/shardmap without touching the system's packages).
+HAPROXY30_PKGS := ./e2e/ ./runtime/ ./haproxy/
+E2E30 = h="$$(bash scripts/haproxy-3.0.sh)" && "$$h" -v | sed -n 1p && \
+	  echo "SHARDMAP_HAPROXY=$$h $(GO) test -race -count=1 -timeout 20m $(HAPROXY30_PKGS)" && \
+	  SHARDMAP_HAPROXY="$$h" $(GO) test -race -count=1 -timeout 20m $(HAPROXY30_PKGS)
+e2e-3.0:
+	@bash scripts/deps.sh --browser
+	@$(E2E30)
 
 unit:
 	$(GO) test -race -count=1 ./maps/ ./runtime/ ./syncer/ ./haproxy/

@@ -1,6 +1,7 @@
 // Package e2e tests shardmap end to end with real processes: redis-server,
-// haproxy (Debian's 2.6), HTTP backends, and the syncer and mapctl binaries
-// built from this tree, all on loopback in the test's temp dir.
+// haproxy (Debian's 2.6, or the one $SHARDMAP_HAPROXY names, such as 3.0),
+// HTTP backends, and the syncer and mapctl binaries built from this tree, all
+// on loopback in the test's temp dir.
 package e2e
 
 import (

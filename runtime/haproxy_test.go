@@ -17,7 +17,7 @@ import (
 	"github.com/shardmap/shardmap/internal/testenv"
 )
 
-// realHAProxy starts haproxy 2.6 with one map, /users.map in a temp dir,
+// realHAProxy starts haproxy (2.6, or $SHARDMAP_HAPROXY) with one map, /users.map in a temp dir,
 // holding live, and extra lines in its global section.
 func realHAProxy(t *testing.T, globals string, live ...Entry) (h *testenv.HAProxy, c *Client, mapPath string) {
 	t.Helper()
@@ -67,10 +67,8 @@ func TestRealHAProxyStoppedIsErrNoAnswer(t *testing.T) {
 	if _, err := c.Info(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() { h.Signal(syscall.SIGCONT) })
+	h.Pause(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if _, err := c.Info(ctx); !errors.Is(err, ErrNoAnswer) {

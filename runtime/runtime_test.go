@@ -524,3 +524,23 @@ func TestWriteGuardStopsWritesMidCall(t *testing.T) {
 		}
 	}
 }
+
+// HAProxy 2.6 ends the del server reply without the empty line, 3.0 with it
+// (measured on Debian 13's 3.0.11): both are a deletion; anything else is not.
+func TestDelServerReplyForms(t *testing.T) {
+	for reply, ok := range map[string]bool{
+		"Server deleted.\n":   true, // 2.6
+		"Server deleted.\n\n": true, // 3.0
+		"Server still has connections attached to it, cannot remove it.\n\n": false,
+		"Server deleted.\n\n\n":  false,
+		"Server deleted.":        false,
+		"Server deleted.\nx\n\n": false,
+		"":                       false,
+	} {
+		f := newFake(t, func(string) string { return reply })
+		err := newClient(t, f.path).DelServer(context.Background(), "shard0", "s2")
+		if (err == nil) != ok {
+			t.Errorf("DelServer with reply %q: %v, want success %v", reply, err, ok)
+		}
+	}
+}

@@ -98,11 +98,13 @@ func (c *Client) DelServer(ctx context.Context, backend, name string) error {
 		return err
 	}
 	cmd := fmt.Sprintf("del server %s/%s", backend, name)
-	// HAProxy 2.6 ends this one reply without the usual empty line, so the
-	// whole reply up to EOF is read and must be exactly the success text.
+	// HAProxy 2.6 ends this one reply without the usual empty line, 3.0 with
+	// it, so the whole reply up to EOF is read and must be exactly one of the
+	// two. (A 3.0 reply cut after its first line reads as 2.6's: HAProxy
+	// writes it only once the server is gone, so success is still true.)
 	if out, err := c.unframed(ctx, cmd); err != nil {
 		return err
-	} else if out != "Server deleted.\n" {
+	} else if out != "Server deleted.\n" && out != "Server deleted.\n\n" {
 		return fmt.Errorf("runtime %q: haproxy replied %q", cmd, out)
 	}
 	return nil

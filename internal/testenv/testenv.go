@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -48,9 +49,73 @@ func FreePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// HAProxyEnv names the environment variable that picks the haproxy the tests
+// run (a path, such as the wrapper scripts/haproxy-3.0.sh prints); unset or
+// empty, they run haproxy from PATH.
+const HAProxyEnv = "SHARDMAP_HAPROXY"
+
+// HAProxyPath returns the haproxy the tests run: $SHARDMAP_HAPROXY when it is
+// set, else haproxy from PATH. The error says which is missing and how to get it.
+func HAProxyPath() (string, error) {
+	if p := os.Getenv(HAProxyEnv); p != "" {
+		abs, err := exec.LookPath(p)
+		if err != nil {
+			return "", fmt.Errorf("%s=%s: not an executable file (bash scripts/haproxy-3.0.sh prints one for 3.0): %w", HAProxyEnv, p, err)
+		}
+		return abs, nil
+	}
+	p, err := exec.LookPath("haproxy")
+	if err != nil {
+		return "", fmt.Errorf("haproxy not found in PATH: install it (apt-get install -y haproxy), run .ci/run, or set %s: %w", HAProxyEnv, err)
+	}
+	return p, nil
+}
+
+var haproxyVersion struct {
+	once sync.Once
+	line string
+	err  error
+}
+
+// HAProxyVersion returns the first line of `haproxy -v` of the haproxy the
+// tests run (HAProxyPath), such as "HAProxy version 2.6.12-1+deb12u2 ...".
+// The first call in a test binary prints that line and the path to stderr,
+// so the test log says which HAProxy ran.
+func HAProxyVersion() (string, error) {
+	v := &haproxyVersion
+	v.once.Do(func() {
+		bin, err := HAProxyPath()
+		if err != nil {
+			v.err = err
+			return
+		}
+		out, err := exec.Command(bin, "-v").CombinedOutput()
+		line, _, _ := strings.Cut(string(out), "\n")
+		if err != nil || !strings.HasPrefix(line, "HAProxy version ") {
+			v.err = fmt.Errorf("%s -v: %v: %q", bin, err, out)
+			return
+		}
+		v.line = line
+		fmt.Fprintf(os.Stderr, "testenv: %s (%s)\n", line, bin)
+	})
+	return v.line, v.err
+}
+
 // Need fails the test at once, with the install command, when bin is missing.
+// Need(t, "haproxy") returns HAProxyPath, which $SHARDMAP_HAPROXY overrides,
+// and fails when that binary does not answer -v.
 func Need(t testing.TB, bin string) string {
 	t.Helper()
+	if bin == "haproxy" {
+		p, err := HAProxyPath()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := HAProxyVersion(); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
 	p, err := exec.LookPath(bin)
 	if err != nil {
 		pkg := map[string]string{"redis-server": "redis-server", "haproxy": "haproxy"}[bin]
@@ -116,6 +181,39 @@ func (p *Proc) Exited() bool {
 
 // Signal sends sig to the process (not to any other).
 func (p *Proc) Signal(sig syscall.Signal) error { return p.Cmd.Process.Signal(sig) }
+
+// Pause stops the process with SIGSTOP and returns once every one of its
+// threads is stopped: kill(2) returns before the other threads of a
+// multi-threaded process (HAProxy 3.0 runs two here) have stopped, and one of
+// them may still answer a request meanwhile. Resume with Signal(SIGCONT).
+func (p *Proc) Pause(t testing.TB) {
+	t.Helper()
+	if err := p.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP %s: %v", p.Name, err)
+	}
+	task := fmt.Sprintf("/proc/%d/task", p.Pid())
+	WaitFor(t, 10*time.Second, p.Name+" to stop", func() error {
+		threads, err := os.ReadDir(task)
+		if err != nil {
+			return err
+		}
+		for _, th := range threads {
+			stat, err := os.ReadFile(filepath.Join(task, th.Name(), "stat"))
+			if err != nil {
+				return err
+			}
+			// "pid (comm) S ...": the state follows the last ')'.
+			i := bytes.LastIndexByte(stat, ')')
+			if i < 0 || i+2 >= len(stat) {
+				return fmt.Errorf("thread %s: unreadable stat %q", th.Name(), stat)
+			}
+			if st := stat[i+2]; st != 'T' && st != 't' {
+				return fmt.Errorf("thread %s is in state %c", th.Name(), st)
+			}
+		}
+		return nil
+	})
+}
 
 // Wait waits up to timeout for the process to end and returns its exit error.
 func (p *Proc) Wait(timeout time.Duration) (error, bool) {
@@ -249,6 +347,12 @@ func startHAProxy(t testing.TB, h *HAProxy, extra ...string) *HAProxy {
 	t.Helper()
 	bin := Need(t, "haproxy")
 	h.Proc = Start(t, "haproxy", append([]string{bin, "-db", "-f", h.Config}, extra...))
+	t.Cleanup(func() {
+		if t.Failed() {
+			v, _ := HAProxyVersion()
+			t.Logf("haproxy (pid %d) was %s", h.Pid(), v)
+		}
+	})
 	WaitFor(t, 10*time.Second, "haproxy stats socket", func() error {
 		if h.Exited() {
 			t.Fatalf("haproxy exited: %s", h.Output())
