@@ -291,3 +291,21 @@ func TestLeaseStandbyTakesOver(t *testing.T) {
 	}
 	s.waitConverged(15 * time.Second)
 }
+
+// An assignment to a shard HAProxy has no backend for (mapctl set --force,
+// or an HSET by hand) routes the user to the default shard: status says so
+// and exits 1 instead of "in sync" (found by a hostile test).
+func TestStatusNamesUnknownShards(t *testing.T) {
+	s := newStack(t)
+	s.startSyncer()
+	s.seed(5)
+	s.mustMapctl("set", "--force", "u0001", "nosuchshard", "--wait")
+	out, _, code := s.mapctl("status")
+	if code != 1 || !strings.Contains(out, "UNKNOWN SHARDS: 1 assignments") || !strings.Contains(out, "u0001 -> nosuchshard") {
+		t.Fatalf("status with an unknown shard: exit %d:\n%s", code, out)
+	}
+	s.mustMapctl("set", "u0001", "shard2", "--wait")
+	if out, _, code := s.mapctl("status"); code != 0 {
+		t.Fatalf("status after the fix: exit %d:\n%s", code, out)
+	}
+}

@@ -69,6 +69,10 @@ func (a *app) status(ctx context.Context, w io.Writer, o statusOpts) error {
 		busy = " (Redis changed during every read; figures may be off by the changes in flight)"
 	}
 	fmt.Fprintf(w, "redis:  %d assignments, %d invalid skipped, change log at %s%s\n", len(snap.Entries), snap.Skipped, lastID, busy)
+	if line := a.unknownShards(ctx, snap.Entries); line != "" {
+		fmt.Fprintln(w, line)
+		unhealthy++
+	}
 	views, hidden, err := a.viewSyncers(ctx, lastID, o.maxLag, o.retention)
 	if err != nil {
 		return err
@@ -211,4 +215,33 @@ func (a *app) replay(ctx context.Context, m map[string]string, from, upto string
 		after = changes[len(changes)-1].ID
 	}
 	return n, nil
+}
+
+// unknownShards names assignments to shards that are not known HAProxy
+// backends (written with --force, or straight into Redis): HAProxy routes
+// those users to the default shard, whatever Redis says. "" when there are
+// none, or when no shard is known yet (no syncer ever published any).
+func (a *app) unknownShards(ctx context.Context, entries map[string]string) string {
+	known, err := a.store.KnownShards(ctx)
+	if err != nil || len(known) == 0 {
+		return ""
+	}
+	isKnown := make(map[string]bool, len(known))
+	for _, k := range known {
+		isKnown[k] = true
+	}
+	n, example := 0, ""
+	for u, sh := range entries {
+		if !isKnown[sh] {
+			n++
+			if example == "" || u < example {
+				example = u
+			}
+		}
+	}
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf("redis:  UNKNOWN SHARDS: %d assignments name a shard HAProxy has no backend for, so those users go to the default shard (e.g. %s -> %s)",
+		n, example, entries[example])
 }

@@ -48,7 +48,7 @@ func (a *app) viewSyncers(ctx context.Context, lastID string, maxLag, retention 
 			continue
 		}
 		var lagErr error
-		if maps.CompareIDs(st.Applied, lastID) < 0 {
+		if !st.Standby && maps.CompareIDs(st.Applied, lastID) < 0 { // a standby applies nothing: no lag
 			v.Lag, lagErr = a.store.LagAfter(ctx, st.Applied)
 		}
 		behind := v.Lag.Behind && v.Lag.Age > maxLag
