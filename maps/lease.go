@@ -69,6 +69,14 @@ func (s *Store) Claim(ctx context.Context, key, holder string, ttl time.Duration
 	if err != nil {
 		return false, "", fmt.Errorf("redis read %s: %w", key, err)
 	}
+	if other == holder {
+		// Our own SET NX went through but its reply was lost, and the
+		// client's retry found the key taken: by us.
+		if err := s.rdb.PExpire(ctx, key, ttl).Err(); err != nil {
+			return false, "", fmt.Errorf("redis renew %s: %w", key, err)
+		}
+		return true, "", nil
+	}
 	return false, other, nil
 }
 
