@@ -68,6 +68,21 @@ func newRig(b *testing.B) *rig {
 	return r
 }
 
+// runSyncer starts a syncer with cfg (its logs discarded) on the rig until
+// the benchmark ends.
+func (r *rig) runSyncer(b *testing.B, cfg syncer.Config) *syncer.Syncer {
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	s, err := syncer.New(cfg, r.store, r.rt)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	b.Cleanup(func() { cancel(); <-done })
+	return s
+}
+
 func entries(n int, shard string) []runtime.Entry {
 	out := make([]runtime.Entry, n)
 	for i := range out {
@@ -170,14 +185,7 @@ func BenchmarkSetToLive(b *testing.B) {
 	if _, err := r.store.Import(ctx, as, 1000, nil); err != nil {
 		b.Fatal(err)
 	}
-	s, err := syncer.New(syncer.Config{Name: "bench", MapPath: r.mapPath, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, r.store, r.rt)
-	if err != nil {
-		b.Fatal(err)
-	}
-	sctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { s.Run(sctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	s := r.runSyncer(b, syncer.Config{Name: "bench", MapPath: r.mapPath})
 	testenv.WaitFor(b, 30*time.Second, "syncer ready", func() error {
 		if !s.Status().Ready {
 			return fmt.Errorf("not ready")
@@ -212,15 +220,7 @@ func BenchmarkSetToLive(b *testing.B) {
 func BenchmarkHAProxyRestartToLive(b *testing.B) {
 	r := newRig(b)
 	ctx := context.Background()
-	s, err := syncer.New(syncer.Config{Name: "bench", MapPath: r.mapPath, Socket: r.socket,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, r.store, r.rt)
-	if err != nil {
-		b.Fatal(err)
-	}
-	sctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { s.Run(sctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	s := r.runSyncer(b, syncer.Config{Name: "bench", MapPath: r.mapPath, Socket: r.socket})
 	testenv.WaitFor(b, 30*time.Second, "syncer ready", func() error {
 		if !s.Status().Ready {
 			return fmt.Errorf("not ready")
@@ -280,15 +280,7 @@ func BenchmarkDriftRound1M(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	s, err := syncer.New(syncer.Config{Name: "bench", MapPath: r.mapPath, ReconcileEvery: time.Hour,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, r.store, r.rt)
-	if err != nil {
-		b.Fatal(err)
-	}
-	sctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { s.Run(sctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	s := r.runSyncer(b, syncer.Config{Name: "bench", MapPath: r.mapPath, ReconcileEvery: time.Hour})
 	testenv.WaitFor(b, 120*time.Second, "syncer ready with 1M", func() error {
 		if st := s.Status(); !st.Ready || st.Entries != n {
 			return fmt.Errorf("ready=%v entries=%d", st.Ready, st.Entries)
