@@ -2,7 +2,8 @@
 # Builds the Debian package of this tree with dpkg-deb (no debhelper):
 # OUTDIR/shardmap_<version>_<arch>.deb, OUTDIR defaulting to bin/. Prints the
 # package's path. Version: the latest tag (v1.2.3-4-gabc -> 1.2.3+4.gabc), or
-# 0.0.0+git<rev> without tags; ".dirty" when the tree has uncommitted changes.
+# 0.0.0+git<rev> without tags (0.0.0 outside a git checkout); ".dirty" when
+# tracked files have uncommitted changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-bin}"
@@ -16,8 +17,10 @@ if desc="$(git describe --tags --dirty=.dirty 2>/dev/null)"; then
   desc="${desc#v}"
   # 1.2.3-4-gabc[.dirty] -> 1.2.3+4.gabc[.dirty]
   version="$(printf '%s' "$desc" | sed -E 's/-([0-9]+)-g([0-9a-f]+)/+\1.g\2/')"
+elif rev="$(git describe --always --dirty=.dirty 2>/dev/null)"; then
+  version="0.0.0+git$rev"
 else
-  version="0.0.0+git$(git describe --always --dirty=.dirty)"
+  version="0.0.0" # not a git checkout
 fi
 case "$version" in
   [0-9]*) ;;
