@@ -3,10 +3,15 @@ GO      ?= go
 BIN     := bin
 PKGS    := ./...
 
-.PHONY: build test unit e2e e2e-3.0 bench fuzz soak lint demo deps clean
+.PHONY: build test unit e2e e2e-3.0 bench fuzz soak lint demo deps deb clean
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
+
+## deb: the Debian package $(BIN)/shardmap_<version>_<arch>.deb, with dpkg-deb from deploy/ (the
+## systemd unit, /etc/default/shardmap-syncer, maintainer scripts) and static binaries.
+deb:
+	@bash scripts/deb.sh $(BIN)
 
 ## deps: install haproxy and redis-server from Debian's packages when missing.
 deps:

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what shardmap runs: HAProxy and Redis from Debian's packages when
-# they are missing, and with --browser also Chromium (for the demo's browser
-# test). Needs root (or sudo) and apt-get.
+# they are missing, and with --browser also what only the tests use: Chromium
+# (the demo's browser test) and systemd's systemd-analyze (the unit's check in
+# e2e/deb_test.go; the package installs, it starts nothing in a container).
+# Needs root (or sudo) and apt-get.
 set -euo pipefail
 missing=()
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ "${1:-}" = "--browser" ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
