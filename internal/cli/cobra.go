@@ -21,10 +21,18 @@ func Usagef(format string, a ...any) error { return UsageError{fmt.Errorf(format
 // configuration: version, help, completion.
 const housekeeping = "shardmap/housekeeping"
 
+// group is the annotation of a command that only shows its help: one with
+// subcommands and no Run of its own.
+const group = "shardmap/group"
+
 // Housekeeping reports whether cmd is, or is under, a command that needs no
 // Redis nor any configuration (version, help, completion and cobra's hidden
-// __complete): a PersistentPreRunE that opens connections skips those.
+// __complete), or is a group that only shows its help: a PersistentPreRunE
+// that opens connections skips those.
 func Housekeeping(cmd *cobra.Command) bool {
+	if cmd.Annotations[group] != "" {
+		return true
+	}
 	for c := cmd; c != nil; c = c.Parent() {
 		if c.Annotations[housekeeping] != "" || c.Name() == cobra.ShellCompRequestCmd || c.Name() == cobra.ShellCompNoDescRequestCmd {
 			return true
@@ -91,6 +99,10 @@ func Conventions(root *cobra.Command) {
 			}
 			if !c.Runnable() {
 				c.RunE = func(c *cobra.Command, _ []string) error { return c.Help() }
+				if c.Annotations == nil {
+					c.Annotations = map[string]string{}
+				}
+				c.Annotations[group] = "help"
 			}
 		}
 		for _, sub := range c.Commands() {
