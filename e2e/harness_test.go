@@ -50,6 +50,11 @@ func TestMain(m *testing.M) {
 	}
 	// A race-built binary sleeps 1 s at exit by default; mapctl runs often.
 	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	// The tests read the syncer's log as text (msg="full sync"); its default,
+	// auto, logs JSON when stderr is not a terminal, as here. The variable
+	// reaches every syncer a test starts (testenv.Start and exec.Command
+	// pass the environment on); a test that wants JSON says --log-format.
+	os.Setenv("SHARDMAP_LOG_FORMAT", "text")
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

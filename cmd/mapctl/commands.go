@@ -31,20 +31,24 @@ type app struct {
 func newRoot() (*cobra.Command, *app) {
 	a := &app{}
 	root := &cobra.Command{
-		Use:           "mapctl",
-		Short:         "Read and change shardmap's user -> shard assignments",
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		Use:   "mapctl",
+		Short: "Read and change shardmap's user -> shard assignments",
+		Example: `  mapctl set alice shard1 --wait
+  mapctl get alice -o json
+  mapctl --redis redis://:PASSWORD@10.0.0.7:6379/0 status --socket /run/haproxy/admin.sock --map /etc/haproxy/users.map
+  source <(mapctl completion bash)`,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if cli.Housekeeping(cmd) { // version, help, completion: no Redis
+				return nil
+			}
 			rdb, err := cli.Redis(a.redisURL, true)
 			if err != nil {
-				return usageError{err}
+				return usageError{Err: err}
 			}
 			a.rdb, a.store = rdb, maps.NewStore(rdb, a.prefix)
 			return nil
 		},
 	}
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.redisURL, "redis", cli.Env(cli.EnvRedis, cli.DefaultRedis), "Redis URL (env "+cli.EnvRedis+")")
 	// --help shows the default, which may come from the environment with a
@@ -53,6 +57,7 @@ func newRoot() (*cobra.Command, *app) {
 	pf.StringVar(&a.prefix, "prefix", cli.Env(cli.EnvPrefix, maps.DefaultPrefix), "Redis key prefix (env "+cli.EnvPrefix+")")
 	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "how long a command, or --wait, may take")
 	root.AddCommand(a.setCmd(), a.getCmd(), a.delCmd(), a.listCmd(), a.importCmd(), a.exportCmd(), a.statusCmd(), a.configCmd(), a.shardCmd(), a.restoreCmd(), a.reconcileCmd(), a.syncersCmd())
+	cli.Conventions(root)
 	return root, a
 }
 
@@ -83,7 +88,10 @@ func (a *app) setCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "set USER SHARD",
 		Short: "Assign USER to SHARD (an HAProxy backend)",
-		Args:  args(2, "USER SHARD"),
+		Example: `  mapctl set alice shard1
+  mapctl set alice shard1 --wait --timeout 5s
+  mapctl set bob shard9 --force`,
+		Args: args(2, "USER SHARD"),
 		RunE: func(cmd *cobra.Command, as []string) error {
 			asg := maps.Assignment{User: as[0], Shard: as[1]}
 			if err := asg.Validate(); err != nil {
@@ -207,10 +215,15 @@ func orNone(id string) string {
 }
 
 func (a *app) getCmd() *cobra.Command {
-	return &cobra.Command{
+	var out *output
+	c := &cobra.Command{
 		Use:   "get USER",
 		Short: "Print USER's shard (exit 1 when USER has none)",
-		Args:  args(1, "USER"),
+		Long: `get prints USER's shard. With -o json it prints {"user": USER, "shard": SHARD}.
+A USER with no shard prints nothing on stdout, an error on stderr, and exits 1.`,
+		Example: `  mapctl get alice
+  mapctl get alice -o json`,
+		Args: args(1, "USER"),
 		RunE: func(cmd *cobra.Command, as []string) error {
 			ctx, cancel := a.ctx(cmd)
 			defer cancel()
@@ -221,10 +234,15 @@ func (a *app) getCmd() *cobra.Command {
 			if !ok {
 				return fmt.Errorf("user %q has no shard (HAProxy sends it to the default)", as[0])
 			}
+			if *out == outJSON {
+				return writeJSON(cmd.OutOrStdout(), assignmentJSON{User: as[0], Shard: shard})
+			}
 			fmt.Fprintln(cmd.OutOrStdout(), shard)
 			return nil
 		},
 	}
+	out = outputFlag(c)
+	return c
 }
 
 func (a *app) delCmd() *cobra.Command {
@@ -232,7 +250,9 @@ func (a *app) delCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "del USER",
 		Short: "Remove USER's assignment (HAProxy then sends it to the default shard)",
-		Args:  args(1, "USER"),
+		Example: `  mapctl del alice
+  mapctl del alice --wait`,
+		Args: args(1, "USER"),
 		RunE: func(cmd *cobra.Command, as []string) error {
 			ctx, cancel := a.ctx(cmd)
 			defer cancel()
@@ -274,10 +294,16 @@ func (a *app) sorted(ctx context.Context, shard string) ([]maps.Assignment, int,
 
 func (a *app) listCmd() *cobra.Command {
 	var shard string
+	var out *output
 	c := &cobra.Command{
 		Use:   "list",
 		Short: `List assignments as "user shard" lines, sorted by user`,
-		Args:  args(0, "nothing"),
+		Long: `list prints every assignment as a "user shard" line, sorted by user; with -o json,
+one JSON array of {"user", "shard"} objects in the same order ([] when none).`,
+		Example: `  mapctl list
+  mapctl list --shard shard2
+  mapctl list -o json | jq -r '.[] | select(.shard == "shard1") | .user'`,
+		Args: args(0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := a.ctx(cmd)
 			defer cancel()
@@ -285,25 +311,37 @@ func (a *app) listCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if skipped > 0 {
+				defer fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: skipped %d invalid entries in Redis\n", skipped)
+			}
 			w := bufio.NewWriter(cmd.OutOrStdout())
+			if *out == outJSON {
+				list := make([]assignmentJSON, len(all))
+				for i, as := range all {
+					list[i] = assignmentJSON{User: as.User, Shard: as.Shard}
+				}
+				if err := writeJSON(w, list); err != nil {
+					return err
+				}
+				return w.Flush()
+			}
 			for _, as := range all {
 				fmt.Fprintln(w, as.User, as.Shard)
-			}
-			if skipped > 0 {
-				fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: skipped %d invalid entries in Redis\n", skipped)
 			}
 			return w.Flush()
 		},
 	}
 	c.Flags().StringVar(&shard, "shard", "", "only this shard's users")
+	out = outputFlag(c)
 	return c
 }
 
 func (a *app) exportCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "export",
-		Short: "Write every assignment to stdout in HAProxy map-file format",
-		Args:  args(0, "nothing"),
+		Use:     "export",
+		Short:   "Write every assignment to stdout in HAProxy map-file format",
+		Example: `  mapctl export > users.map.bak`,
+		Args:    args(0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := a.ctx(cmd)
 			defer cancel()
@@ -338,7 +376,7 @@ func readMapFile(cmd *cobra.Command, path string) (maps.MapFile, string, error) 
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return maps.MapFile{}, path, usageError{err}
+		return maps.MapFile{}, path, usageError{Err: err}
 	}
 	if fi, err := f.Stat(); err == nil && fi.IsDir() {
 		f.Close()
@@ -355,7 +393,9 @@ func (a *app) importCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "import FILE|-",
 		Short: "Assign every user in a map file (\"user shard\" lines); all lines are checked before any is written",
-		Args:  args(1, "FILE or -"),
+		Example: `  mapctl import users.map --wait
+  printf 'alice shard1\nbob shard2\n' | mapctl import -`,
+		Args: args(1, "FILE or -"),
 		RunE: func(cmd *cobra.Command, as []string) error {
 			mf, name, err := readMapFile(cmd, as[0])
 			if err != nil {

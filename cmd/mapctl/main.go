@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/shardmap/shardmap/internal/cli"
 	"github.com/shardmap/shardmap/maps"
 )
 
@@ -28,11 +29,9 @@ func main() {
 }
 
 // usageError marks an error as the caller's (exit 2).
-type usageError struct{ error }
+type usageError = cli.UsageError
 
-func (u usageError) Unwrap() error { return u.error }
-
-func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+var usagef = cli.Usagef
 
 func exitCode(err error) int {
 	var u usageError

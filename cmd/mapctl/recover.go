@@ -15,6 +15,8 @@ func (a *app) restoreCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "restore --from FILE",
 		Short: "Seed Redis back from a map file (users.map): after Redis lost its data, before any reconcile",
+		Example: `  mapctl restore --from /etc/haproxy/users.map --wait
+  mapctl restore --from /etc/haproxy/users.map --overwrite`,
 		Long: `restore assigns, in Redis, every user of the map file (the one the syncer
 persists) that Redis has no shard for, so that a syncer that refused to empty
 the live map can reconcile again. Users Redis already has are left alone:
@@ -82,6 +84,8 @@ func (a *app) reconcileCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "reconcile --force",
 		Short: "Let syncers make the live map equal to Redis even if that deletes most of it",
+		Example: `  mapctl reconcile --force
+  mapctl reconcile --force --ttl 10m`,
 		Long: `A syncer refuses a reconcile that would delete more than a set share of the live
 map (--max-delete-share, default 10%): that is what Redis coming back empty looks
 like. When a human has decided Redis is right, reconcile --force lets the next

@@ -21,6 +21,7 @@ type statusOpts struct {
 
 func (a *app) statusCmd() *cobra.Command {
 	var o statusOpts
+	var out *output
 	c := &cobra.Command{
 		Use:   "status",
 		Short: "Counts in Redis, the live map and the map file, drift between them, and each syncer's state",
@@ -35,14 +36,22 @@ lag by the syncer's flush delay: status replays the change log after the
 file's "# shardmap log-id" onto the file, and a file that then equals Redis
 is only "behind", a problem when its oldest missing change is older than
 --max-lag. Syncers gone for longer than --retention are not shown (mapctl
-syncers prune deletes them); standby syncers are shown and never a problem.`,
+syncers prune deletes them); standby syncers are shown and never a problem.
+
+With -o json it prints one JSON object: "redis", "syncers" (as mapctl
+syncers -o json), "syncers_hidden", "active_live", "file" and "live" (null
+when not compared), and "problems", the count it exits 1 on.`,
+		Example: `  mapctl status
+  mapctl status --socket /run/haproxy/admin.sock --map /etc/haproxy/users.map
+  mapctl status -o json | jq .problems`,
 		Args: args(0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := a.ctx(cmd)
 			defer cancel()
-			return a.status(ctx, cmd.OutOrStdout(), o)
+			return a.status(ctx, cmd.OutOrStdout(), o, *out)
 		},
 	}
+	out = outputFlag(c)
 	c.Flags().StringVar(&o.socket, "socket", cli.Env(cli.EnvSocket, ""), "HAProxy stats socket, to compare the live map (env "+cli.EnvSocket+")")
 	c.Flags().StringVar(&o.mapPath, "map", cli.Env(cli.EnvMap, ""), "map path as in haproxy.cfg, to compare the live map and the file (env "+cli.EnvMap+")")
 	c.Flags().DurationVar(&o.maxLag, "max-lag", defaultMaxLag, "how old a change a syncer or the map file may still lack")
@@ -50,7 +59,71 @@ syncers prune deletes them); standby syncers are shown and never a problem.`,
 	return c
 }
 
-func (a *app) status(ctx context.Context, w io.Writer, o statusOpts) error {
+// statusReport is what status found; -o json prints it as is.
+type statusReport struct {
+	Redis         redisJSON    `json:"redis"`
+	Syncers       []syncerJSON `json:"syncers"`
+	SyncersHidden int          `json:"syncers_hidden"` // gone for longer than --retention, not shown
+	ActiveLive    bool         `json:"active_live"`    // some active syncer reported within the live window
+	File          *fileJSON    `json:"file"`           // null without --map
+	Live          *liveJSON    `json:"live"`           // null without --socket and --map
+	Problems      int          `json:"problems"`       // status exits 1 when > 0
+
+	lines []string // the table, in order
+}
+
+type redisJSON struct {
+	Assignments    int    `json:"assignments"`
+	InvalidSkipped int    `json:"invalid_skipped"`
+	LogID          string `json:"log_id"`
+	Exact          bool   `json:"exact"`          // false: Redis changed during every read, figures may be off
+	UnknownShards  int    `json:"unknown_shards"` // assignments to shards HAProxy has no backend for
+}
+
+type fileJSON struct {
+	Path    string `json:"path"`
+	Entries int    `json:"entries"`
+	LogID   string `json:"log_id"`
+	Detail  string `json:"detail"` // in sync, behind, DRIFT, or why it could not be read
+	Error   string `json:"error"`  // the file could not be read ("" when it was)
+	Problem bool   `json:"problem"`
+}
+
+type liveJSON struct {
+	Socket     string `json:"socket"`
+	Map        string `json:"map"`
+	Entries    int    `json:"entries"`
+	Duplicates int    `json:"duplicates"`
+	Missing    int    `json:"missing"`
+	Extra      int    `json:"extra"`
+	Changed    int    `json:"changed"`
+	Error      string `json:"error"` // HAProxy could not be read ("" when it was)
+	Problem    bool   `json:"problem"`
+}
+
+func (a *app) status(ctx context.Context, w io.Writer, o statusOpts, out output) error {
+	r, err := a.statusReport(ctx, o)
+	if err != nil {
+		return err
+	}
+	if out == outJSON {
+		if err := writeJSON(w, r); err != nil {
+			return err
+		}
+	} else {
+		for _, l := range r.lines {
+			fmt.Fprintln(w, l)
+		}
+	}
+	if r.Problems > 0 {
+		return fmt.Errorf("status: %d problems found", r.Problems)
+	}
+	return nil
+}
+
+func (a *app) statusReport(ctx context.Context, o statusOpts) (*statusReport, error) {
+	r := &statusReport{Syncers: []syncerJSON{}}
+	say := func(format string, args ...any) { r.lines = append(r.lines, fmt.Sprintf(format, args...)) }
 	// The file is read before Redis: the snapshot is then at least as new as
 	// the file, and replaying the log from the file's ID reaches it.
 	var mf maps.MapFile
@@ -60,55 +133,62 @@ func (a *app) status(ctx context.Context, w io.Writer, o statusOpts) error {
 	}
 	snap, exact, err := a.store.StableSnapshot(ctx, nil, 5)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	lastID := snap.LogID
-	unhealthy := 0
 	busy := ""
 	if !exact {
 		busy = " (Redis changed during every read; figures may be off by the changes in flight)"
 	}
-	fmt.Fprintf(w, "redis:  %d assignments, %d invalid skipped, change log at %s%s\n", len(snap.Entries), snap.Skipped, lastID, busy)
-	if line := a.unknownShards(ctx, snap.Entries); line != "" {
-		fmt.Fprintln(w, line)
-		unhealthy++
+	r.Redis = redisJSON{Assignments: len(snap.Entries), InvalidSkipped: snap.Skipped, LogID: lastID, Exact: exact}
+	say("redis:  %d assignments, %d invalid skipped, change log at %s%s", len(snap.Entries), snap.Skipped, lastID, busy)
+	if n, line := a.unknownShards(ctx, snap.Entries); n > 0 {
+		r.Redis.UnknownShards = n
+		say("%s", line)
+		r.Problems++
 	}
 	views, hidden, err := a.viewSyncers(ctx, lastID, o.maxLag, o.retention)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, v := range views {
 		if v.Problem != "" {
-			unhealthy++
+			r.Problems++
 		}
-		fmt.Fprintf(w, "syncer %s: %s, %d entries, applied %s\n", v.Name, v.State, v.Entries, orNone(v.Applied))
+		r.Syncers = append(r.Syncers, v.json())
+		say("syncer %s: %s, %d entries, applied %s", v.Name, v.State, v.Entries, orNone(v.Applied))
 	}
+	r.SyncersHidden = hidden
 	if hidden > 0 {
-		fmt.Fprintf(w, "syncers: %d gone for over %s not shown (mapctl syncers prune deletes them)\n", hidden, o.retention)
+		say("syncers: %d gone for over %s not shown (mapctl syncers prune deletes them)", hidden, o.retention)
 	}
-	if !activeLive(views) {
-		fmt.Fprintf(w, "syncers: NONE LIVE: no active syncer reported in the last %s, so changes reach no HAProxy\n", maps.LiveWithin)
-		unhealthy++
+	r.ActiveLive = activeLive(views)
+	if !r.ActiveLive {
+		say("syncers: NONE LIVE: no active syncer reported in the last %s, so changes reach no HAProxy", maps.LiveWithin)
+		r.Problems++
 	}
 	if o.mapPath != "" {
+		r.File = &fileJSON{Path: o.mapPath}
 		if mfErr != nil {
-			fmt.Fprintf(w, "file:   %s: %v\n", o.mapPath, mfErr)
-			unhealthy++
+			r.File.Error, r.File.Detail, r.File.Problem = mfErr.Error(), mfErr.Error(), true
+			say("file:   %s: %v", o.mapPath, mfErr)
+			r.Problems++
 		} else {
 			line, bad, err := a.fileStatus(ctx, mf, snap, o.maxLag)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			if bad {
-				unhealthy++
+				r.Problems++
 			}
-			fmt.Fprintf(w, "file:   %d entries at %s, log id %s: %s\n", len(mf.Entries), o.mapPath, mf.LogID, line)
+			r.File.Entries, r.File.LogID, r.File.Detail, r.File.Problem = len(mf.Entries), mf.LogID, line, bad
+			say("file:   %d entries at %s, log id %s: %s", len(mf.Entries), o.mapPath, mf.LogID, line)
 		}
 	}
 	if o.socket != "" && o.mapPath != "" {
 		rt, err := runtime.New(o.socket, 10*time.Second)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		defer rt.Close()
 		live := map[string]string{}
@@ -121,21 +201,23 @@ func (a *app) status(ctx context.Context, w io.Writer, o statusOpts) error {
 			live[k] = v
 			return nil
 		})
+		r.Live = &liveJSON{Socket: o.socket, Map: o.mapPath}
 		if err != nil {
-			fmt.Fprintf(w, "live:   %s on %s: %v\n", o.mapPath, o.socket, err)
-			unhealthy++
+			r.Live.Error, r.Live.Problem = err.Error(), true
+			say("live:   %s on %s: %v", o.mapPath, o.socket, err)
+			r.Problems++
 		} else {
 			d := maps.Diff(snap.Entries, live)
 			if d.Total() > 0 || dups > 0 {
-				unhealthy++
+				r.Live.Problem = true
+				r.Problems++
 			}
-			fmt.Fprintf(w, "live:   %d entries (%d duplicate keys) in %s: %s\n", len(live), dups, o.socket, d)
+			r.Live.Entries, r.Live.Duplicates = len(live), dups
+			r.Live.Missing, r.Live.Extra, r.Live.Changed = d.Missing, d.Extra, d.Changed
+			say("live:   %d entries (%d duplicate keys) in %s: %s", len(live), dups, o.socket, d)
 		}
 	}
-	if unhealthy > 0 {
-		return fmt.Errorf("status: %d problems found", unhealthy)
-	}
-	return nil
+	return r, nil
 }
 
 // fileStatus compares the map file with Redis, telling lag from drift: the
@@ -217,14 +299,15 @@ func (a *app) replay(ctx context.Context, m map[string]string, from, upto string
 	return n, nil
 }
 
-// unknownShards names assignments to shards that are not known HAProxy
-// backends (written with --force, or straight into Redis): HAProxy routes
-// those users to the default shard, whatever Redis says. "" when there are
-// none, or when no shard is known yet (no syncer ever published any).
-func (a *app) unknownShards(ctx context.Context, entries map[string]string) string {
+// unknownShards counts and names assignments to shards that are not known
+// HAProxy backends (written with --force, or straight into Redis): HAProxy
+// routes those users to the default shard, whatever Redis says. 0 and ""
+// when there are none, or when no shard is known yet (no syncer ever
+// published any).
+func (a *app) unknownShards(ctx context.Context, entries map[string]string) (int, string) {
 	known, err := a.store.KnownShards(ctx)
 	if err != nil || len(known) == 0 {
-		return ""
+		return 0, ""
 	}
 	isKnown := make(map[string]bool, len(known))
 	for _, k := range known {
@@ -240,8 +323,8 @@ func (a *app) unknownShards(ctx context.Context, entries map[string]string) stri
 		}
 	}
 	if n == 0 {
-		return ""
+		return 0, ""
 	}
-	return fmt.Sprintf("redis:  UNKNOWN SHARDS: %d assignments name a shard HAProxy has no backend for, so those users go to the default shard (e.g. %s -> %s)",
+	return n, fmt.Sprintf("redis:  UNKNOWN SHARDS: %d assignments name a shard HAProxy has no backend for, so those users go to the default shard (e.g. %s -> %s)",
 		n, example, entries[example])
 }

@@ -84,6 +84,42 @@ func (a *app) viewSyncers(ctx context.Context, lastID string, maxLag, retention 
 	return out, hidden, nil
 }
 
+// syncerJSON is one syncer in syncers' and status's JSON.
+type syncerJSON struct {
+	Name            string    `json:"name"`
+	State           string    `json:"state"`  // ready, catching-up, standby, not-ready, behind, gone, unreadable
+	Detail          string    `json:"detail"` // the state in a sentence
+	Map             string    `json:"map"`
+	Instance        string    `json:"instance"`
+	Ready           bool      `json:"ready"`
+	Standby         bool      `json:"standby"`
+	Entries         int       `json:"entries"`
+	Applied         string    `json:"applied"`        // last change-log ID in its live map ("" for none)
+	Behind          bool      `json:"behind"`         // the log has changes after applied
+	OldestMissing   string    `json:"oldest_missing"` // the first of them ("" when not behind)
+	LagMS           int64     `json:"lag_ms"`         // age of oldest_missing on Redis's clock (0 when not behind)
+	LastSeen        time.Time `json:"last_seen"`      // its last heartbeat, by its clock
+	LastSeenAgoMS   int64     `json:"last_seen_ago_ms"`
+	ReportedProblem string    `json:"reported_problem"` // what the syncer itself reports
+	Problem         string    `json:"problem"`          // why mapctl counts it as a problem ("" when it does not)
+}
+
+func (v syncerView) json() syncerJSON {
+	return syncerJSON{
+		Name: v.Name, State: v.Short, Detail: v.State, Map: v.Map, Instance: v.Instance,
+		Ready: v.Ready, Standby: v.Standby, Entries: v.Entries, Applied: v.Applied,
+		Behind: v.Lag.Behind, OldestMissing: v.Lag.Oldest, LagMS: v.Lag.Age.Milliseconds(),
+		LastSeen: v.Seen, LastSeenAgoMS: v.Age.Milliseconds(),
+		ReportedProblem: v.SyncerState.Problem, Problem: v.Problem,
+	}
+}
+
+// syncersJSON is syncers' JSON document.
+type syncersJSON struct {
+	Syncers []syncerJSON `json:"syncers"`
+	Hidden  int          `json:"hidden"` // gone for longer than --retention, not listed
+}
+
 // activeLive reports whether any syncer in vs is live and not standby.
 func activeLive(vs []syncerView) bool {
 	for _, v := range vs {
@@ -96,10 +132,18 @@ func activeLive(vs []syncerView) bool {
 
 func (a *app) syncersCmd() *cobra.Command {
 	var maxLag, retention time.Duration
+	var out *output
 	c := &cobra.Command{
 		Use:   "syncers",
 		Short: "List the syncers that reported to Redis: name, state, applied, lag, last seen, problem",
-		Args:  args(0, "nothing"),
+		Long: `syncers lists every syncer that reported to Redis within --retention: its name,
+state (ready, catching-up, standby, not-ready, behind, gone, unreadable), the
+last change it applied, how far behind the log it is, when it last reported,
+and the problem it reports. With -o json: {"syncers": [...], "hidden": N}.`,
+		Example: `  mapctl syncers
+  mapctl syncers --max-lag 2s -o json
+  mapctl syncers prune --older-than 1h`,
+		Args: args(0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := a.ctx(cmd)
 			defer cancel()
@@ -110,6 +154,16 @@ func (a *app) syncersCmd() *cobra.Command {
 			vs, hidden, err := a.viewSyncers(ctx, lastID, maxLag, retention)
 			if err != nil {
 				return err
+			}
+			if hidden > 0 {
+				defer fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: %d syncers gone for over %s not listed; mapctl syncers prune deletes them\n", hidden, retention)
+			}
+			if *out == outJSON {
+				doc := syncersJSON{Syncers: make([]syncerJSON, len(vs)), Hidden: hidden}
+				for i, v := range vs {
+					doc.Syncers[i] = v.json()
+				}
+				return writeJSON(cmd.OutOrStdout(), doc)
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "NAME\tSTATE\tAPPLIED\tLAG\tLAST SEEN\tPROBLEM")
@@ -124,17 +178,12 @@ func (a *app) syncersCmd() *cobra.Command {
 				}
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s ago\t%s\n", v.Name, v.Short, orNone(v.Applied), lag, v.Age.Round(time.Second), problem)
 			}
-			if err := w.Flush(); err != nil {
-				return err
-			}
-			if hidden > 0 {
-				fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: %d syncers gone for over %s not listed; mapctl syncers prune deletes them\n", hidden, retention)
-			}
-			return nil
+			return w.Flush()
 		},
 	}
 	c.Flags().DurationVar(&maxLag, "max-lag", defaultMaxLag, "a syncer whose oldest missing change is older than this is behind")
 	c.Flags().DurationVar(&retention, "retention", defaultRetention, "syncers gone for longer are not listed")
+	out = outputFlag(c)
 	c.AddCommand(a.pruneCmd())
 	return c
 }
@@ -148,6 +197,8 @@ func (a *app) pruneCmd() *cobra.Command {
 than --older-than (at least ` + maps.LiveWithin.String() + `, the live window, so a live syncer
 is never deleted). A syncer that reports again while prune runs is kept, and
 one that comes back later registers itself again.`,
+		Example: `  mapctl syncers prune
+  mapctl syncers prune --older-than 24h`,
 		Args: args(0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if olderThan < maps.LiveWithin {

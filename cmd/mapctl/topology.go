@@ -20,18 +20,21 @@ func loadTopology(path string) (*haproxy.Topology, error) {
 	}
 	t, err := haproxy.LoadTopology(path)
 	if errors.Is(err, haproxy.ErrTopology) || errors.Is(err, os.ErrNotExist) {
-		return nil, usageError{err}
+		return nil, usageError{Err: err}
 	}
 	return t, err
 }
 
 func (a *app) configCmd() *cobra.Command {
-	c := &cobra.Command{Use: "config", Short: "HAProxy configuration from the topology file"}
+	c := &cobra.Command{Use: "config", Example: `  mapctl config render --topology topology.yaml -o /etc/haproxy/haproxy.cfg
+  mapctl config publish --topology topology.yaml`, Short: "HAProxy configuration from the topology file"}
 	var topo, out string
 	render := &cobra.Command{
 		Use:   "render",
 		Short: "Write haproxy.cfg for the topology: deterministic, native map lookup, stats page, runtime socket",
-		Args:  args(0, "nothing"),
+		Example: `  mapctl config render --topology topology.yaml
+  mapctl config render --topology topology.yaml -o /etc/haproxy/haproxy.cfg`,
+		Args: args(0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			t, err := loadTopology(topo)
 			if err != nil {
@@ -52,9 +55,10 @@ func (a *app) configCmd() *cobra.Command {
 	render.Flags().StringVarP(&out, "output", "o", "", "write here (atomically) instead of stdout")
 	var ptopo string
 	publish := &cobra.Command{
-		Use:   "publish",
-		Short: "Record the topology's shards in Redis as known, so mapctl set accepts them",
-		Args:  args(0, "nothing"),
+		Use:     "publish",
+		Short:   "Record the topology's shards in Redis as known, so mapctl set accepts them",
+		Example: `  mapctl config publish --topology topology.yaml`,
+		Args:    args(0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			t, err := loadTopology(ptopo)
 			if err != nil {
@@ -71,7 +75,8 @@ func (a *app) configCmd() *cobra.Command {
 }
 
 func (a *app) shardCmd() *cobra.Command {
-	c := &cobra.Command{Use: "shard", Short: "Servers joining and leaving a shard, live and in the topology"}
+	c := &cobra.Command{Use: "shard", Example: `  mapctl shard add-server shard1 10.0.0.21:8080 --topology topology.yaml
+  mapctl shard remove-server shard1 10.0.0.21:8080 --topology topology.yaml`, Short: "Servers joining and leaving a shard, live and in the topology"}
 	var topo string
 	var sockets []string
 	var weight int
@@ -79,11 +84,13 @@ func (a *app) shardCmd() *cobra.Command {
 	add := &cobra.Command{
 		Use:   "add-server SHARD ADDR",
 		Short: "Add a server to SHARD in every given HAProxy (no reload) and in the topology file",
-		Args:  args(2, "SHARD ADDR"),
+		Example: `  mapctl shard add-server shard1 10.0.0.21:8080 --topology topology.yaml --check
+  mapctl shard add-server shard1 10.0.0.21:8080 --topology topology.yaml --socket /run/haproxy/a.sock --socket /run/haproxy/b.sock`,
+		Args: args(2, "SHARD ADDR"),
 		RunE: func(cmd *cobra.Command, as []string) error {
 			srv := haproxy.Server{Addr: as[1], Weight: weight, Check: check}
 			if err := haproxy.CheckServer(srv); err != nil {
-				return usageError{err}
+				return usageError{Err: err}
 			}
 			ctx, cancel := a.ctx(cmd)
 			defer cancel()
@@ -93,7 +100,7 @@ func (a *app) shardCmd() *cobra.Command {
 			}
 			defer unlock()
 			if err := f.AddServer(as[0], srv); err != nil { // a server listed twice, check without health_check
-				return usageError{err}
+				return usageError{Err: err}
 			}
 			err = eachHAProxy(socketsOr(sockets, f.Topology()), a.timeout, "add server", func(rt *runtime.Client) error {
 				return rt.AddServer(ctx, as[0], srv.Name(), srv.Addr, srv.EffectiveWeight(), srv.Check)
@@ -113,9 +120,10 @@ func (a *app) shardCmd() *cobra.Command {
 
 	var drainTimeout time.Duration
 	remove := &cobra.Command{
-		Use:   "remove-server SHARD ADDR",
-		Short: "Drain a server of SHARD, then remove it from every given HAProxy and from the topology file",
-		Args:  args(2, "SHARD ADDR"),
+		Use:     "remove-server SHARD ADDR",
+		Short:   "Drain a server of SHARD, then remove it from every given HAProxy and from the topology file",
+		Example: `  mapctl shard remove-server shard1 10.0.0.21:8080 --topology topology.yaml --drain-timeout 2m`,
+		Args:    args(2, "SHARD ADDR"),
 		RunE: func(cmd *cobra.Command, as []string) error {
 			lctx, lcancel := a.ctx(cmd)
 			f, unlock, err := editTopology(lctx, topo, as[0])
@@ -129,7 +137,7 @@ func (a *app) shardCmd() *cobra.Command {
 			}
 			srv, err := f.RemoveServer(as[0], as[1])
 			if err != nil {
-				return usageError{err}
+				return usageError{Err: err}
 			}
 			name := srv.Name()
 			ctx, cancel := context.WithTimeout(cmd.Context(), drainTimeout+a.timeout)
@@ -165,7 +173,7 @@ func editTopology(ctx context.Context, path, shard string) (*haproxy.TopologyFil
 		return nil, nil, usagef("--topology is required")
 	}
 	if _, err := os.Stat(path); err != nil {
-		return nil, nil, usageError{err} // before creating a lock file beside a wrong path
+		return nil, nil, usageError{Err: err} // before creating a lock file beside a wrong path
 	}
 	lock, err := haproxy.LockTopology(ctx, path)
 	if err != nil {
@@ -176,7 +184,7 @@ func editTopology(ctx context.Context, path, shard string) (*haproxy.TopologyFil
 	if err != nil {
 		unlock()
 		if errors.Is(err, haproxy.ErrTopology) || errors.Is(err, os.ErrNotExist) {
-			return nil, nil, usageError{err}
+			return nil, nil, usageError{Err: err}
 		}
 		return nil, nil, err
 	}

@@ -3,22 +3,21 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
 
 	"github.com/shardmap/shardmap/internal/cli"
 	"github.com/shardmap/shardmap/maps"
@@ -30,84 +29,161 @@ import (
 const (
 	exitOK     = 0
 	exitFail   = 1
-	exitConfig = 2
+	exitConfig = 2 // bad usage or configuration, or the name is taken
 )
 
 func main() { os.Exit(run(os.Args[1:])) }
 
+// run executes the command line args and returns the exit code. Errors
+// already logged by the running syncer are not printed again.
 func run(args []string) int {
-	fs := flag.NewFlagSet("syncer", flag.ContinueOnError)
-	host, _ := os.Hostname()
-	var (
-		redisURL = fs.String("redis", cli.Env(cli.EnvRedis, cli.DefaultRedis), "Redis URL (env "+cli.EnvRedis+")")
-		prefix   = fs.String("prefix", cli.Env(cli.EnvPrefix, maps.DefaultPrefix), "Redis key prefix (env "+cli.EnvPrefix+")")
-		socket   = fs.String("socket", cli.Env(cli.EnvSocket, ""), "HAProxy stats socket at level admin (env "+cli.EnvSocket+")")
-		mapPath  = fs.String("map", cli.Env(cli.EnvMap, ""), "map path exactly as in haproxy.cfg; also the file written (env "+cli.EnvMap+")")
-		name     = fs.String("name", "", "name this syncer reports in Redis (default HOST:MAP)")
-		listen   = fs.String("listen", "", "address for /healthz, /readyz and /metrics, e.g. 127.0.0.1:9477 (off when empty)")
-		flush    = fs.Duration("flush-delay", 200*time.Millisecond, "longest the map file lags the live map")
-		replace  = fs.Int("replace-above", 64, "apply a batch with more set/del than this as one versioned swap")
-		maxDel   = fs.Float64("max-delete-share", syncer.DefaultMaxDeleteShare, "refuse a full reconcile that would delete more than this share of the live map (0 to 1; 0 refuses any that deletes more than 5 entries)")
-		recEvery = fs.Duration("reconcile-every", time.Minute, "how often to look for drift in Redis, the live map and the file")
-		rtTime   = fs.Duration("runtime-timeout", 3*time.Second, "longest to wait for HAProxy to answer one Runtime API command before reporting it not answering")
-		fileMode = fs.String("file-mode", "0640", "mode of a new map file (an existing one keeps its mode and owner)")
-		verbose  = fs.Bool("v", false, "log each applied batch")
-	)
-	// The default shown by --help and in usage errors must not carry the
-	// password that SHARDMAP_REDIS may hold.
-	fs.Lookup("redis").DefValue = cli.RedactURL(fs.Lookup("redis").DefValue)
-	fs.SetOutput(os.Stderr)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitConfig
-	}
-	mode, err := strconv.ParseUint(*fileMode, 8, 32)
-	if err != nil || mode > 0o777 {
-		fmt.Fprintf(os.Stderr, "syncer: --file-mode %q: want an octal mode such as 0640\n", *fileMode)
-		return exitConfig
-	}
-	if *maxDel < 0 || *maxDel > 1 {
-		fmt.Fprintf(os.Stderr, "syncer: --max-delete-share %v: want a share from 0 to 1\n", *maxDel)
-		return exitConfig
-	}
-	level := slog.LevelInfo
-	if *verbose {
-		level = slog.LevelDebug
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	if *socket == "" || *mapPath == "" {
-		fmt.Fprintln(os.Stderr, "syncer: --socket and --map are required")
-		return exitConfig
-	}
-	if *name == "" {
-		*name = host + ":" + *mapPath
-	}
-	rdb, err := cli.Redis(*redisURL, false)
-	if err != nil { // cli.Redis's errors carry the URL redacted
+	root := newRoot()
+	root.SetArgs(singleDashLong(root, args))
+	err := root.Execute()
+	var l loggedError
+	if err != nil && !errors.As(err, &l) {
 		fmt.Fprintln(os.Stderr, "syncer:", err)
+	}
+	return exitCode(err)
+}
+
+func exitCode(err error) int {
+	var u cli.UsageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &u), errors.Is(err, syncer.ErrNameTaken):
 		return exitConfig
+	}
+	return exitFail
+}
+
+// loggedError is an error the syncer has logged already.
+type loggedError struct{ error }
+
+func (l loggedError) Unwrap() error { return l.error }
+
+// options are the syncer's flags.
+type options struct {
+	redisURL, prefix, socket, mapPath, name, listen string
+	flush, reconcileEvery, runtimeTimeout           time.Duration
+	replaceAbove                                    int
+	maxDeleteShare                                  float64
+	fileMode, logFormat, logLevel                   string
+	verbose                                         bool
+}
+
+// newRoot builds the syncer command: flags, their defaults (from the
+// environment where one is named) and the shared conventions.
+func newRoot() *cobra.Command {
+	var o options
+	root := &cobra.Command{
+		Use:   "syncer --socket SOCKET --map PATH [flags]",
+		Short: "Keep an HAProxy map equal to the user -> shard assignments in Redis, live, without reloads",
+		Long: `syncer applies every change logged in Redis to HAProxy's live map over the
+Runtime API (stats socket at level admin), writes the map file so a restart
+or reload starts from it, and reconciles the two with Redis at start, after
+HAProxy restarts and every --reconcile-every. SIGTERM and SIGINT stop it;
+SIGHUP makes it check HAProxy and look for drift now.
+
+Exit codes: 0 stopped by a signal, 1 failure, 2 bad usage or configuration,
+or another live syncer already uses --name.`,
+		Example: `  syncer --socket /run/haproxy/admin.sock --map /etc/haproxy/users.map
+  syncer --redis redis://:PASSWORD@10.0.0.7:6379/0 --socket /run/haproxy/admin.sock \
+      --map /etc/haproxy/users.map --listen 127.0.0.1:9477 --log-format json
+  SHARDMAP_REDIS=redis://10.0.0.7:6379/0 syncer --socket /run/haproxy/admin.sock --map /etc/haproxy/users.map -v`,
+		RunE: func(cmd *cobra.Command, _ []string) error { return o.serve(cmd) },
+	}
+	f := root.Flags()
+	f.SortFlags = false
+	f.StringVar(&o.redisURL, "redis", cli.Env(cli.EnvRedis, cli.DefaultRedis), "Redis URL (env "+cli.EnvRedis+")")
+	// The default shown by --help must not carry the password that
+	// SHARDMAP_REDIS may hold: show it redacted, keep the real value.
+	f.Lookup("redis").DefValue = cli.RedactURL(f.Lookup("redis").DefValue)
+	f.StringVar(&o.prefix, "prefix", cli.Env(cli.EnvPrefix, maps.DefaultPrefix), "Redis key prefix (env "+cli.EnvPrefix+")")
+	f.StringVar(&o.socket, "socket", cli.Env(cli.EnvSocket, ""), "HAProxy stats socket at level admin (env "+cli.EnvSocket+")")
+	f.StringVar(&o.mapPath, "map", cli.Env(cli.EnvMap, ""), "map path exactly as in haproxy.cfg; also the file written (env "+cli.EnvMap+")")
+	f.StringVar(&o.name, "name", "", "name this syncer reports in Redis (default HOST:MAP)")
+	f.StringVar(&o.listen, "listen", "", "address for /healthz, /readyz and /metrics, e.g. 127.0.0.1:9477 (off when empty)")
+	f.DurationVar(&o.flush, "flush-delay", 200*time.Millisecond, "longest the map file lags the live map")
+	f.IntVar(&o.replaceAbove, "replace-above", 64, "apply a batch with more set/del than this as one versioned swap")
+	f.Float64Var(&o.maxDeleteShare, "max-delete-share", syncer.DefaultMaxDeleteShare, "refuse a full reconcile that would delete more than this share of the live map (0 to 1; 0 refuses any that deletes more than 5 entries)")
+	f.DurationVar(&o.reconcileEvery, "reconcile-every", time.Minute, "how often to look for drift in Redis, the live map and the file")
+	f.DurationVar(&o.runtimeTimeout, "runtime-timeout", 3*time.Second, "longest to wait for HAProxy to answer one Runtime API command before reporting it not answering")
+	f.StringVar(&o.fileMode, "file-mode", "0640", "mode of a new map file (an existing one keeps its mode and owner)")
+	f.StringVar(&o.logFormat, "log-format", cli.Env(cli.EnvLogFormat, cli.LogAuto), "log format: text, json, or auto (text on a terminal, JSON otherwise) (env "+cli.EnvLogFormat+")")
+	f.StringVar(&o.logLevel, "log-level", cli.Env(cli.EnvLogLevel, "info"), "least severe level logged: debug, info, warn or error (env "+cli.EnvLogLevel+")")
+	f.BoolVarP(&o.verbose, "verbose", "v", false, "same as --log-level debug: log each applied batch")
+	root.RegisterFlagCompletionFunc("log-format", cobra.FixedCompletions(cli.LogFormats, cobra.ShellCompDirectiveNoFileComp))
+	root.RegisterFlagCompletionFunc("log-level", cobra.FixedCompletions(cli.Levels, cobra.ShellCompDirectiveNoFileComp))
+	cli.Conventions(root)
+	return root
+}
+
+// singleDashLong rewrites "-flag" and "-flag=value", which the standard flag
+// package took and earlier syncers were run with, to "--flag": for the
+// root's long flags only, and only before a "--".
+func singleDashLong(root *cobra.Command, args []string) []string {
+	out := make([]string, 0, len(args))
+	for i, a := range args {
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		if len(a) > 2 && a[0] == '-' && a[1] != '-' {
+			name, _, _ := strings.Cut(a[1:], "=")
+			if len(name) > 1 && root.Flags().Lookup(name) != nil {
+				a = "-" + a
+			}
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// serve checks the options, then runs the syncer until a signal stops it.
+func (o *options) serve(cmd *cobra.Command) error {
+	mode, err := strconv.ParseUint(o.fileMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return cli.Usagef("--file-mode %q: want an octal mode such as 0640", o.fileMode)
+	}
+	if o.maxDeleteShare < 0 || o.maxDeleteShare > 1 {
+		return cli.Usagef("--max-delete-share %v: want a share from 0 to 1", o.maxDeleteShare)
+	}
+	if o.verbose {
+		o.logLevel = "debug"
+	}
+	log, err := cli.NewLogger(cmd.ErrOrStderr(), o.logFormat, o.logLevel)
+	if err != nil {
+		return err
+	}
+	if o.socket == "" || o.mapPath == "" {
+		return cli.Usagef("--socket and --map are required (see 'syncer --help')")
+	}
+	if o.name == "" {
+		host, _ := os.Hostname()
+		o.name = host + ":" + o.mapPath
+	}
+	rdb, err := cli.Redis(o.redisURL, false)
+	if err != nil { // cli.Redis's errors carry the URL redacted
+		return cli.UsageError{Err: err}
 	}
 	defer rdb.Close()
-	rt, err := runtime.New(*socket, *rtTime)
+	rt, err := runtime.New(o.socket, o.runtimeTimeout)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "syncer:", err)
-		return exitConfig
+		return cli.UsageError{Err: err}
 	}
 	defer rt.Close()
 	s, err := syncer.New(syncer.Config{
-		Name: *name, MapPath: *mapPath, Socket: *socket, FlushDelay: *flush, ReplaceAbove: *replace, Logger: log,
-		MaxDeleteShare: *maxDel, ReconcileEvery: *recEvery, FileMode: os.FileMode(mode),
-	}, maps.NewStore(rdb, *prefix), rt)
+		Name: o.name, MapPath: o.mapPath, Socket: o.socket, FlushDelay: o.flush, ReplaceAbove: o.replaceAbove, Logger: log,
+		MaxDeleteShare: o.maxDeleteShare, ReconcileEvery: o.reconcileEvery, FileMode: os.FileMode(mode),
+	}, maps.NewStore(rdb, o.prefix), rt)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "syncer:", err)
-		return exitConfig
+		return cli.UsageError{Err: err}
 	}
 	// Every map write checks the lease right before it is sent.
 	rt.SetWriteGuard(s.WriteAllowed)
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	// SIGHUP: there is no configuration to reload; look for drift now.
 	hup := make(chan os.Signal, 1)
@@ -119,25 +195,21 @@ func run(args []string) int {
 			s.Kick()
 		}
 	}()
-	if *listen != "" {
-		ln, err := net.Listen("tcp", *listen)
+	if o.listen != "" {
+		ln, err := net.Listen("tcp", o.listen)
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "syncer: --listen:", err)
-			return exitConfig
+			return cli.UsageError{Err: fmt.Errorf("--listen: %w", err)}
 		}
-		srv := &http.Server{Handler: health(s, *mapPath), ReadHeaderTimeout: 5 * time.Second}
+		srv := &http.Server{Handler: health(s, o.mapPath), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(ln)
 		defer srv.Close()
 	}
-	log.Info("syncer starting", "name", *name, "socket", *socket, "map", *mapPath, "prefix", *prefix, "redis", cli.RedactURL(*redisURL))
+	log.Info("syncer starting", "name", o.name, "socket", o.socket, "map", o.mapPath, "prefix", o.prefix, "redis", cli.RedactURL(o.redisURL))
 	if err := s.Run(ctx); err != nil {
 		log.Error("syncer failed", "err", err)
-		if errors.Is(err, syncer.ErrNameTaken) {
-			return exitConfig
-		}
-		return exitFail
+		return loggedError{err}
 	}
-	return exitOK
+	return nil
 }
 
 // health serves /healthz (the process is up) and /readyz (the live map is
