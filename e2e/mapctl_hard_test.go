@@ -25,11 +25,21 @@ func TestMapctlRestoreKeepsNewerAssignments(t *testing.T) {
 	if want["u0005"] == "shard3" {
 		t.Fatal("test needs u0005 on another shard than shard3")
 	}
+	// The backup is taken before Redis loses its data: the syncer rewrites
+	// users.map once restore has refilled Redis.
+	backup := filepath.Join(s.dir, "backup.map")
+	data, err := os.ReadFile(s.mapPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(backup, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.redis.Client(t).FlushAll(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
 	s.mustMapctl("set", "--force", "u0005", "shard3")
-	_, errs, code := s.mapctl("restore", "--from", s.mapPath)
+	_, errs, code := s.mapctl("restore", "--from", backup)
 	if code != 0 {
 		t.Fatalf("restore: exit %d: %s", code, errs)
 	}
@@ -43,7 +53,7 @@ func TestMapctlRestoreKeepsNewerAssignments(t *testing.T) {
 	if n := len(s.redisMap()); n != 20 {
 		t.Fatalf("after restore: %d assignments", n)
 	}
-	s.mustMapctl("restore", "--from", s.mapPath, "--overwrite")
+	s.mustMapctl("restore", "--from", backup, "--overwrite")
 	if got := strings.TrimSpace(s.mustMapctl("get", "u0005")); got != want["u0005"] {
 		t.Fatalf("restore --overwrite: u0005 on %s, want %s", got, want["u0005"])
 	}
