@@ -6,7 +6,9 @@ import (
 	"flag"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -108,6 +110,20 @@ func TestRenderPassesHAProxyCheck(t *testing.T) {
 	if out, err := exec.Command(bin, "-c", "-f", path).CombinedOutput(); err != nil {
 		t.Fatalf("haproxy -c: %v\n%s", err, out)
 	}
+	// With socket_group, for the packaged syncer (the haproxy package makes
+	// the group).
+	if _, err := user.LookupGroup("haproxy"); err != nil {
+		t.Logf("no haproxy group here (%v): socket_group not checked with haproxy -c", err)
+		return
+	}
+	topo.SocketGroup = "haproxy"
+	if cfg, err = Render(topo, "test"); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(path, cfg, 0o644)
+	if out, err := exec.Command(bin, "-c", "-f", path).CombinedOutput(); err != nil {
+		t.Fatalf("haproxy -c with socket_group: %v\n%s", err, out)
+	}
 }
 
 func TestTopologyValidation(t *testing.T) {
@@ -154,6 +170,30 @@ func TestRenderStatsTimeout(t *testing.T) {
 	for _, v := range []string{"1us", "-1s", "25h", "ten"} {
 		if _, err := ParseTopology([]byte(base + "stats_timeout: " + v + "\n")); !errors.Is(err, ErrTopology) {
 			t.Errorf("stats_timeout %s: err = %v, want ErrTopology", v, err)
+		}
+	}
+}
+
+// socket_group makes the Runtime API socket group-accessible (the packaged
+// syncer runs in the haproxy group); unset keeps it to HAProxy's user.
+func TestRenderSocketGroup(t *testing.T) {
+	base := "default_shard: s0\nmap: /m/users.map\nfrontend: 127.0.0.1:7000\nstats: 127.0.0.1:8404\nsocket: /m/a.sock\nshards: {s0: {servers: [{addr: '127.0.0.1:1'}]}}\n"
+	for extra, want := range map[string]string{
+		"":                        "    stats socket /m/a.sock mode 600 level admin\n",
+		"socket_group: haproxy\n": "    stats socket /m/a.sock mode 660 level admin group haproxy\n",
+	} {
+		topo, err := ParseTopology([]byte(base + extra))
+		if err != nil {
+			t.Fatalf("%q: %v", extra, err)
+		}
+		cfg, err := Render(topo, "t")
+		if err != nil || !strings.Contains(string(cfg), want) {
+			t.Errorf("%q: want %q in:\n%s (%v)", extra, want, cfg, err)
+		}
+	}
+	for _, g := range []string{"Hap", "1x", "a b", "x;y", "haproxy\n"} {
+		if _, err := ParseTopology([]byte(base + "socket_group: " + strconv.Quote(g) + "\n")); !errors.Is(err, ErrTopology) {
+			t.Errorf("socket_group %q: err = %v, want ErrTopology", g, err)
 		}
 	}
 }

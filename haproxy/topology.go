@@ -34,8 +34,13 @@ type Topology struct {
 	// StatsTimeout is how long HAProxy keeps an idle Runtime API connection
 	// open (its "stats timeout"): 0 means the default, 30s; otherwise whole
 	// milliseconds from 1ms to 24h.
-	StatsTimeout time.Duration    `yaml:"stats_timeout,omitempty"`
-	Shards       map[string]Shard `yaml:"shards"`
+	StatsTimeout time.Duration `yaml:"stats_timeout,omitempty"`
+	// SocketGroup, when set, is the group the Runtime API socket belongs to,
+	// with mode 660 (say haproxy, so that the packaged syncer, which runs in
+	// that group, can use it). Unset: mode 600, for the user HAProxy runs as.
+	// The group must exist where HAProxy starts, or it refuses the config.
+	SocketGroup string           `yaml:"socket_group,omitempty"`
+	Shards      map[string]Shard `yaml:"shards"`
 }
 
 // DefaultStatsTimeout is the Runtime API idle timeout rendered when the
@@ -143,6 +148,9 @@ func (t *Topology) Validate() error {
 	if d := t.StatsTimeout; d != 0 && (d < time.Millisecond || d > 24*time.Hour || d%time.Millisecond != 0) {
 		return bad("stats_timeout %s: want whole milliseconds from 1ms to 24h (or unset for %s)", d, DefaultStatsTimeout)
 	}
+	if g := t.SocketGroup; g != "" && !groupName(g) {
+		return bad("socket_group %q: want a group name, 1..32 bytes of [a-z0-9_-], starting with a letter or '_'", g)
+	}
 	if t.HealthCheck != "" && strings.ContainsAny(t.HealthCheck, "\r\n#;\\") {
 		return bad("health_check %q: one line, no '#', ';' or '\\'", t.HealthCheck)
 	}
@@ -202,6 +210,19 @@ func cookieName(c string) bool {
 	}
 	for _, r := range c {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// groupName reports whether g is a conventional Unix group name.
+func groupName(g string) bool {
+	if len(g) == 0 || len(g) > 32 || !(g[0] >= 'a' && g[0] <= 'z' || g[0] == '_') {
+		return false
+	}
+	for i := 0; i < len(g); i++ {
+		if c := g[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
 			return false
 		}
 	}
