@@ -103,7 +103,7 @@ func TestDebPackage(t *testing.T) {
 			"/usr/bin/shardmap-syncer":     "-rwxr-xr-x root/root",
 			"/usr/bin/mapctl":              "-rwxr-xr-x root/root",
 			unitPath:                       "-rw-r--r-- root/root",
-			"/etc/default/shardmap-syncer": "-rw-r--r-- root/root",
+			"/etc/default/shardmap-syncer": "-rw------- root/root", // may hold the Redis password
 			"/etc/haproxy/shardmap":        "drwxr-x--- root/root", // postinst hands it to shardmap
 			"/usr/share/doc/shardmap/examples/topology.yaml": "-rw-r--r-- root/root",
 		} {

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 out="${1:-bin}"
 GO="${GO:-go}"
 
-for c in dpkg-deb dpkg git "$GO"; do
+for c in dpkg-deb dpkg "$GO"; do
   command -v "$c" >/dev/null 2>&1 || { echo "deb.sh: needs $c" >&2; exit 1; }
 done
 
@@ -35,12 +35,14 @@ root="$stage/shardmap"
 
 # Static binaries (no cgo): the package depends on no libc version.
 mkdir -p "$root/usr/bin"
-CGO_ENABLED=0 GOOS=linux GOARCH="$goarch" "$GO" build -trimpath -o "$stage/build/" ./cmd/syncer ./cmd/mapctl
+CGO_ENABLED=0 GOOS=linux GOARCH="$goarch" "$GO" build -trimpath \
+  -ldflags "-X github.com/shardmap/shardmap/internal/cli.Version=$version" -o "$stage/build/" ./cmd/syncer ./cmd/mapctl
 install -m 0755 "$stage/build/syncer" "$root/usr/bin/shardmap-syncer"
 install -m 0755 "$stage/build/mapctl" "$root/usr/bin/mapctl"
 
 install -D -m 0644 deploy/shardmap-syncer.service "$root/lib/systemd/system/shardmap-syncer.service"
-install -D -m 0644 deploy/shardmap-syncer.default "$root/etc/default/shardmap-syncer"
+# It may hold the Redis password: root's only (systemd reads it as root).
+install -D -m 0600 deploy/shardmap-syncer.default "$root/etc/default/shardmap-syncer"
 install -d -m 0750 "$root/etc/haproxy/shardmap" # owner set by postinst (dpkg-statoverride)
 install -D -m 0644 deploy/topology.example.yaml "$root/usr/share/doc/shardmap/examples/topology.yaml"
 install -D -m 0644 README.md "$root/usr/share/doc/shardmap/README.md"

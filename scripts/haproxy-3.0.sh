@@ -36,7 +36,7 @@ fi
 # One fetch at a time per cache (two test runs may start together).
 mkdir -p "$(dirname "$cache")"
 exec 9>"$cache.lock"
-flock 9
+flock -w 600 9 || { echo "haproxy-3.0.sh: another fetch has held the cache's lock for 10 minutes" >&2; exit 1; }
 if works; then
   echo "$wrapper"
   exit 0

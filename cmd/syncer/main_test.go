@@ -58,3 +58,11 @@ func TestBadFlagValuesExit2(t *testing.T) {
 		}
 	}
 }
+
+// "-help", which the standard flag package took, still prints the help and
+// exits 0 (found by review).
+func TestSingleDashHelp(t *testing.T) {
+	if code := run([]string{"-help"}); code != 0 {
+		t.Fatalf("syncer -help: exit %d, want 0", code)
+	}
+}

@@ -56,6 +56,9 @@ func Conventions(root *cobra.Command) {
 	root.Version = ReadBuild().String(name)
 	root.SetVersionTemplate("{{.Version}}")
 	root.Flags().Bool("version", false, "print the version and build info, and exit")
+	// Now rather than at Execute, so that "-help" (the standard flag
+	// package's form) can be told to be --help before parsing.
+	root.InitDefaultHelpFlag()
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return UsageError{fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
 	})
