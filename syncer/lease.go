@@ -254,9 +254,15 @@ func leaseTarget(socket, mapPath string) (string, error) {
 		if !ok {
 			return "", fmt.Errorf("stat %s: no device and inode", dir)
 		}
-		boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
-		id = append(id, "boot="+strings.TrimSpace(string(boot)), fmt.Sprintf("dir=%d:%d", st.Dev, st.Ino), "socket="+name)
+		id = append(id, "boot="+bootID(), fmt.Sprintf("dir=%d:%d", st.Dev, st.Ino), "socket="+name)
 	}
 	sum := sha256.Sum256([]byte(strings.Join(id, "\n")))
 	return hex.EncodeToString(sum[:12]), nil
 }
+
+// bootID is the running kernel's boot ID, read once: leaseTarget runs every
+// loop step.
+var bootID = sync.OnceValue(func() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	return strings.TrimSpace(string(b))
+})
