@@ -122,11 +122,14 @@ func (s *Syncer) refreshLeaseKey(ctx context.Context) (string, bool) {
 	target, err := leaseTarget(s.cfg.Socket, s.cfg.MapPath)
 	s.claims.mu.Lock()
 	old, held := s.claims.leaseKey, !s.claims.leaseAt.IsZero()
-	if err != nil || s.store.LeaseKey(target) == old {
+	key := old
+	if err == nil {
+		key = s.store.LeaseKey(target)
+	}
+	if key == old {
 		s.claims.mu.Unlock()
 		return old, false
 	}
-	key := s.store.LeaseKey(target)
 	s.claims.leaseKey, s.claims.leaseAt = key, time.Time{}
 	s.claims.mu.Unlock()
 	if old != "" && held {
@@ -160,7 +163,11 @@ func (s *Syncer) renewLease(ctx context.Context) {
 // (a margin of a heartbeat before it expires). Taking the lease makes the
 // live map in doubt (another syncer drove it); losing it stops all writes.
 func (s *Syncer) holdLease(ctx context.Context) bool {
-	if _, changed := s.refreshLeaseKey(ctx); !s.active || changed {
+	// renewLease looks at the target itself; an active syncer renews from
+	// the heartbeat, and here only when the target changed under it.
+	if !s.active {
+		s.renewLease(ctx)
+	} else if _, changed := s.refreshLeaseKey(ctx); changed {
 		s.renewLease(ctx)
 	}
 	valid := s.leaseValid()
