@@ -150,14 +150,12 @@ func TestTopologyValidation(t *testing.T) {
 	}
 }
 
-// stats_timeout sets HAProxy's Runtime API idle timeout; unset keeps 30s.
-func TestRenderStatsTimeout(t *testing.T) {
+// checkOption renders a minimal topology with each extra YAML line and
+// wants its line in the config; each refused value of key is ErrTopology.
+func checkOption(t *testing.T, key string, renders map[string]string, refused []string) {
+	t.Helper()
 	base := "default_shard: s0\nmap: /m/users.map\nfrontend: 127.0.0.1:7000\nstats: 127.0.0.1:8404\nsocket: /m/a.sock\nshards: {s0: {servers: [{addr: '127.0.0.1:1'}]}}\n"
-	for extra, want := range map[string]string{
-		"":                      "    stats timeout 30s\n",
-		"stats_timeout: 10s\n":  "    stats timeout 10s\n",
-		"stats_timeout: 1.5s\n": "    stats timeout 1500ms\n",
-	} {
+	for extra, want := range renders {
 		topo, err := ParseTopology([]byte(base + extra))
 		if err != nil {
 			t.Fatalf("%q: %v", extra, err)
@@ -167,33 +165,27 @@ func TestRenderStatsTimeout(t *testing.T) {
 			t.Errorf("%q: want %q in:\n%s (%v)", extra, want, cfg, err)
 		}
 	}
-	for _, v := range []string{"1us", "-1s", "25h", "ten"} {
-		if _, err := ParseTopology([]byte(base + "stats_timeout: " + v + "\n")); !errors.Is(err, ErrTopology) {
-			t.Errorf("stats_timeout %s: err = %v, want ErrTopology", v, err)
+	for _, v := range refused {
+		if _, err := ParseTopology([]byte(base + key + ": " + strconv.Quote(v) + "\n")); !errors.Is(err, ErrTopology) {
+			t.Errorf("%s %q: err = %v, want ErrTopology", key, v, err)
 		}
 	}
+}
+
+// stats_timeout sets HAProxy's Runtime API idle timeout; unset keeps 30s.
+func TestRenderStatsTimeout(t *testing.T) {
+	checkOption(t, "stats_timeout", map[string]string{
+		"":                      "    stats timeout 30s\n",
+		"stats_timeout: 10s\n":  "    stats timeout 10s\n",
+		"stats_timeout: 1.5s\n": "    stats timeout 1500ms\n",
+	}, []string{"1us", "-1s", "25h", "ten"})
 }
 
 // socket_group makes the Runtime API socket group-accessible (the packaged
 // syncer runs in the haproxy group); unset keeps it to HAProxy's user.
 func TestRenderSocketGroup(t *testing.T) {
-	base := "default_shard: s0\nmap: /m/users.map\nfrontend: 127.0.0.1:7000\nstats: 127.0.0.1:8404\nsocket: /m/a.sock\nshards: {s0: {servers: [{addr: '127.0.0.1:1'}]}}\n"
-	for extra, want := range map[string]string{
+	checkOption(t, "socket_group", map[string]string{
 		"":                        "    stats socket /m/a.sock mode 600 level admin\n",
 		"socket_group: haproxy\n": "    stats socket /m/a.sock mode 660 level admin group haproxy\n",
-	} {
-		topo, err := ParseTopology([]byte(base + extra))
-		if err != nil {
-			t.Fatalf("%q: %v", extra, err)
-		}
-		cfg, err := Render(topo, "t")
-		if err != nil || !strings.Contains(string(cfg), want) {
-			t.Errorf("%q: want %q in:\n%s (%v)", extra, want, cfg, err)
-		}
-	}
-	for _, g := range []string{"Hap", "1x", "a b", "x;y", "haproxy\n"} {
-		if _, err := ParseTopology([]byte(base + "socket_group: " + strconv.Quote(g) + "\n")); !errors.Is(err, ErrTopology) {
-			t.Errorf("socket_group %q: err = %v, want ErrTopology", g, err)
-		}
-	}
+	}, []string{"Hap", "1x", "a b", "x;y", "haproxy\n"})
 }
