@@ -72,7 +72,10 @@ func newRig(b *testing.B) *rig {
 // the benchmark ends.
 func (r *rig) runSyncer(b *testing.B, cfg syncer.Config) *syncer.Syncer {
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	s, err := syncer.New(cfg, r.store, r.rt)
+	if len(cfg.Targets) == 0 {
+		cfg.Targets = []string{r.socket}
+	}
+	s, err := syncer.New(cfg, r.store, func(string) (syncer.Runtime, error) { return r.rt, nil })
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -185,7 +188,7 @@ func BenchmarkSetToLive(b *testing.B) {
 	if _, err := r.store.Import(ctx, as, 1000, nil); err != nil {
 		b.Fatal(err)
 	}
-	s := r.runSyncer(b, syncer.Config{Name: "bench", MapPath: r.mapPath})
+	s := r.runSyncer(b, syncer.Config{Name: "bench", MapName: r.mapPath})
 	testenv.WaitFor(b, 30*time.Second, "syncer ready", func() error {
 		if !s.Status().Ready {
 			return fmt.Errorf("not ready")
@@ -220,7 +223,7 @@ func BenchmarkSetToLive(b *testing.B) {
 func BenchmarkHAProxyRestartToLive(b *testing.B) {
 	r := newRig(b)
 	ctx := context.Background()
-	s := r.runSyncer(b, syncer.Config{Name: "bench", MapPath: r.mapPath, Socket: r.socket})
+	s := r.runSyncer(b, syncer.Config{Name: "bench", MapName: r.mapPath, Targets: []string{r.socket}})
 	testenv.WaitFor(b, 30*time.Second, "syncer ready", func() error {
 		if !s.Status().Ready {
 			return fmt.Errorf("not ready")
@@ -280,7 +283,7 @@ func BenchmarkDriftRound1M(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	s := r.runSyncer(b, syncer.Config{Name: "bench", MapPath: r.mapPath, ReconcileEvery: time.Hour})
+	s := r.runSyncer(b, syncer.Config{Name: "bench", MapName: r.mapPath, ReconcileEvery: time.Hour})
 	testenv.WaitFor(b, 120*time.Second, "syncer ready with 1M", func() error {
 		if st := s.Status(); !st.Ready || st.Entries != n {
 			return fmt.Errorf("ready=%v entries=%d", st.Ready, st.Entries)

@@ -129,8 +129,21 @@ func (s *stack) startSyncer(extra ...string) *testenv.Proc {
 	s.t.Helper()
 	args := append([]string{filepath.Join(binDir, "syncer"), "--redis", s.redis.URL, "--socket", s.socket,
 		"--map", s.mapPath, "--name", "e2e"}, extra...)
+	// A syncer stopped just before left a ready report under the same name:
+	// wait for one from the new process.
+	before := map[string]bool{}
+	if all, err := s.store.Syncers(context.Background()); err == nil {
+		for _, st := range all {
+			before[st.Instance] = true
+		}
+	}
 	s.syncer = testenv.Start(s.t, "syncer", args)
-	s.waitReady(120 * time.Second) // a full load of 1M entries under -race on 2 cores
+	s.waitSyncer("e2e", "ready", 120*time.Second, func(st maps.SyncerState) bool { // a full load of 1M entries under -race on 2 cores
+		if s.syncer.Exited() {
+			s.t.Fatalf("syncer exited: %s", s.syncer.Output())
+		}
+		return st.Ready && !before[st.Instance]
+	})
 	return s.syncer
 }
 

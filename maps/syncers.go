@@ -27,6 +27,23 @@ type SyncerState struct {
 	// Standby is a syncer waiting for a lease, not applying changes: waits
 	// and the behind check ignore it.
 	Standby bool `json:"standby,omitempty"`
+	// Targets are the HAProxy processes the syncer drives, each with its
+	// own position. Applied, Ready and Standby above sum them up: the
+	// lowest position of the active targets, all ready, all standby; so a
+	// reader that looks only at those waits for every target. Empty from
+	// syncers older than targets.
+	Targets []TargetState `json:"targets,omitempty"`
+}
+
+// TargetState is one HAProxy process a syncer drives, as it reports it.
+type TargetState struct {
+	Address string    `json:"address"` // its Runtime API address
+	Applied string    `json:"applied"` // last change-log ID in its live map
+	Entries int       `json:"entries"`
+	Ready   bool      `json:"ready"`
+	Standby bool      `json:"standby,omitempty"` // another syncer holds its lease
+	Problem string    `json:"problem,omitempty"`
+	Contact time.Time `json:"contact,omitzero"` // last answer from it, by the syncer's clock
 }
 
 // LiveWithin is how recent a heartbeat must be for a syncer to count as

@@ -93,7 +93,7 @@ func CheckWord(w string) error {
 	return nil
 }
 
-// Client is a Runtime API client for one HAProxy stats socket.
+// Client is a Runtime API client for one HAProxy stats socket, Unix or TCP.
 //
 // All methods are safe for concurrent use. Reads (Info, Backends, Maps,
 // MapEntryCount, Dump, Servers) and server commands each use a connection
@@ -107,7 +107,9 @@ func CheckWord(w string) error {
 // A call that reaches it before HAProxy answered in full returns an error
 // wrapping ErrNoAnswer.
 type Client struct {
-	path    string
+	path    string // the address as given, in errors
+	network string // "unix" or "tcp"
+	address string // what is dialled
 	timeout time.Duration
 
 	writes chan struct{} // a token held by the one map write running
@@ -120,17 +122,27 @@ type Client struct {
 	closes   int // Close calls so far: a batch in flight drops its connection if this moved
 }
 
-// New returns a client for the socket at path. It does not connect: HAProxy
-// may not be up yet. timeout bounds each call whose context has no deadline
-// (10 s when timeout <= 0).
-func New(path string, timeout time.Duration) (*Client, error) {
-	if path == "" {
-		return nil, errors.New("runtime: empty socket path")
+// New returns a client for the Runtime API at addr: a Unix socket path or
+// a TCP address (see ParseAddress). It does not connect: HAProxy may not be
+// up yet. timeout bounds each call whose context has no deadline (10 s when
+// timeout <= 0).
+func New(addr string, timeout time.Duration) (*Client, error) {
+	network, address, err := ParseAddress(addr)
+	if err != nil {
+		if addr == "" {
+			return nil, fmt.Errorf("runtime: empty socket path: %w", err)
+		}
+		// A relative Unix socket path is what earlier versions took.
+		if !strings.ContainsAny(addr, ":@") {
+			network, address = "unix", addr
+		} else {
+			return nil, fmt.Errorf("runtime: %w", err)
+		}
 	}
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	return &Client{path: path, timeout: timeout, writes: make(chan struct{}, 1)}, nil
+	return &Client{path: addr, network: network, address: address, timeout: timeout, writes: make(chan struct{}, 1)}, nil
 }
 
 // SetWriteGuard makes every map write ask g first, right before each
@@ -200,7 +212,7 @@ func ctxErr(ctx context.Context) error {
 func (c *Client) dial(ctx context.Context) (net.Conn, error) {
 	var d net.Dialer
 	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
-		conn, err := d.DialContext(ctx, "unix", c.path)
+		conn, err := d.DialContext(ctx, c.network, c.address)
 		if err == nil {
 			return conn, nil
 		}
@@ -216,10 +228,12 @@ func (c *Client) dial(ctx context.Context) (net.Conn, error) {
 				t.Stop()
 				return nil, fmt.Errorf("runtime dial %s: listen backlog full: %w", c.path, ctxErr(ctx))
 			}
+		case c.network != "unix":
+			return nil, fmt.Errorf("runtime dial %s: %w", c.path, err)
 		case errors.Is(err, fs.ErrNotExist):
 			return nil, fmt.Errorf("runtime: stats socket %s does not exist: %w", c.path, err)
 		}
-		if fi, serr := os.Stat(c.path); serr == nil && fi.Mode().Type() != fs.ModeSocket {
+		if fi, serr := os.Stat(c.address); serr == nil && fi.Mode().Type() != fs.ModeSocket {
 			return nil, fmt.Errorf("runtime: stats socket %s is %w (mode %s)", c.path, ErrNotSocket, fi.Mode())
 		}
 		return nil, fmt.Errorf("runtime dial %s: %w", c.path, err)

@@ -197,15 +197,62 @@ func newLoop(t *testing.T, hash, live map[string]string) (*Syncer, *fakeStore, *
 		rt.live[k] = v
 	}
 	logs := &logCapture{}
-	s, err := New(Config{Name: "t", MapPath: t.TempDir() + "/users.map", MaxDeleteShare: DefaultMaxDeleteShare,
-		Logger: slog.New(slog.NewTextHandler(logs, nil))}, st, rt)
+	s, err := New(Config{Name: "t", MapName: t.TempDir() + "/users.map", Targets: []string{"/run/test.sock"}, MaxDeleteShare: DefaultMaxDeleteShare,
+		Logger: slog.New(slog.NewTextHandler(logs, nil))}, st, dialFake(rt))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !s.holdLease(context.Background()) {
+	if !s.targets[0].holdLease(context.Background()) {
 		t.Fatal("no lease on an empty store")
 	}
 	return s, st, rt, logs
+}
+
+func dialFake(rt Runtime) Dialer { return func(string) (Runtime, error) { return rt, nil } }
+
+// fullSync loads Redis into the state and reconciles the first target with
+// it, as Run and the target's loop do at start.
+func (s *Syncer) fullSync(ctx context.Context) error {
+	if err := s.load(ctx); err != nil {
+		return err
+	}
+	if err := s.targets[0].fullSync(ctx); err != nil {
+		return err
+	}
+	// The reader then takes the file's lease and writes the file.
+	if s.fileAllowed(ctx) {
+		if err := s.file.flushNow(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// stateMap is the state as a map.
+func stateMap(s *Syncer) map[string]string {
+	m := map[string]string{}
+	s.state.read(func(v view) { v.each(func(u, sh string) { m[u] = sh }) })
+	return m
+}
+
+// follow lets the first target apply what the state published.
+func follow(t *testing.T, s *Syncer) {
+	t.Helper()
+	tg := s.targets[0]
+	bs, ok, _ := s.state.since(tg.seq)
+	if !ok {
+		t.Fatal("state out of reach")
+	}
+	if len(bs) > 0 {
+		if err := tg.apply(context.Background(), bs); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// setLoopProblem records a reader step's outcome.
+func (s *Syncer) setLoopProblem(ctx context.Context, err error) {
+	s.setProblems(ctx, func() { s.loop = err })
 }
 
 func users(n int, shard string) map[string]string {
@@ -285,7 +332,7 @@ func TestFullSyncDiffsLiveAgainstRedis(t *testing.T) {
 			if err := s.fullSync(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			if !equalMaps(rt.live, redis) || !equalMaps(s.mirror, redis) {
+			if !equalMaps(rt.live, redis) || !equalMaps(stateMap(s), redis) {
 				t.Fatalf("live not equal to redis after full sync")
 			}
 			if rt.replaced != tc.wantSwaps {
@@ -315,8 +362,9 @@ func TestDriftPassRepairsHashChangedBehindLog(t *testing.T) {
 	if s.drift.scanning() {
 		t.Fatal("drift pass did not finish")
 	}
-	if rt.live["u42"] != "s7" || s.mirror["u42"] != "s7" {
-		t.Fatalf("u42 live=%q mirror=%q, want s7", rt.live["u42"], s.mirror["u42"])
+	follow(t, s)
+	if rt.live["u42"] != "s7" || stateMap(s)["u42"] != "s7" {
+		t.Fatalf("u42 live=%q state=%q, want s7", rt.live["u42"], stateMap(s)["u42"])
 	}
 	if rt.live["u43"] != "s1" {
 		t.Fatalf("u43 was changed by the drift pass (%q): it is the log's to apply", rt.live["u43"])
@@ -336,18 +384,18 @@ func TestDriftPassCountMismatchReconciles(t *testing.T) {
 	}
 	delete(st.hash, "u7")
 	s.drift.forceNext.Store(true)
-	for i := 0; i < 5 && !s.needFull; i++ {
+	for i := 0; i < 5 && !s.needLoad; i++ {
 		if err := s.reconcile(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if !s.needFull {
-		t.Fatal("a hash that lost an entry behind the log did not make a full sync")
+	if !s.needLoad {
+		t.Fatal("a hash that lost an entry behind the log did not make a reload")
 	}
 }
 
 // The live map is compared entry by entry at any size: a changed value is
-// set back, an extra key makes a swap.
+// set back, an extra or missing key makes a full sync, which puts it back.
 func TestDriftLiveMap(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
@@ -355,8 +403,8 @@ func TestDriftLiveMap(t *testing.T) {
 		wantSwaps int
 	}{
 		{"value set on the socket", func(m map[string]string) { m["u3"] = "s9" }, 0},
-		{"key added on the socket", func(m map[string]string) { m["intruder"] = "s9" }, 1},
-		{"key deleted on the socket", func(m map[string]string) { delete(m, "u3") }, 1},
+		{"key added on the socket", func(m map[string]string) { m["intruder"] = "s9" }, 0},
+		{"key deleted on the socket", func(m map[string]string) { delete(m, "u3") }, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, _, rt, _ := newLoop(t, users(200_000, "s1"), nil)
@@ -366,10 +414,17 @@ func TestDriftLiveMap(t *testing.T) {
 			}
 			swaps := rt.replaced
 			tc.edit(rt.live)
-			if err := s.checkLive(ctx); err != nil {
+			tg := s.targets[0]
+			tg.forceLive.Store(true)
+			if err := tg.checkLive(ctx); err != nil {
 				t.Fatal(err)
 			}
-			if !equalMaps(rt.live, s.mirror) {
+			if tg.needFull {
+				if err := tg.fullSync(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !equalMaps(rt.live, stateMap(s)) {
 				t.Fatal("live map not put back")
 			}
 			if rt.replaced-swaps != tc.wantSwaps {
@@ -392,8 +447,8 @@ func TestGapMakesFullSync(t *testing.T) {
 	if err := s.reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if !s.needFull {
-		t.Fatal("gap did not make a full sync")
+	if !s.needLoad {
+		t.Fatal("gap did not make a reload")
 	}
 }
 
@@ -505,19 +560,20 @@ func TestRecoveryReportedAtOnce(t *testing.T) {
 // standby that takes over once the lease is free.
 func TestLeaseOneActive(t *testing.T) {
 	a, st, _, _ := newLoop(t, users(3, "s1"), nil)
-	b, err := New(Config{Name: "b", MapPath: a.cfg.MapPath, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, st, &fakeRuntime{live: map[string]string{}})
+	b, err := New(Config{Name: "b", MapName: a.cfg.MapName, Targets: a.cfg.Targets, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, st, dialFake(&fakeRuntime{live: map[string]string{}}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if b.holdLease(ctx) {
+	b.load(ctx)
+	if b.targets[0].holdLease(ctx) {
 		t.Fatal("second syncer of the same map holds the lease too")
 	}
 	if got := b.Status(); !got.Standby || got.State != stateStandby {
 		t.Fatalf("second syncer status %+v, want standby", got)
 	}
 	a.releaseClaims()
-	if !b.holdLease(ctx) || !b.needFull {
+	if !b.targets[0].holdLease(ctx) || !b.targets[0].needFull {
 		t.Fatal("standby did not take the free lease (with a full sync)")
 	}
 }
@@ -529,8 +585,8 @@ func TestNameTakenIsRefused(t *testing.T) {
 	if err := a.claimName(ctx); err != nil {
 		t.Fatal(err)
 	}
-	b, err := New(Config{Name: "t", MapPath: "/other.map", ClaimTTL: 10 * time.Millisecond, Heartbeat: 5 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, st, &fakeRuntime{})
+	b, err := New(Config{Name: "t", MapName: "/other.map", Targets: []string{"/run/other.sock"}, ClaimTTL: 10 * time.Millisecond, Heartbeat: 5 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, st, dialFake(&fakeRuntime{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -546,7 +602,6 @@ func TestShardsKeyWrongTypeDoesNotBlock(t *testing.T) {
 	st.shards = fmt.Errorf("redis add shards: %w", maps.ErrWrongType)
 	ctx := context.Background()
 	for i := 0; i < 3; i++ {
-		s.needFull = true
 		if err := s.fullSync(ctx); err != nil {
 			t.Fatalf("full sync blocked by the shards key: %v", err)
 		}
@@ -570,13 +625,13 @@ func TestBadEntryDoesNotMaskHDEL(t *testing.T) {
 	delete(st.hash, "u7")      // HDEL by hand
 	st.hash["bad user"] = "s1" // HSET by hand of an invalid entry: same count
 	s.drift.forceNext.Store(true)
-	for i := 0; i < 5 && !s.needFull; i++ {
+	for i := 0; i < 5 && !s.needLoad; i++ {
 		if err := s.reconcile(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if !s.needFull {
-		t.Fatal("u7 deleted in Redis stays live, and no full sync is planned")
+	if !s.needLoad {
+		t.Fatal("u7 deleted in Redis stays live, and no reload is planned")
 	}
 }
 
@@ -589,8 +644,8 @@ func TestLeaseFollowsRecreatedSocketDir(t *testing.T) {
 	sock := filepath.Join(dir, "admin.sock")
 	st := newFakeStore(nil)
 	mk := func(name string) *Syncer {
-		s, err := New(Config{Name: name, MapPath: "/etc/haproxy/users.map", Socket: sock,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, st, &fakeRuntime{live: map[string]string{}})
+		s, err := New(Config{Name: name, MapName: "/etc/haproxy/users.map", Targets: []string{sock},
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, st, dialFake(&fakeRuntime{live: map[string]string{}}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -598,14 +653,14 @@ func TestLeaseFollowsRecreatedSocketDir(t *testing.T) {
 	}
 	a := mk("a")
 	ctx := context.Background()
-	if !a.holdLease(ctx) {
+	if !a.targets[0].holdLease(ctx) {
 		t.Fatal("a: no lease")
 	}
 	os.RemoveAll(dir)
 	os.Mkdir(filepath.Join(filepath.Dir(dir), "pad"), 0o755) // the old inode is not reused at once
 	os.Mkdir(dir, 0o755)
 	b := mk("b")
-	aHeld, bHeld := a.holdLease(ctx), b.holdLease(ctx)
+	aHeld, bHeld := a.targets[0].holdLease(ctx), b.targets[0].holdLease(ctx)
 	if aHeld == bHeld {
 		t.Fatalf("after the directory was recreated: a holds %v, b holds %v; want exactly one", aHeld, bHeld)
 	}
@@ -619,12 +674,13 @@ func TestStandbyAfterFailureIsStandby(t *testing.T) {
 	if err := a.fullSync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	a.setLoopProblem(ctx, fail(kindRedis, io.ErrUnexpectedEOF)) // Redis went away
+	ta := a.targets[0]
+	ta.setProblem(ctx, fail(kindRedis, io.ErrUnexpectedEOF)) // Redis went away
 	// Redis back; the lease ran out meanwhile and another syncer took it.
-	st.claims[a.claims.leaseKey] = "other-instance"
-	a.claims.leaseAt = a.claims.leaseAt.Add(-a.cfg.ClaimTTL)
+	st.claims[ta.lease.key] = "other-instance"
+	ta.lease.at = ta.lease.at.Add(-a.cfg.ClaimTTL)
 	for i := 0; i < 3; i++ {
-		if a.holdLease(ctx) {
+		if ta.holdLease(ctx) {
 			t.Fatal("still active")
 		}
 	}
@@ -632,7 +688,7 @@ func TestStandbyAfterFailureIsStandby(t *testing.T) {
 		t.Fatalf("status %q / %q, want standby", got.State, got.Problem)
 	}
 	// And it writes nothing to HAProxy while a standby.
-	if err := a.push(ctx, []want{{"x", "s1"}}, false); !errors.Is(err, errLeaseLost) {
+	if err := ta.applyOps(ctx, []runtime.Op{{Kind: runtime.Add, Key: "x", Value: "s1"}}); !errors.Is(err, errLeaseLost) {
 		t.Fatalf("push without the lease: %v, want errLeaseLost", err)
 	}
 }
@@ -658,15 +714,15 @@ func TestDriftPageUnderBacklogIsRetried(t *testing.T) {
 		t.Fatalf("page not kept for later: scanning=%v cursor=%d", s.drift.scanning(), s.drift.cursor)
 	}
 	// The loop applies the backlog; the page is then read again.
-	changes, _, _ := st.ReadLog(ctx, s.applied, 100, 0)
-	if err := s.apply(ctx, changes); err != nil {
-		t.Fatal(err)
-	}
+	_, applied, _ := s.state.position()
+	changes, _, _ := st.ReadLog(ctx, applied, 100, 0)
+	s.publish(changes)
 	for i := 0; i < 5 && s.drift.scanning(); i++ {
 		if err := s.reconcile(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
+	follow(t, s)
 	if rt.live["u3"] != "s7" {
 		t.Fatalf("u3 live %q, want s7 from the hand edit", rt.live["u3"])
 	}
@@ -682,21 +738,23 @@ func TestLeaseRunOutWithRedisAwayIsRedisState(t *testing.T) {
 	}
 	s.setLoopProblem(ctx, nil)
 	st.down = errors.New("dial tcp: connection refused")
-	s.renewLease(ctx)
-	s.claims.leaseAt = s.claims.leaseAt.Add(-s.cfg.ClaimTTL) // its lifetime passed
-	if s.holdLease(ctx) {
+	tg := s.targets[0]
+	s.renewLease(ctx, &tg.lease)
+	tg.lease.at = tg.lease.at.Add(-s.cfg.ClaimTTL) // its lifetime passed
+	if tg.holdLease(ctx) {
 		t.Fatal("active without a lease")
 	}
 	if got := s.Status(); got.State != kindRedis || got.Standby {
 		t.Fatalf("state %q standby=%v, want redis", got.State, got.Standby)
 	}
 	st.down = nil
-	if !s.holdLease(ctx) || !s.needFull {
+	if !tg.holdLease(ctx) || !tg.needFull {
 		t.Fatal("lease not taken back (with a full sync) once Redis answers")
 	}
 	if err := s.fullSync(ctx); err != nil {
 		t.Fatal(err)
 	}
+	tg.setProblem(ctx, nil)
 	s.setLoopProblem(ctx, nil)
 	if !strings.Contains(logs.String(), "syncer recovered") {
 		t.Fatalf("no recovery line:\n%s", logs)
@@ -716,7 +774,7 @@ func TestReportFailureIsNotReady(t *testing.T) {
 	st.noReport = errors.New("WRONGTYPE Operation against a key holding the wrong kind of value")
 	for i := 0; i < 5; i++ {
 		s.report(ctx, true)
-		s.holdLease(ctx)
+		s.targets[0].holdLease(ctx)
 	}
 	if got := s.Status(); got.Ready || got.State != kindRedis || !strings.Contains(got.Problem, "cannot report") {
 		t.Fatalf("status %+v, want not ready: cannot report", got)
@@ -726,7 +784,7 @@ func TestReportFailureIsNotReady(t *testing.T) {
 	}
 	st.noReport = nil
 	s.report(ctx, true)
-	s.holdLease(ctx)
+	s.targets[0].holdLease(ctx)
 	if !s.Status().Ready {
 		t.Fatalf("not ready after reports work again: %+v", s.Status())
 	}

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/shardmap/shardmap/maps"
-	"github.com/shardmap/shardmap/runtime"
 )
 
 // scanPage is how many hash entries one drift step reads (HSCAN COUNT).
@@ -22,7 +21,6 @@ type driftScan struct {
 	active    bool      // a Redis pass is under way
 	cursor    uint64
 	bad       map[string]bool // invalid entries seen in this pass
-	liveTook  time.Duration   // the live map check of this round
 	found     int             // entries repaired in this pass
 }
 
@@ -35,25 +33,27 @@ func (d *driftScan) reset() {
 	d.last, d.lastGap = time.Now(), time.Now()
 }
 
-// reconcile looks for drift, and repairs it:
-//   - every heartbeat, a log gap (trimmed, deleted, Redis emptied): full sync;
-//   - every ReconcileEvery (or at once on SIGHUP): the live map, dumped and
-//     compared entry by entry with the mirror at any size, put back; the map
-//     file, rewritten if it changed outside shardmap; and a pass over the
-//     Redis hash, a page per step, in which an entry that differs from the
-//     mirror and has no change-log entry since the mirror's position was
-//     changed behind the log (an HSET by hand): it is applied as Redis says.
-//     At the end of the pass, a hash count that differs from the mirror
-//     (an HDEL by hand) makes a full sync.
+// reconcile looks for drift in Redis, and repairs it:
+//   - every heartbeat, a log gap (trimmed, deleted, Redis emptied): reload;
+//   - every ReconcileEvery (or at once on SIGHUP): the map file, rewritten
+//     if it changed outside shardmap; and a pass over the Redis hash, a page
+//     per step, in which an entry that differs from the state and has no
+//     change-log entry since the state's position was changed behind the
+//     log (an HSET by hand): it is published as Redis says. At the end of
+//     the pass, a hash count that differs from the state (an HDEL by hand)
+//     makes a reload.
+//
+// Each target looks for edits of its live map on its own (target.checkLive).
 func (s *Syncer) reconcile(ctx context.Context) error {
 	d := &s.drift
+	_, applied, _ := s.state.position()
 	if time.Since(d.lastGap) >= s.cfg.Heartbeat {
 		d.lastGap = time.Now()
-		if ok, err := s.store.LogHas(ctx, s.applied); err != nil {
+		if ok, err := s.store.LogHas(ctx, applied); err != nil {
 			return fail(kindRedis, err)
 		} else if !ok {
-			s.log.Warn("change log gap: position no longer in the log (trimmed, deleted or Redis emptied), reconciling", "log_id", s.applied)
-			s.needFull = true
+			s.log.Warn("change log gap: position no longer in the log (trimmed, deleted or Redis emptied), reloading", "log_id", applied)
+			s.needLoad = true
 			return nil
 		}
 	}
@@ -64,19 +64,15 @@ func (s *Syncer) reconcile(ctx context.Context) error {
 		return nil
 	}
 	d.last = time.Now()
-	if err := s.checkLive(ctx); err != nil {
-		return err
-	}
-	d.liveTook = time.Since(d.last)
 	s.checkFile(ctx)
 	d.active, d.cursor, d.found, d.bad = true, 0, 0, map[string]bool{}
 	return s.scanStep(ctx)
 }
 
-// scanStep checks one page of the Redis hash against the mirror.
+// scanStep checks one page of the Redis hash against the state.
 func (s *Syncer) scanStep(ctx context.Context) error {
 	d := &s.drift
-	before := s.applied
+	_, before, _ := s.state.position()
 	page, bad, next, err := s.store.ScanPage(ctx, d.cursor, scanPage)
 	if err != nil {
 		return fail(kindRedis, err)
@@ -85,14 +81,16 @@ func (s *Syncer) scanStep(ctx context.Context) error {
 		d.bad[b.User] = true
 	}
 	var differ []maps.Assignment
-	for _, a := range page {
-		if cur, ok := s.mirror[a.User]; !ok || cur != a.Shard {
-			differ = append(differ, a)
+	s.state.read(func(v view) {
+		for _, a := range page {
+			if cur, ok := v.get(a.User); !ok || cur != a.Shard {
+				differ = append(differ, a)
+			}
 		}
-	}
+	})
 	if len(differ) > 0 {
-		// An entry changed through the log since the mirror's position is
-		// not drift: the loop applies it next.
+		// An entry changed through the log since the state's position is
+		// not drift: the loop reads it next.
 		upto, err := s.store.LastLogID(ctx)
 		if err != nil {
 			return fail(kindRedis, err)
@@ -101,7 +99,7 @@ func (s *Syncer) scanStep(ctx context.Context) error {
 			touched, err := s.store.UsersChangedAfter(ctx, before, upto, int64(s.cfg.BatchMax))
 			if err != nil {
 				// Too many changes in flight to tell: read this page again
-				// once the loop has applied them.
+				// once the loop has read them.
 				s.log.Debug("drift pass: page postponed while changes are in flight", "err", err)
 				return nil
 			}
@@ -120,12 +118,12 @@ func (s *Syncer) scanStep(ctx context.Context) error {
 		for i, a := range differ {
 			ws[i] = want{a.User, a.Shard}
 		}
-		if err := s.push(ctx, ws, false); err != nil {
-			s.needFull = true
-			return fail(kindHAProxy, err)
-		}
+		s.state.publish(ws, before)
+		s.file.markDirty()
 		d.found += len(differ)
-		s.updateStatus(func(st *Status) { st.Drift += int64(len(differ)) })
+		s.mu.Lock()
+		s.status.Drift += int64(len(differ))
+		s.mu.Unlock()
 	}
 	d.cursor = next
 	if next != 0 {
@@ -136,17 +134,18 @@ func (s *Syncer) scanStep(ctx context.Context) error {
 	if err := s.checkCount(ctx); err != nil {
 		return err
 	}
-	s.updateStatus(func(st *Status) {
-		st.DriftChecks++
-		st.DriftLiveTook, st.DriftRoundTook = d.liveTook, time.Since(d.last)
-	})
-	s.log.Debug("drift check done", "live_took", d.liveTook, "round_took", time.Since(d.last), "repaired", d.found)
+	took := time.Since(d.last)
+	s.mu.Lock()
+	s.status.DriftChecks++
+	s.status.DriftRoundTook = took
+	s.mu.Unlock()
+	s.log.Debug("drift check done", "round_took", took, "repaired", d.found)
 	return nil
 }
 
-// checkCount compares the hash's size with the mirror's when no change is in
-// flight (the log's last ID equals ours before and after the count): an entry
-// deleted from the hash behind the log shows only here.
+// checkCount compares the hash's size with the state's when no change is in
+// flight (the log's last ID equals the state's before and after the count):
+// an entry deleted from the hash behind the log shows only here.
 func (s *Syncer) checkCount(ctx context.Context) error {
 	before, err := s.store.LastLogID(ctx)
 	if err != nil {
@@ -160,57 +159,11 @@ func (s *Syncer) checkCount(ctx context.Context) error {
 	if err != nil {
 		return fail(kindRedis, err)
 	}
-	if before == s.applied && after == s.applied && int(n) != len(s.mirror)+s.badInHash {
-		s.log.Warn("drift: redis hash lost entries behind the change log, reconciling", "redis", n, "mirror", len(s.mirror))
-		s.needFull = true
+	_, applied, have := s.state.position()
+	if before == applied && after == applied && int(n) != have+s.badInHash {
+		s.log.Warn("drift: redis hash lost entries behind the change log, reloading", "redis", n, "state", have)
+		s.needLoad = true
 	}
-	return nil
-}
-
-// checkLive dumps the live map and compares it with the mirror entry by
-// entry, streaming (no copy of the map): a value that differs is set back;
-// a key missing, extra or duplicated makes one swap of the whole map.
-func (s *Syncer) checkLive(ctx context.Context) error {
-	var (
-		lines, sum uint64
-		wrong      []runtime.Op
-		unknown    int
-	)
-	err := s.dump(ctx, func(k, v string) {
-		lines++
-		sum += keyHash(k)
-		want, ok := s.mirror[k]
-		switch {
-		case !ok:
-			unknown++
-		case want != v:
-			wrong = append(wrong, runtime.Op{Kind: runtime.Set, Key: k, Value: want})
-		}
-	})
-	if err != nil {
-		return fail(kindHAProxy, err)
-	}
-	var mirrorSum uint64
-	for k := range s.mirror {
-		mirrorSum += keyHash(k)
-	}
-	sameKeys := unknown == 0 && lines == uint64(len(s.mirror)) && sum == mirrorSum
-	if sameKeys && len(wrong) == 0 {
-		return nil
-	}
-	s.log.Warn("drift: live map edited outside shardmap, putting it back", "wrong_value", len(wrong), "unknown_keys", unknown,
-		"entries", lines, "mirror", len(s.mirror))
-	// The mirror is right, so the file (written from it) needs nothing.
-	if sameKeys && len(wrong) <= s.cfg.ReplaceAbove {
-		err = s.applyOps(ctx, wrong)
-	} else if err = s.rt.Replace(ctx, s.cfg.MapPath, entriesOf(s.mirror)); err == nil {
-		s.updateStatus(func(st *Status) { st.Swaps++ })
-	}
-	if err != nil {
-		s.needFull = true
-		return fail(kindHAProxy, err)
-	}
-	s.updateStatus(func(st *Status) { st.Drift += int64(max(len(wrong)+unknown, 1)) })
 	return nil
 }
 
@@ -220,7 +173,7 @@ func (s *Syncer) checkFile(ctx context.Context) {
 	s.mu.Lock()
 	failing := s.fileErr != nil
 	s.mu.Unlock()
-	if failing {
+	if failing || !s.fileActive.Load() {
 		return // the file's own state retries it, with backoff
 	}
 	if st := stampOf(f.path); !f.writing && st != f.stamp && !f.stamp.zero() {
@@ -228,18 +181,9 @@ func (s *Syncer) checkFile(ctx context.Context) {
 		f.id = "" // forces the rewrite
 		f.markDirty()
 		if f.flushNow(s) == nil {
-			s.updateStatus(func(st *Status) { st.Drift++ })
+			s.mu.Lock()
+			s.status.Drift++
+			s.mu.Unlock()
 		}
 	}
-}
-
-// keyHash is FNV-1a of k: the live map and the mirror hold the same keys
-// when their counts and the sums of their key hashes agree.
-func keyHash(k string) uint64 {
-	h := uint64(14695981039346656037)
-	for i := 0; i < len(k); i++ {
-		h ^= uint64(k[i])
-		h *= 1099511628211
-	}
-	return h
 }

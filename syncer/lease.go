@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/shardmap/shardmap/internal/atomicfile"
+	"github.com/shardmap/shardmap/runtime"
 )
 
 // ErrNameTaken: another running syncer reports under this syncer's name.
@@ -22,19 +24,29 @@ import (
 // HAProxy's position for another's.
 var ErrNameTaken = errors.New("another running syncer has this name")
 
-// claims are the two keys a syncer holds in Redis while it runs (see
-// maps.Store.Claim): its name, which no other running syncer may use, and
-// the lease of the HAProxy map it drives, which makes one of several syncers
-// of one map active and the others standbys ready to take over. Both are
-// renewed every heartbeat and expire ClaimTTL after the holder stops.
+// A syncer holds keys in Redis while it runs (see maps.Store.Claim): its
+// name, which no other running syncer may use; the lease of each HAProxy map
+// it drives, which makes one of several syncers of one target active and the
+// others standbys ready to take over; and the lease of the map file, so that
+// one syncer writes it. All are renewed every heartbeat and expire ClaimTTL
+// after the holder stops.
 type claims struct {
 	mu          sync.Mutex
 	nameKey     string
-	nameLostErr error     // set when another syncer took the name
-	leaseKey    string    // "" until the target is known
-	leaseAt     time.Time // last successful take or renewal of the lease
-	leaseOther  string    // the holder, while another syncer holds it
-	leaseErr    error     // why the last renewal failed, when Redis did not answer
+	nameLostErr error // set when another syncer took the name
+}
+
+// lease is one lease the syncer takes and renews: of a target, or of the
+// map file. ident names what is leased as it is now ("" and an error when
+// it cannot be told yet, e.g. the socket's directory is not there).
+type lease struct {
+	ident func() (string, error)
+
+	mu    sync.Mutex
+	key   string    // "" until the leased thing is known
+	at    time.Time // last successful take or renewal
+	other string    // the holder, while another syncer holds it
+	err   error     // why the last renewal failed, when Redis did not answer
 }
 
 func newInstanceID() string {
@@ -72,7 +84,7 @@ func (s *Syncer) claimName(ctx context.Context) error {
 					"give this one another --name, or stop the other", ErrNameTaken, s.cfg.Name, other, s.cfg.Heartbeat)
 			}
 		}
-		s.sleep(ctx, backoff.next())
+		sleepCtx(ctx, backoff.next())
 	}
 	return nil
 }
@@ -84,7 +96,7 @@ func (s *Syncer) claim(ctx context.Context, key string) (bool, string, error) {
 }
 
 // renewClaims runs every heartbeat: it renews the name (noticing if another
-// took it meanwhile), and renews or tries to take the lease.
+// took it meanwhile), and renews or tries to take every lease.
 func (s *Syncer) renewClaims(ctx context.Context) {
 	held, other, err := s.claim(ctx, s.claims.nameKey)
 	if err == nil && !held {
@@ -95,7 +107,14 @@ func (s *Syncer) renewClaims(ctx context.Context) {
 	s.mu.Lock()
 	s.nameErr = err // the loop logs the state change
 	s.mu.Unlock()
-	s.renewLease(ctx)
+	for _, t := range s.targets {
+		s.renewLease(ctx, &t.lease)
+	}
+	// The file's lease is taken only by the reader, once a target accepted
+	// the state (holdFileLease); here it is only renewed.
+	if s.fileActive.Load() {
+		s.renewLease(ctx, &s.fileLease)
+	}
 }
 
 // nameLost is the error to stop with once another syncer took the name.
@@ -105,33 +124,32 @@ func (c *claims) nameLost() error {
 	return c.nameLostErr
 }
 
-// standbyFor names the lease's holder while another syncer holds it.
-func (c *claims) standbyFor() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.leaseOther
+// holder names the lease's holder while another syncer holds it.
+func (l *lease) holder() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.other
 }
 
-// refreshLeaseKey sets the lease's key for the target as it is now: the
+// refreshKey sets the lease's key for the leased thing as it is now: a
 // socket's directory may have been recreated (a HAProxy restart with
 // systemd's RuntimeDirectory=), which changes it for every syncer alike. A
-// lease held under the old key is released. When the directory is not
-// there, the key last known stands. It returns the key and whether it
-// changed.
-func (s *Syncer) refreshLeaseKey(ctx context.Context) (string, bool) {
-	target, err := leaseTarget(s.cfg.Socket, s.cfg.MapPath)
-	s.claims.mu.Lock()
-	old, held := s.claims.leaseKey, !s.claims.leaseAt.IsZero()
+// lease held under the old key is released. When it cannot be told, the key
+// last known stands. It returns the key and whether it changed.
+func (s *Syncer) refreshKey(ctx context.Context, l *lease) (string, bool) {
+	id, err := l.ident()
+	l.mu.Lock()
+	old, held := l.key, !l.at.IsZero()
 	key := old
 	if err == nil {
-		key = s.store.LeaseKey(target)
+		key = s.store.LeaseKey(id)
 	}
 	if key == old {
-		s.claims.mu.Unlock()
+		l.mu.Unlock()
 		return old, false
 	}
-	s.claims.leaseKey, s.claims.leaseAt = key, time.Time{}
-	s.claims.mu.Unlock()
+	l.key, l.at = key, time.Time{}
+	l.mu.Unlock()
 	if old != "" && held {
 		s.store.Release(ctx, old, s.instance)
 	}
@@ -139,85 +157,82 @@ func (s *Syncer) refreshLeaseKey(ctx context.Context) (string, bool) {
 }
 
 // renewLease renews the lease, or takes it when it is free.
-func (s *Syncer) renewLease(ctx context.Context) {
-	key, _ := s.refreshLeaseKey(ctx)
+func (s *Syncer) renewLease(ctx context.Context, l *lease) {
+	key, _ := s.refreshKey(ctx, l)
 	if key == "" {
-		return // the socket's directory is not there yet
+		return // not there yet
 	}
 	held, other, err := s.claim(ctx, key)
-	s.claims.mu.Lock()
-	defer s.claims.mu.Unlock()
-	s.claims.leaseErr = err
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.err = err
 	if err != nil {
 		return // Redis away: the lease runs out unless renewed in time
 	}
 	if held {
-		s.claims.leaseAt, s.claims.leaseOther = time.Now(), ""
+		l.at, l.other = time.Now(), ""
 	} else {
-		s.claims.leaseAt, s.claims.leaseOther = time.Time{}, other
+		l.at, l.other = time.Time{}, other
 	}
 }
 
-// holdLease reports whether this syncer may write to HAProxy now: it holds
-// the lease, renewed recently enough that no other syncer can have taken it
-// (a margin of a heartbeat before it expires). Taking the lease makes the
-// live map in doubt (another syncer drove it); losing it stops all writes.
-func (s *Syncer) holdLease(ctx context.Context) bool {
-	// renewLease looks at the target itself; an active syncer renews from
+// valid reports whether the lease was renewed recently enough that no other
+// syncer can have taken it: a margin of a heartbeat before it expires.
+func (l *lease) valid(ttl, heartbeat time.Duration) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.at.IsZero() && time.Since(l.at) < ttl-heartbeat
+}
+
+// holdLease reports whether the target may be written to now: this syncer
+// holds its lease, renewed recently enough that no other syncer can have
+// taken it. Taking the lease makes the live map in doubt (another syncer
+// drove it); losing it stops all writes.
+func (t *target) holdLease(ctx context.Context) bool {
+	s := t.s
+	// renewLease looks at the target itself; an active target renews from
 	// the heartbeat, and here only when the target changed under it.
-	if !s.active {
-		s.renewLease(ctx)
-	} else if _, changed := s.refreshLeaseKey(ctx); changed {
-		s.renewLease(ctx)
+	if !t.active.Load() {
+		s.renewLease(ctx, &t.lease)
+	} else if _, changed := s.refreshKey(ctx, &t.lease); changed {
+		s.renewLease(ctx, &t.lease)
 	}
-	valid := s.leaseValid()
+	valid := t.leaseValid()
 	switch {
-	case valid && !s.active:
-		s.active, s.needFull = true, true
-		s.log.Info("holding the map's lease: this syncer drives the live map")
-		// Only the active syncer may remove the map file's temp files: a
-		// standby would remove the one the active syncer is writing.
-		if removed, err := atomicfile.RemoveStale(s.cfg.MapPath); err != nil {
-			s.log.Warn("cannot remove leftover temp files of the map file", "err", err)
-		} else if len(removed) > 0 {
-			s.log.Info("removed leftover temp files of the map file (a write was interrupted)", "files", removed)
-		}
-	case !valid && s.active:
-		s.active = false
-		s.claims.mu.Lock()
-		other, why := s.claims.leaseOther, s.claims.leaseErr
-		s.claims.mu.Unlock()
+	case valid && !t.active.Load():
+		t.active.Store(true)
+		t.doubt()
+		t.log.Info("holding the map's lease: this syncer drives the target's live map")
+	case !valid && t.active.Load():
+		t.active.Store(false)
+		t.lease.mu.Lock()
+		other, why := t.lease.other, t.lease.err
+		t.lease.mu.Unlock()
 		if other != "" {
-			s.log.Warn("lost the map's lease to another syncer: stopping writes to HAProxy", "holder", other)
-			s.setProblems(ctx, func() { s.loop = nil }) // a standby's old failure is not its state
+			t.log.Warn("lost the target's lease to another syncer: stopping writes to it", "holder", other)
+			s.setProblems(ctx, func() { t.loop = nil }) // a standby's old failure is not its state
 		} else {
 			// Redis did not answer for the lease's lifetime: that is the
 			// state, not a takeover.
 			if why == nil {
 				why = errors.New("not renewed in time")
 			}
-			s.setLoopProblem(ctx, fail(kindRedis, fmt.Errorf("the map's lease ran out, writes to HAProxy stopped: %w", why)))
+			t.setProblem(ctx, fail(kindRedis, fmt.Errorf("the map's lease ran out, writes to HAProxy stopped: %w", why)))
 		}
 	}
 	s.setProblems(ctx, func() {})
-	return s.active
+	return t.active.Load()
 }
 
-// leaseValid reports whether the lease was renewed recently enough that no
-// other syncer can have taken it: a margin of a heartbeat before it expires.
-func (s *Syncer) leaseValid() bool {
-	s.claims.mu.Lock()
-	defer s.claims.mu.Unlock()
-	return !s.claims.leaseAt.IsZero() && time.Since(s.claims.leaseAt) < s.cfg.ClaimTTL-s.cfg.Heartbeat
-}
+func (t *target) leaseValid() bool { return t.lease.valid(t.s.cfg.ClaimTTL, t.s.cfg.Heartbeat) }
 
-// WriteAllowed is nil while this syncer holds its map's lease, renewed
+// writeAllowed is nil while this syncer holds the target's lease, renewed
 // recently enough that no other syncer can have taken it, and errLeaseLost
-// otherwise. Give it to runtime.Client.SetWriteGuard, so that a syncer
-// paused in the middle of a long swap sends nothing more once it resumes.
-// Safe for concurrent use.
-func (s *Syncer) WriteAllowed() error {
-	if !s.leaseValid() {
+// otherwise. It is the runtime client's write guard, so that a syncer paused
+// in the middle of a long swap sends nothing more once it resumes. Safe for
+// concurrent use.
+func (t *target) writeAllowed() error {
+	if !t.leaseValid() {
 		return errLeaseLost
 	}
 	return nil
@@ -227,17 +242,47 @@ func (s *Syncer) WriteAllowed() error {
 // out (the syncer was paused, or Redis was away for its lifetime).
 var errLeaseLost = errors.New("the map's lease ran out before a write to HAProxy")
 
-// releaseClaims drops the name and the lease at a clean stop, so that a
+// holdFileLease reports whether this syncer may write the map file now. On
+// taking it, leftover temp files of an interrupted write are removed: only
+// the file's writer may, a standby would remove the one being written.
+func (s *Syncer) holdFileLease(ctx context.Context) bool {
+	if !s.fileActive.Load() {
+		s.renewLease(ctx, &s.fileLease)
+	}
+	valid := s.fileLease.valid(s.cfg.ClaimTTL, s.cfg.Heartbeat)
+	switch {
+	case valid && !s.fileActive.Load():
+		s.fileActive.Store(true)
+		s.log.Info("holding the map file's lease: this syncer writes it", "file", s.cfg.MapFile)
+		if removed, err := atomicfile.RemoveStale(s.cfg.MapFile); err != nil {
+			s.log.Warn("cannot remove leftover temp files of the map file", "err", err)
+		} else if len(removed) > 0 {
+			s.log.Info("removed leftover temp files of the map file (a write was interrupted)", "files", removed)
+		}
+	case !valid && s.fileActive.Load():
+		s.fileActive.Store(false)
+		s.log.Warn("lost the map file's lease: another syncer writes it", "holder", s.fileLease.holder())
+	}
+	return s.fileActive.Load()
+}
+
+// releaseClaims drops the name and the leases at a clean stop, so that a
 // successor need not wait for them to expire.
 func (s *Syncer) releaseClaims() {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Heartbeat)
 	defer cancel()
-	s.claims.mu.Lock()
-	lease, held := s.claims.leaseKey, !s.claims.leaseAt.IsZero()
-	s.claims.mu.Unlock()
-	if held {
-		s.store.Release(ctx, lease, s.instance)
+	release := func(l *lease) {
+		l.mu.Lock()
+		key, held := l.key, !l.at.IsZero()
+		l.mu.Unlock()
+		if held {
+			s.store.Release(ctx, key, s.instance)
+		}
 	}
+	for _, t := range s.targets {
+		release(&t.lease)
+	}
+	release(&s.fileLease)
 	if s.claims.nameKey != "" {
 		s.store.Release(ctx, s.claims.nameKey, s.instance)
 	}
@@ -248,10 +293,18 @@ func (s *Syncer) releaseClaims() {
 // uses, and different for HAProxy processes in separate containers that use
 // the same path: the kernel's boot ID, the device and inode of the socket's
 // directory (stable across HAProxy reloads, which recreate the socket file),
-// the socket's name and the map.
+// the socket's name and the map. A TCP target is its address (and the boot
+// ID when it is a loopback address, which names another process on each
+// machine).
 func leaseTarget(socket, mapPath string) (string, error) {
 	id := []string{"map=" + mapPath}
-	if socket != "" {
+	network, addr, err := runtime.ParseAddress(socket)
+	if err == nil && network == "tcp" {
+		id = append(id, "tcp="+addr)
+		if host, _, _ := net.SplitHostPort(addr); host == "localhost" || net.ParseIP(host).IsLoopback() {
+			id = append(id, "boot="+bootID())
+		}
+	} else if socket != "" {
 		dir, name := filepath.Split(filepath.Clean(socket))
 		fi, err := os.Stat(filepath.Clean(dir))
 		if err != nil {
@@ -273,3 +326,20 @@ var bootID = sync.OnceValue(func() string {
 	b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	return strings.TrimSpace(string(b))
 })
+
+// fileIdent identifies the map file a syncer writes, the same for every
+// syncer on the machine that writes it whatever path it uses: the boot ID,
+// the device and inode of its directory and its name.
+func fileIdent(path string) (string, error) {
+	dir, name := filepath.Split(filepath.Clean(path))
+	fi, err := os.Stat(filepath.Clean(dir))
+	if err != nil {
+		return "", err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return "", fmt.Errorf("stat %s: no device and inode", dir)
+	}
+	sum := sha256.Sum256([]byte(strings.Join([]string{"file=" + name, "boot=" + bootID(), fmt.Sprintf("dir=%d:%d", st.Dev, st.Ino)}, "\n")))
+	return "file-" + hex.EncodeToString(sum[:12]), nil
+}

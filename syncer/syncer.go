@@ -1,14 +1,18 @@
-// Package syncer holds the loop that keeps one HAProxy map equal to the
-// assignments in Redis: it brings the live map to Redis's content (by a diff,
-// or one atomic swap when the diff is large), then follows the change log and
-// applies each change over the Runtime API, and persists the map file so a
-// restarted HAProxy starts right.
+// Package syncer keeps one HAProxy map, in one or several HAProxy processes
+// (targets), equal to the assignments in Redis: it loads a snapshot of Redis
+// into a shared state, follows the change log into it, brings each target's
+// live map to the state (by a diff, or one atomic swap when the diff is
+// large) and then applies each change over the Runtime API, and persists the
+// map file so a restarted HAProxy starts right.
 //
-// Where a change goes from Redis to HAProxy, top to bottom: Run -> fullSync
-// (at start, and after any doubt) -> step (read the log) -> apply (diff
-// against the mirror, send) -> the file (mapfile.go) -> report (status.go,
-// Redis, for mapctl --wait). drift.go looks for changes made behind the
-// syncer's back; lease.go keeps one syncer per name and per map.
+// Where a change goes from Redis to HAProxy, top to bottom: Run -> load (a
+// snapshot, at start and after any doubt about the log) -> readStep (read
+// the log) -> state.publish (state.go) -> each target's goroutine
+// (target.go: fullSync at start and after any doubt, else step -> apply) ->
+// the file (mapfile.go) -> report (status.go, Redis, for mapctl --wait).
+// drift.go looks for changes made to Redis behind the log's back, target.go
+// for edits of a live map; lease.go keeps one syncer per name, per target
+// and per map file.
 package syncer
 
 import (
@@ -18,6 +22,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/shardmap/shardmap/maps"
@@ -46,6 +51,11 @@ type Runtime interface {
 	Close() error
 }
 
+// Dialer returns the Runtime API client for a target's address (see
+// runtime.ParseAddress). A client that has SetWriteGuard(func() error) gets
+// the target's lease check as its guard.
+type Dialer func(addr string) (Runtime, error)
+
 // Store is the part of the Redis store the syncer needs. *maps.Store
 // implements it.
 type Store interface {
@@ -71,14 +81,15 @@ const DefaultMaxDeleteShare = 0.10
 // Config tunes a Syncer. Zero values take the defaults named.
 type Config struct {
 	Name         string        // how this syncer reports itself in Redis; unique among running syncers (required)
-	MapPath      string        // the map path exactly as in haproxy.cfg; also the file written (required)
+	MapName      string        // the map exactly as haproxy.cfg names it, what the Runtime API calls it (required)
+	MapFile      string        // the map file written, which HAProxy loads at start; MapName when empty
+	Targets      []string      // the Runtime API addresses of the HAProxy processes to drive (at least one)
 	FileMode     os.FileMode   // mode of a new map file; an existing file keeps its mode and owner (0640)
 	FlushDelay   time.Duration // longest the file lags the live map while changes arrive (200 ms)
 	BatchMax     int           // most changes read and applied at once (10,000)
 	ReplaceAbove int           // a batch with more set/del than this is applied as one versioned swap (64)
 	Heartbeat    time.Duration // how often the syncer reports itself in Redis and renews its claims (1 s)
 	CheckEvery   time.Duration // how often HAProxy's identity (show info Pid) is checked (500 ms)
-	Socket       string        // the stats socket: watched to notice restarts at once, and names the lease (optional)
 	// MaxDeleteShare: a full reconcile that would delete more than this share
 	// of the live map (and more than 5 entries) is refused until a human
 	// allows it (mapctl reconcile --force) or restores Redis. 0 refuses any
@@ -90,8 +101,18 @@ type Config struct {
 }
 
 func (c *Config) defaults() error {
-	if c.Name == "" || c.MapPath == "" {
-		return errors.New("syncer: Name and MapPath are required")
+	if c.Name == "" || c.MapName == "" || len(c.Targets) == 0 {
+		return errors.New("syncer: Name, MapName and at least one target are required")
+	}
+	seen := map[string]bool{}
+	for _, a := range c.Targets {
+		if seen[a] {
+			return fmt.Errorf("syncer: target %q given twice", a)
+		}
+		seen[a] = true
+	}
+	if c.MapFile == "" {
+		c.MapFile = c.MapName
 	}
 	if c.MaxDeleteShare < 0 || c.MaxDeleteShare > 1 {
 		return fmt.Errorf("syncer: MaxDeleteShare %v: must be from 0 to 1", c.MaxDeleteShare)
@@ -126,268 +147,204 @@ func (c *Config) defaults() error {
 	return nil
 }
 
-// Syncer keeps one HAProxy map equal to the store. Create it with New and
-// call Run once.
+// Syncer keeps one HAProxy map equal to the store in every target. Create
+// it with New and call Run once.
 type Syncer struct {
 	cfg      Config
 	store    Store
-	rt       Runtime
 	log      *slog.Logger
 	instance string // this process, in its claims and reports
+	state    *state
+	targets  []*target
 
-	// Owned by the Run goroutine.
-	mirror     map[string]string // what the live map holds, as far as we know
-	applied    string            // last change-log ID in the live map
-	needFull   bool              // the live map is in doubt: reconcile it whole
-	haproxy    runtime.Info      // the process the live map was loaded into
-	lastCheck  time.Time
-	kick       chan struct{} // the socket appeared or went away, or SIGHUP: look now
-	badInHash  int           // invalid entries in the hash at the last snapshot
-	drift      driftScan     // the periodic drift check (drift.go)
-	file       mapFile       // the map file writer (mapfile.go)
-	shardsWarn bool          // the shards key is unusable; warned once
-	active     bool          // holds the map's lease and writes to HAProxy
+	// Owned by the Run goroutine (the reader).
+	needLoad   bool
+	badInHash  int       // invalid entries in the hash at the last snapshot
+	drift      driftScan // the periodic drift check of Redis (drift.go)
+	file       mapFile   // the map file writer (mapfile.go)
+	fileLease  lease
+	fileActive atomic.Bool // holds the map file's lease and writes it (read by the heartbeat)
+	fileOK     atomic.Bool // the map file was written once since the start
 
-	claims claims // name and lease (lease.go); shared with the heartbeat
+	shardsWarn atomic.Bool   // the shards key is unusable; warned once
+	gen        atomic.Uint64 // reloads of the state; ...
+	synced     atomic.Uint64 // ... and the last one a target reconciled with
 
-	mu        sync.Mutex // guards status and the problems
-	status    Status
-	loop      error // the last step's failure, nil when it succeeded
-	fileErr   error // the last file write's failure, nil when it succeeded
-	reportErr error // the last report's failure (heartbeat goroutine)
-	nameErr   error // the last renewal of the name's failure (heartbeat goroutine)
+	claims claims // the name (lease.go); shared with the heartbeat
+
+	mu          sync.Mutex // guards the status, the problems and the targets' status
+	status      Status
+	loop        error // the reader's last step's failure, nil when it succeeded
+	fileErr     error // the last file write's failure, nil when it succeeded
+	reportErr   error // the last report's failure (heartbeat goroutine)
+	nameErr     error // the last renewal of the name's failure (heartbeat goroutine)
+	forcedUntil time.Time
 
 	reportMu   sync.Mutex // serialises reports to Redis; guards lastReport
 	lastReport time.Time
 }
 
-// New returns a syncer for cfg.MapPath.
-func New(cfg Config, store Store, rt Runtime) (*Syncer, error) {
+// New returns a syncer for cfg's map and targets; dial makes each target's
+// Runtime API client.
+func New(cfg Config, store Store, dial Dialer) (*Syncer, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
 	s := &Syncer{
 		cfg:      cfg,
 		store:    store,
-		rt:       rt,
-		log:      cfg.Logger.With("map", cfg.MapPath),
+		log:      cfg.Logger.With("map", cfg.MapName),
 		instance: newInstanceID(),
-		needFull: true,
-		applied:  maps.ZeroID,
-		kick:     make(chan struct{}, 1),
+		needLoad: true,
+		state:    newState(),
 	}
-	s.file.init(cfg.MapPath, cfg.FileMode)
+	for _, addr := range cfg.Targets {
+		rt, err := dial(addr)
+		if err != nil {
+			return nil, fmt.Errorf("syncer: target %q: %w", addr, err)
+		}
+		s.targets = append(s.targets, newTarget(s, addr, rt))
+	}
+	s.fileLease.ident = func() (string, error) { return fileIdent(cfg.MapFile) }
+	s.file.init(cfg.MapFile, cfg.FileMode)
 	return s, nil
 }
 
-// Kick makes the syncer check HAProxy and look for drift now, instead of
-// at its next period (the command calls it on SIGHUP). Safe for concurrent
-// use.
+// Kick makes the syncer check every HAProxy and look for drift now, instead
+// of at its next period (the command calls it on SIGHUP). Safe for
+// concurrent use.
 func (s *Syncer) Kick() {
 	s.drift.forceNext.Store(true)
-	select {
-	case s.kick <- struct{}{}:
-	default:
+	for _, t := range s.targets {
+		t.doKick()
 	}
 }
 
-// Run syncs until ctx is cancelled, then finishes the batch in hand, writes
-// the map file (when it holds the map's lease) and returns nil. It retries every failure (Redis or HAProxy
-// away) with capped, jittered backoff, keeping the live map and the file as
-// they are meanwhile. It returns an error if another running syncer holds
-// its name (ErrNameTaken), or if the final file write fails.
+// ShardCounts counts users per shard in the assignments the syncer follows.
+// Safe for concurrent use.
+func (s *Syncer) ShardCounts() map[string]int { return s.state.shardCounts() }
+
+// Run syncs until ctx is cancelled, then lets each target finish the batch
+// in hand, writes the map file (when it holds the file's lease) and returns
+// nil. It retries every failure (Redis or a HAProxy away) with capped,
+// jittered backoff, keeping the live maps and the file as they are
+// meanwhile; a target that fails never holds up the others. It returns an
+// error if another running syncer holds its name (ErrNameTaken), or if the
+// final file write fails.
 func (s *Syncer) Run(ctx context.Context) error {
 	if err := s.claimName(ctx); err != nil {
 		return err
-	}
-	if s.cfg.Socket != "" {
-		stop, err := watchSocket(s.cfg.Socket, s.kick, s.log)
-		if err != nil {
-			s.log.Warn("cannot watch the socket; relying on show info checks", "err", err)
-		} else {
-			defer stop()
-		}
 	}
 	hbCtx, stopHB := context.WithCancel(ctx)
 	hbDone := make(chan struct{})
 	go func() { defer close(hbDone); s.heartbeat(hbCtx) }()
 	defer func() { stopHB(); <-hbDone; s.releaseClaims() }()
 
-	backoff := newBackoff(50*time.Millisecond, time.Second)
-	for ctx.Err() == nil {
-		if lost := s.claims.nameLost(); lost != nil {
-			return lost
-		}
-		if !s.holdLease(ctx) {
-			s.sleep(ctx, s.cfg.Heartbeat)
-			continue
-		}
-		var err error
-		if s.needFull {
-			err = s.fullSync(ctx)
-		} else {
-			err = s.step(ctx)
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		s.setLoopProblem(ctx, err)
-		if err != nil {
-			wait := backoff.next()
-			if errors.Is(err, errRefused) {
-				wait = 5 * time.Second // each try dumps the live map and scans Redis
-			}
-			s.sleep(ctx, wait)
-			continue
-		}
-		backoff.reset()
+	tctx, stopTargets := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for _, t := range s.targets {
+		wg.Add(1)
+		go func() { defer wg.Done(); t.run(tctx) }()
 	}
-	// The last batch was applied with a context of its own; persist it.
-	if s.active {
+	err := s.read(ctx)
+	stopTargets()
+	wg.Wait()
+	if err != nil {
+		return err
+	}
+	if s.fileActive.Load() {
 		if err := s.file.flushNow(s); err != nil {
 			return fmt.Errorf("syncer: final flush: %w", err)
 		}
 	}
 	s.report(context.Background(), true)
-	s.log.Info("syncer stopped", "log_id", s.applied, "entries", len(s.mirror))
+	_, logID, n := s.state.position()
+	s.log.Info("syncer stopped", "log_id", logID, "entries", n)
 	return nil
 }
 
-// fullSync brings the live map to Redis's content and resumes following the
-// log from the snapshot's ID. It never takes the live map as truth: it reads
-// it, diffs it against a snapshot of Redis, and sends the difference (as
-// single commands, or one versioned swap when that is cheaper or the live map
-// holds duplicates). It runs at start, after HAProxy restarts, and after any
-// doubt (a failed batch, a log gap).
-func (s *Syncer) fullSync(ctx context.Context) error {
-	start := time.Now()
-	// A connection kept across a reload still talks to the old process (and
-	// keeps it alive): updates sent on it would never reach the new one.
-	s.rt.Close()
-	info, err := s.rt.Info(ctx)
-	if err != nil {
-		return fail(kindHAProxy, err)
+// read is the reader's loop: it loads Redis into the state and follows the
+// change log, and writes the map file, until ctx ends or the name is lost.
+func (s *Syncer) read(ctx context.Context) error {
+	backoff := newBackoff(50*time.Millisecond, time.Second)
+	for ctx.Err() == nil {
+		if lost := s.claims.nameLost(); lost != nil {
+			return lost
+		}
+		var err error
+		if s.needLoad {
+			err = s.load(ctx)
+		} else {
+			err = s.readStep(ctx)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		s.setProblems(ctx, func() { s.loop = err })
+		if err != nil {
+			sleepCtx(ctx, backoff.next())
+			continue
+		}
+		backoff.reset()
 	}
-	if backends, err := s.rt.Backends(ctx); err != nil {
-		return fail(kindHAProxy, err)
-	} else if err := s.publishShards(ctx, backends); err != nil {
-		return err
-	}
-	// A loader killed mid-swap leaves a prepared version behind; some HAProxy
-	// versions loop on a later set of a key it holds (3.2.0).
-	if n, err := s.rt.ClearUncommitted(ctx, s.cfg.MapPath); err != nil {
-		return fail(kindHAProxy, err)
-	} else if n > 0 {
-		s.log.Warn("cleared uncommitted map versions left by an interrupted load", "entries", n)
-	}
-	live, lines, err := s.dumpLive(ctx)
-	if err != nil {
-		return fail(kindHAProxy, err)
-	}
+	return nil
+}
+
+// load replaces the state with a snapshot of Redis and resumes following
+// the log from the snapshot's ID. Every target then reconciles its whole
+// live map with it. It runs at start and after any doubt about the log (a
+// gap, the hash's count differing).
+func (s *Syncer) load(ctx context.Context) error {
 	snap, err := s.store.Snapshot(ctx, s.skipBad)
 	if err != nil {
 		return fail(kindRedis, err)
 	}
-	if err := s.guard(ctx, live, snap.Entries); err != nil {
-		return err
-	}
-	d := maps.Diff(snap.Entries, live)
-	s.mirror = live
-	swaps := s.Status().Swaps
-	if lines != len(live) { // duplicate keys: only a swap removes them
-		err = s.swap(ctx, snap.Entries)
-	} else {
-		err = s.push(ctx, wantsOf(s.mirror, snap.Entries), true)
-	}
-	how := "diff"
-	if s.Status().Swaps > swaps {
-		how = "swap"
-	}
-	if err != nil {
-		s.mirror = nil // unknown until the next full sync reads it again
-		return fail(kindHAProxy, err)
-	}
-	s.mirror = snap.Entries
-	s.applied = snap.LogID
+	s.gen.Add(1)
+	s.state.reload(snap.Entries, snap.LogID)
 	s.badInHash = snap.Skipped
-	s.needFull = false
-	s.haproxy, s.lastCheck = info, time.Now()
+	s.needLoad = false
 	s.drift.reset()
 	s.file.markDirty()
-	s.file.flushNow(s) // a failure is the file's state, retried on its own
-	s.updateStatus(func(st *Status) { st.FullSyncs++; st.HAProxyPid = info.Pid })
-	s.log.Info("full sync", "entries", len(snap.Entries), "how", how, "missing", d.Missing, "extra", d.Extra,
-		"changed", d.Changed, "skipped", snap.Skipped, "log_id", snap.LogID, "haproxy_pid", info.Pid,
-		"haproxy_version", info.Version, "took", time.Since(start).Round(time.Millisecond))
+	s.log.Info("loaded redis", "entries", len(snap.Entries), "skipped", snap.Skipped, "log_id", snap.LogID)
 	return nil
 }
 
-// dumpLive reads the live map; of duplicated keys the first, which HAProxy
-// serves, counts. lines is the number of entries HAProxy listed.
-func (s *Syncer) dumpLive(ctx context.Context) (live map[string]string, lines int, err error) {
-	live = map[string]string{}
-	err = s.dump(ctx, func(k, v string) {
-		lines++
-		if _, dup := live[k]; !dup {
-			live[k] = v
-		}
-	})
-	return live, lines, err
-}
-
-// dump streams the live map to fn and checks that HAProxy listed as many
-// entries as it counts: a concurrent "clear map" can cut a dump that still
-// ends as a whole one does. Uncommitted versions must have been cleared.
-func (s *Syncer) dump(ctx context.Context, fn func(k, v string)) error {
-	lines := 0
-	err := s.rt.Dump(ctx, s.cfg.MapPath, func(k, v string) error {
-		lines++
-		fn(k, v)
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	cnt, err := s.rt.MapEntryCount(ctx, s.cfg.MapPath)
-	if err != nil {
-		return err
-	}
-	if cnt != lines {
-		return fmt.Errorf("dump of %s listed %d entries, HAProxy counts %d (changed during the dump, or a version pending): %w",
-			s.cfg.MapPath, lines, cnt, runtime.ErrTruncated)
-	}
-	return nil
-}
-
-// errRefused marks a reconcile the delete guard refused.
-var errRefused = errors.New("refusing to delete")
-
-// guard refuses a reconcile that would delete more than MaxDeleteShare of
-// the live map (and more than 5 entries): Redis coming back empty (FLUSHALL,
-// a restart without persistence) must not wipe the routing of every user.
-// A human lifts it once with mapctl reconcile --force.
-func (s *Syncer) guard(ctx context.Context, live, next map[string]string) error {
-	deletes := 0
-	for k := range live {
-		if _, ok := next[k]; !ok {
-			deletes++
+// targetSynced records that a target reconciled its live map with the
+// state of load gen: the delete guard passed, so the file may be written
+// from it.
+func (s *Syncer) targetSynced(gen uint64) {
+	for {
+		old := s.synced.Load()
+		if old >= gen || s.synced.CompareAndSwap(old, gen) {
+			return
 		}
 	}
-	if deletes <= 5 || float64(deletes) <= s.cfg.MaxDeleteShare*float64(len(live)) {
-		return nil
+}
+
+// fileAllowed: the file is written from the state once a target accepted
+// the state's current load (a Redis that came back empty must not empty the
+// file before the delete guard saw it), and only by the file lease's holder.
+func (s *Syncer) fileAllowed(ctx context.Context) bool {
+	return s.synced.Load() == s.gen.Load() && s.holdFileLease(ctx)
+}
+
+// takeForced takes a human's one-time permission to delete past the guard;
+// it holds for every target of this syncer for a minute.
+func (s *Syncer) takeForced(ctx context.Context) (bool, error) {
+	s.mu.Lock()
+	ok := time.Now().Before(s.forcedUntil)
+	s.mu.Unlock()
+	if ok {
+		return true, nil
 	}
 	forced, err := s.store.TakeForcedReconcile(ctx)
-	if err != nil {
-		return fail(kindRedis, err)
+	if err != nil || !forced {
+		return false, err
 	}
-	if forced {
-		s.log.Warn("reconcile forced by a human: deleting from the live map", "deletes", deletes, "live", len(live))
-		return nil
-	}
-	s.updateStatus(func(st *Status) { st.Refused++ })
-	return fail(kindGuard, fmt.Errorf("%w %d of %d live entries (more than %.0f%%): did Redis lose its data? "+
-		"HAProxy keeps serving the current map. Restore Redis with 'mapctl restore --from %s', or accept with 'mapctl reconcile --force'",
-		errRefused, deletes, len(live), 100*s.cfg.MaxDeleteShare, s.cfg.MapPath))
+	s.mu.Lock()
+	s.forcedUntil = time.Now().Add(time.Minute)
+	s.mu.Unlock()
+	return true, nil
 }
 
 // publishShards records HAProxy's backends as the shards mapctl may assign.
@@ -403,36 +360,36 @@ func (s *Syncer) publishShards(ctx context.Context, backends []string) error {
 	err := s.store.AddShards(ctx, valid)
 	switch {
 	case errors.Is(err, maps.ErrWrongType):
-		if !s.shardsWarn {
+		if !s.shardsWarn.Swap(true) {
 			s.log.Warn("cannot publish HAProxy's backends as known shards; going on without (mapctl set needs --force until it is fixed)", "err", err)
-			s.shardsWarn = true
 		}
 		return nil
 	case err != nil:
 		return fail(kindRedis, err)
 	}
-	s.shardsWarn = false
+	s.shardsWarn.Store(false)
 	return nil
 }
 
-// step waits briefly for changes, applies those that came, and flushes the
-// file and reports when they are due.
-func (s *Syncer) step(ctx context.Context) error {
-	if err := s.checkHAProxy(ctx); err != nil || s.needFull {
-		return err
-	}
-	if err := s.reconcile(ctx); err != nil || s.needFull {
+// readStep waits briefly for changes and publishes those that came to the
+// targets, looks for drift in Redis when due, and writes the file when due.
+func (s *Syncer) readStep(ctx context.Context) error {
+	if err := s.reconcile(ctx); err != nil || s.needLoad {
 		return err
 	}
 	s.file.collect(s, ctx)
-	wait := s.file.bound(s, min(s.cfg.Heartbeat, s.cfg.CheckEvery))
+	wait := s.file.bound(s, s.cfg.Heartbeat)
+	if !s.fileActive.Load() && s.synced.Load() == s.gen.Load() && s.fileLease.holder() == "" {
+		wait = min(wait, 10*time.Millisecond) // a target just accepted the state: take the file's lease and write it
+	}
 	if s.drift.scanning() {
 		// A drift pass reads Redis a page per step: take what the log has
 		// and go on. (A short BLOCK would not do: Redis ends blocking reads
 		// on its own timer, up to 1/hz = 100 ms late.)
 		wait = -1
 	}
-	changes, bad, err := s.store.ReadLog(ctx, s.applied, int64(s.cfg.BatchMax), wait)
+	_, applied, _ := s.state.position()
+	changes, bad, err := s.store.ReadLog(ctx, applied, int64(s.cfg.BatchMax), wait)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -445,80 +402,31 @@ func (s *Syncer) step(ctx context.Context) error {
 	if len(changes) > 0 {
 		// Reading after an ID that is no longer in the log returns whatever
 		// follows, silently skipping what was trimmed: check it is still there.
-		ok, err := s.store.LogHas(ctx, s.applied)
+		ok, err := s.store.LogHas(ctx, applied)
 		if err != nil {
 			return fail(kindRedis, err)
 		}
 		if !ok {
-			s.log.Warn("change log gap: position no longer in the log, reconciling the whole map", "log_id", s.applied)
-			s.needFull = true
+			s.log.Warn("change log gap: position no longer in the log, reloading", "log_id", applied)
+			s.needLoad = true
 			return nil
 		}
-		// Once read, a batch is applied whole even if we are told to stop.
-		err = s.apply(context.WithoutCancel(ctx), changes)
-		if err != nil {
-			s.needFull = true
-			return fail(kindHAProxy, err)
-		}
-		s.report(ctx, true)
+		s.publish(changes)
 	}
-	s.file.maybeStart(s)
+	if s.fileAllowed(ctx) {
+		s.file.maybeStart(s)
+	}
 	return nil
 }
 
-// checkHAProxy notices a restarted or reloaded HAProxy: a new process
-// started from the map file on disk, which may lag Redis, so the live map is
-// reconciled whole. It runs every CheckEvery, and at once when the socket
-// changes. A HAProxy that does not answer fails here within the runtime
-// client's timeout.
-func (s *Syncer) checkHAProxy(ctx context.Context) error {
-	select {
-	case <-s.kick:
-	default:
-		if time.Since(s.lastCheck) < s.cfg.CheckEvery {
-			return nil
-		}
-	}
-	info, err := s.rt.Info(ctx)
-	if err != nil {
-		s.needFull = true // whatever comes back must be reconciled
-		return fail(kindHAProxy, err)
-	}
-	s.lastCheck = time.Now()
-	if info.Pid != s.haproxy.Pid || info.UptimeSec < s.haproxy.UptimeSec {
-		s.log.Info("haproxy restarted, reconciling the live map", "old_pid", s.haproxy.Pid, "pid", info.Pid)
-		s.needFull = true
-		return nil
-	}
-	s.haproxy = info
-	return nil
-}
-
-// want is what one user's entry in the live map must become.
+// want is what one user's entry must become.
 type want struct {
 	user  string
 	shard string // "" to delete
 }
 
-// wantsOf lists what turns the live map from into to, in no order.
-func wantsOf(from, to map[string]string) []want {
-	var ws []want
-	for u, sh := range to {
-		if from[u] != sh {
-			ws = append(ws, want{u, sh})
-		}
-	}
-	for u := range from {
-		if _, ok := to[u]; !ok {
-			ws = append(ws, want{user: u})
-		}
-	}
-	return ws
-}
-
-// apply brings the live map up to date with changes: it keeps the last
-// change per user and pushes it; then the position moves to the last ID.
-func (s *Syncer) apply(ctx context.Context, changes []maps.Change) error {
+// publish moves the state over changes, keeping the last change per user.
+func (s *Syncer) publish(changes []maps.Change) {
 	last := map[string]int{}
 	var ws []want
 	for _, c := range changes {
@@ -536,155 +444,26 @@ func (s *Syncer) apply(ctx context.Context, changes []maps.Change) error {
 		last[c.User] = len(ws)
 		ws = append(ws, w)
 	}
-	if err := s.push(ctx, ws, false); err != nil {
-		return err
-	}
 	newID := changes[len(changes)-1].ID
-	s.applied = newID
-	s.updateStatus(func(st *Status) { st.Changes += int64(len(changes)) })
-	s.log.Debug("applied", "changes", len(changes), "log_id", newID)
-	return nil
-}
-
-// push makes the live map hold what ws say, diffed against the mirror: add
-// for a new key, set for a changed one, del for a gone one; what the mirror
-// says is live already sends nothing. A batch with many set/del, which scan
-// the whole map in HAProxy 2.6, goes as one versioned swap instead; with
-// whole, so does a batch with many ops of any kind (a full sync is applied
-// atomically unless it is small).
-func (s *Syncer) push(ctx context.Context, ws []want, whole bool) error {
-	if !s.leaseValid() {
-		return errLeaseLost
+	if s.state.publish(ws, newID) > 0 {
+		s.file.markDirty()
 	}
-	var ops []runtime.Op
-	setDel := 0
-	for _, w := range ws {
-		cur, has := s.mirror[w.user]
-		switch {
-		case w.shard == "" && has:
-			ops = append(ops, runtime.Op{Kind: runtime.Del, Key: w.user})
-			setDel++
-		case w.shard != "" && !has:
-			ops = append(ops, runtime.Op{Kind: runtime.Add, Key: w.user, Value: w.shard})
-		case w.shard != "" && cur != w.shard:
-			ops = append(ops, runtime.Op{Kind: runtime.Set, Key: w.user, Value: w.shard})
-			setDel++
-		}
-	}
-	if len(ops) == 0 {
-		return nil
-	}
-	var err error
-	if setDel > s.cfg.ReplaceAbove || whole && len(ops) > s.cfg.ReplaceAbove {
-		err = s.applyBySwap(ctx, ops)
-	} else {
-		err = s.applyOps(ctx, ops)
-	}
-	if err != nil {
-		return err
-	}
-	s.file.markDirty()
-	return nil
-}
-
-// applyOps sends ops one by one, pipelined, and follows the mirror. A set
-// whose key is missing (someone deleted it by hand) is retried as an add; a
-// del whose key is missing is already done.
-func (s *Syncer) applyOps(ctx context.Context, ops []runtime.Op) error {
-	results, err := s.rt.Apply(ctx, s.cfg.MapPath, ops)
-	for i, r := range results {
-		s.follow(ops[i], r)
-	}
-	if err != nil {
-		return err
-	}
-	var retry []runtime.Op
-	for i, r := range results {
-		switch {
-		case r == nil:
-		case errors.Is(r, runtime.ErrNotFound) && ops[i].Kind == runtime.Set:
-			s.log.Warn("drift: key missing from live map, adding it", "user", ops[i].Key)
-			retry = append(retry, runtime.Op{Kind: runtime.Add, Key: ops[i].Key, Value: ops[i].Value})
-		case errors.Is(r, runtime.ErrNotFound) && ops[i].Kind == runtime.Del:
-			s.log.Warn("drift: key already gone from live map", "user", ops[i].Key)
-		default:
-			return r
-		}
-	}
-	if len(retry) > 0 {
-		return s.applyOps(ctx, retry)
-	}
-	return nil
-}
-
-// follow updates the mirror for one op's outcome.
-func (s *Syncer) follow(op runtime.Op, result error) {
-	switch {
-	case op.Kind == runtime.Del && (result == nil || errors.Is(result, runtime.ErrNotFound)):
-		delete(s.mirror, op.Key)
-	case op.Kind != runtime.Del && result == nil:
-		s.mirror[op.Key] = op.Value
-	}
-}
-
-// applyBySwap applies ops to a copy of the mirror and swaps the whole live
-// map for it.
-func (s *Syncer) applyBySwap(ctx context.Context, ops []runtime.Op) error {
-	next := make(map[string]string, len(s.mirror)+len(ops))
-	for k, v := range s.mirror {
-		next[k] = v
-	}
-	for _, op := range ops {
-		if op.Kind == runtime.Del {
-			delete(next, op.Key)
-		} else {
-			next[op.Key] = op.Value
-		}
-	}
-	return s.swap(ctx, next)
-}
-
-// swap replaces the whole live map with next, and the mirror with it.
-func (s *Syncer) swap(ctx context.Context, next map[string]string) error {
-	if !s.leaseValid() {
-		return errLeaseLost
-	}
-	if err := s.rt.Replace(ctx, s.cfg.MapPath, entriesOf(next)); err != nil {
-		return err
-	}
-	s.mirror = next
-	s.file.markDirty()
-	s.updateStatus(func(st *Status) { st.Swaps++ })
-	return nil
+	s.log.Debug("read", "changes", len(changes), "log_id", newID)
 }
 
 func (s *Syncer) skipBad(b maps.BadEntry) {
-	s.updateStatus(func(st *Status) { st.BadSkipped++ })
+	s.mu.Lock()
+	s.status.BadSkipped++
+	s.mu.Unlock()
 	s.log.Warn("skipped invalid entry from redis", "user", fmt.Sprintf("%.80q", b.User), "err", b.Err)
 }
 
-// entriesOf returns m as runtime entries, in no particular order: HAProxy's
-// map lookups do not depend on it (the file is sorted on its own).
-func entriesOf(m map[string]string) []runtime.Entry {
-	out := make([]runtime.Entry, 0, len(m))
-	for k, v := range m {
-		out = append(out, runtime.Entry{Key: k, Value: v})
-	}
-	return out
-}
-
-// sleep waits d, or less if the socket changes, SIGHUP comes or ctx ends.
-func (s *Syncer) sleep(ctx context.Context, d time.Duration) {
+// sleepCtx waits d, or less if ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 	case <-t.C:
-	case <-s.kick:
-		// Put the kick back: checkHAProxy must still see it.
-		select {
-		case s.kick <- struct{}{}:
-		default:
-		}
 	}
 }

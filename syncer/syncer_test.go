@@ -69,21 +69,33 @@ func (f *fakeRuntime) Dump(_ context.Context, _ string, fn func(k, v string) err
 	return nil
 }
 
+// newTestSyncer returns a syncer whose state and one target's live map
+// hold live, in sync.
 func newTestSyncer(t *testing.T, live map[string]string) (*Syncer, *fakeRuntime) {
 	f := &fakeRuntime{live: map[string]string{}}
-	mirror := map[string]string{}
 	for k, v := range live {
-		f.live[k], mirror[k] = v, v
+		f.live[k] = v
 	}
-	s, err := New(Config{Name: "t", MapPath: "/m.map", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, newFakeStore(nil), f)
+	s, err := New(Config{Name: "t", MapName: "/m.map", Targets: []string{"/run/t.sock"}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, newFakeStore(live), dialFake(f))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !s.holdLease(context.Background()) {
+	if !s.targets[0].holdLease(context.Background()) {
 		t.Fatal("no lease on an empty store")
 	}
-	s.mirror = mirror
+	if err := s.fullSync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.applied, f.replaced = nil, 0
 	return s, f
+}
+
+// apply publishes changes to the state and lets the target apply them.
+func (s *Syncer) apply(ctx context.Context, changes []maps.Change) error {
+	s.publish(changes)
+	tg := s.targets[0]
+	bs, _, _ := s.state.since(tg.seq)
+	return tg.apply(ctx, bs)
 }
 
 func set(id, u, sh string) maps.Change {
@@ -110,8 +122,8 @@ func TestApplyCoalescesAndDiffs(t *testing.T) {
 	if len(f.applied) != 1 || !reflect.DeepEqual(f.applied[0], want) {
 		t.Fatalf("sent %v, want %v", f.applied, want)
 	}
-	if !reflect.DeepEqual(s.mirror, f.live) || s.applied != "7-0" {
-		t.Fatalf("mirror %v, live %v, applied %s", s.mirror, f.live, s.applied)
+	if !reflect.DeepEqual(stateMap(s), f.live) || s.targets[0].applied != "7-0" {
+		t.Fatalf("state %v, live %v, applied %s", stateMap(s), f.live, s.targets[0].applied)
 	}
 }
 
@@ -125,8 +137,8 @@ func TestApplySetOnMissingKeyBecomesAdd(t *testing.T) {
 	if len(f.applied) != 2 || f.applied[1][0] != (runtime.Op{Kind: runtime.Add, Key: "a", Value: "s2"}) {
 		t.Fatalf("calls %v", f.applied)
 	}
-	if f.live["a"] != "s2" || s.mirror["a"] != "s2" {
-		t.Fatalf("live %v mirror %v", f.live, s.mirror)
+	if f.live["a"] != "s2" {
+		t.Fatalf("live %v", f.live)
 	}
 }
 
@@ -146,23 +158,24 @@ func TestApplyManySetsSwapsWholeMap(t *testing.T) {
 	if f.replaced != 1 || len(f.applied) != 0 {
 		t.Fatalf("replaced %d times, %d pipelined calls; want one swap", f.replaced, len(f.applied))
 	}
-	if f.live["u42"] != "s2" || len(f.live) != 100 || !reflect.DeepEqual(s.mirror, f.live) {
+	if f.live["u42"] != "s2" || len(f.live) != 100 || !reflect.DeepEqual(stateMap(s), f.live) {
 		t.Fatalf("live after swap: %d entries, u42=%s", len(f.live), f.live["u42"])
 	}
 }
 
-// A connection that breaks mid-batch is an error; the mirror follows only
-// the replies that came, and the position does not move.
+// A connection that breaks mid-batch is an error, and the target's
+// position does not move.
 func TestApplyConnectionLost(t *testing.T) {
 	s, f := newTestSyncer(t, nil)
-	s.applied = "0-1"
+	tg := s.targets[0]
+	before := tg.applied
 	f.failAt = 1
 	err := s.apply(context.Background(), []maps.Change{set("1-0", "a", "s1"), set("2-0", "b", "s1")})
 	if err == nil {
 		t.Fatal("no error for a broken connection")
 	}
-	if s.mirror["a"] != "s1" || s.mirror["b"] != "" || s.applied != "0-1" {
-		t.Fatalf("mirror %v applied %s", s.mirror, s.applied)
+	if tg.applied != before {
+		t.Fatalf("applied %s, want %s", tg.applied, before)
 	}
 }
 

@@ -180,14 +180,27 @@ func (a *app) waitApplied(ctx context.Context, id string) error {
 				continue
 			}
 			live = append(live, st.Name)
-			if maps.CompareIDs(st.Applied, id) < 0 {
+			// Every active target of the syncer must have it; a syncer that
+			// reports no targets sums them up in its own fields.
+			targets := st.Targets
+			if len(targets) == 0 {
+				targets = []maps.TargetState{{Applied: st.Applied, Ready: st.Ready, Problem: st.Problem}}
+			}
+			for _, tg := range targets {
+				if tg.Standby || maps.CompareIDs(tg.Applied, id) >= 0 {
+					continue
+				}
 				problem := ""
-				if st.Problem != "" {
-					problem = ", problem: " + st.Problem
-				} else if !st.Ready {
+				if tg.Problem != "" {
+					problem = ", problem: " + tg.Problem
+				} else if !tg.Ready {
 					problem = ", not ready"
 				}
-				lagging = append(lagging, fmt.Sprintf("%s (at %s%s)", st.Name, orNone(st.Applied), problem))
+				name := st.Name
+				if tg.Address != "" && len(st.Targets) > 1 {
+					name += " target " + tg.Address
+				}
+				lagging = append(lagging, fmt.Sprintf("%s (at %s%s)", name, orNone(tg.Applied), problem))
 			}
 		}
 		if len(live) > 0 && len(lagging) == 0 {

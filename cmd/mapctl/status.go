@@ -157,6 +157,9 @@ func (a *app) statusReport(ctx context.Context, o statusOpts) (*statusReport, er
 		}
 		r.Syncers = append(r.Syncers, v.json())
 		say("syncer %s: %s, %d entries, applied %s", v.Name, v.State, v.Entries, orNone(v.Applied))
+		for _, l := range targetLines(v) {
+			say("%s", l)
+		}
 	}
 	r.SyncersHidden = hidden
 	if hidden > 0 {

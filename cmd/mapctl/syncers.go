@@ -102,6 +102,20 @@ type syncerJSON struct {
 	LastSeenAgoMS   int64     `json:"last_seen_ago_ms"`
 	ReportedProblem string    `json:"reported_problem"` // what the syncer itself reports
 	Problem         string    `json:"problem"`          // why mapctl counts it as a problem ("" when it does not)
+	// Targets are the HAProxy processes it drives, as it reports them.
+	Targets []targetJSON `json:"targets"`
+}
+
+// targetJSON is one HAProxy process a syncer drives.
+type targetJSON struct {
+	Address       string    `json:"address"`
+	Ready         bool      `json:"ready"`
+	Standby       bool      `json:"standby"`
+	Applied       string    `json:"applied"`
+	Entries       int       `json:"entries"`
+	Problem       string    `json:"problem"`
+	LastContact   time.Time `json:"last_contact"`
+	LastContactMS int64     `json:"last_contact_ago_ms"` // -1 when never
 }
 
 func (v syncerView) json() syncerJSON {
@@ -110,8 +124,44 @@ func (v syncerView) json() syncerJSON {
 		Ready: v.Ready, Standby: v.Standby, Entries: v.Entries, Applied: v.Applied,
 		Behind: v.Lag.Behind, OldestMissing: v.Lag.Oldest, LagMS: v.Lag.Age.Milliseconds(),
 		LastSeen: v.Seen, LastSeenAgoMS: v.Age.Milliseconds(),
-		ReportedProblem: v.SyncerState.Problem, Problem: v.Problem,
+		ReportedProblem: v.SyncerState.Problem, Problem: v.Problem, Targets: targetsJSON(v.Targets),
 	}
+}
+
+func targetsJSON(ts []maps.TargetState) []targetJSON {
+	out := make([]targetJSON, 0, len(ts))
+	for _, t := range ts {
+		ago := int64(-1)
+		if !t.Contact.IsZero() {
+			ago = max(0, time.Since(t.Contact).Milliseconds())
+		}
+		out = append(out, targetJSON{Address: t.Address, Ready: t.Ready, Standby: t.Standby, Applied: t.Applied,
+			Entries: t.Entries, Problem: t.Problem, LastContact: t.Contact, LastContactMS: ago})
+	}
+	return out
+}
+
+// targetLines describes each target in a line, for syncers with more than one.
+func targetLines(v syncerView) []string {
+	if len(v.Targets) < 2 {
+		return nil
+	}
+	var out []string
+	for _, t := range v.Targets {
+		state := "ready"
+		switch {
+		case t.Standby:
+			state = "standby"
+		case !t.Ready:
+			state = "NOT READY: " + t.Problem
+		}
+		contact := "never"
+		if !t.Contact.IsZero() {
+			contact = time.Since(t.Contact).Round(time.Millisecond).String() + " ago"
+		}
+		out = append(out, fmt.Sprintf("  target %s: %s, %d entries, applied %s, last contact %s", t.Address, state, t.Entries, orNone(t.Applied), contact))
+	}
+	return out
 }
 
 // syncersJSON is syncers' JSON document.

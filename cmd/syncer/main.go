@@ -65,12 +65,13 @@ func (l loggedError) Unwrap() error { return l.error }
 
 // options are the syncer's flags.
 type options struct {
-	redisURL, prefix, socket, mapPath, name, listen string
-	flush, reconcileEvery, runtimeTimeout           time.Duration
-	replaceAbove                                    int
-	maxDeleteShare                                  float64
-	fileMode, logFormat, logLevel                   string
-	verbose                                         bool
+	redisURL, prefix, mapPath, mapFile, name, listen string
+	sockets                                          []string
+	flush, reconcileEvery, runtimeTimeout            time.Duration
+	replaceAbove                                     int
+	maxDeleteShare                                   float64
+	fileMode, logFormat, logLevel                    string
+	verbose                                          bool
 }
 
 // newRoot builds the syncer command: flags, their defaults (from the
@@ -101,8 +102,9 @@ or another live syncer already uses --name.`,
 	// SHARDMAP_REDIS may hold: show it redacted, keep the real value.
 	f.Lookup("redis").DefValue = cli.RedactURL(f.Lookup("redis").DefValue)
 	f.StringVar(&o.prefix, "prefix", cli.Env(cli.EnvPrefix, maps.DefaultPrefix), "Redis key prefix (env "+cli.EnvPrefix+")")
-	f.StringVar(&o.socket, "socket", cli.Env(cli.EnvSocket, ""), "HAProxy stats socket at level admin (env "+cli.EnvSocket+")")
-	f.StringVar(&o.mapPath, "map", cli.Env(cli.EnvMap, ""), "map path exactly as in haproxy.cfg; also the file written (env "+cli.EnvMap+")")
+	f.StringSliceVar(&o.sockets, "socket", envList(cli.EnvSocket), "HAProxy Runtime API at level admin: a socket path, or ipv4@HOST:PORT / HOST:PORT; repeat it (or separate with commas) to drive several HAProxy processes (env "+cli.EnvSocket+")")
+	f.StringVar(&o.mapPath, "map", cli.Env(cli.EnvMap, ""), "the map exactly as haproxy.cfg names it (env "+cli.EnvMap+")")
+	f.StringVar(&o.mapFile, "map-file", "", "the map file to write, which HAProxy loads at start (default: the --map path)")
 	f.StringVar(&o.name, "name", "", "name this syncer reports in Redis (default HOST:MAP)")
 	f.StringVar(&o.listen, "listen", "", "address for /healthz, /readyz and /metrics, e.g. 127.0.0.1:9477 (off when empty)")
 	f.DurationVar(&o.flush, "flush-delay", 200*time.Millisecond, "longest the map file lags the live map")
@@ -118,6 +120,15 @@ or another live syncer already uses --name.`,
 	root.RegisterFlagCompletionFunc("log-level", cobra.FixedCompletions(cli.Levels, cobra.ShellCompDirectiveNoFileComp))
 	cli.Conventions(root)
 	return root
+}
+
+// envList is the comma-separated list in the environment variable name.
+func envList(name string) []string {
+	v := os.Getenv(name)
+	if v == "" {
+		return nil
+	}
+	return strings.Split(v, ",")
 }
 
 // singleDashLong rewrites "-flag" and "-flag=value", which the standard flag
@@ -156,8 +167,13 @@ func (o *options) serve(cmd *cobra.Command) error {
 	if err != nil {
 		return err
 	}
-	if o.socket == "" || o.mapPath == "" {
+	if len(o.sockets) == 0 || o.mapPath == "" {
 		return cli.Usagef("--socket and --map are required (see 'syncer --help')")
+	}
+	for _, a := range o.sockets {
+		if _, _, err := runtime.ParseAddress(a); err != nil && (a == "" || strings.ContainsAny(a, ":@")) {
+			return cli.Usagef("--socket: %v", err)
+		}
 	}
 	if o.name == "" {
 		host, _ := os.Hostname()
@@ -168,20 +184,14 @@ func (o *options) serve(cmd *cobra.Command) error {
 		return cli.UsageError{Err: err}
 	}
 	defer rdb.Close()
-	rt, err := runtime.New(o.socket, o.runtimeTimeout)
-	if err != nil {
-		return cli.UsageError{Err: err}
-	}
-	defer rt.Close()
+	dial := func(addr string) (syncer.Runtime, error) { return runtime.New(addr, o.runtimeTimeout) }
 	s, err := syncer.New(syncer.Config{
-		Name: o.name, MapPath: o.mapPath, Socket: o.socket, FlushDelay: o.flush, ReplaceAbove: o.replaceAbove, Logger: log,
+		Name: o.name, MapName: o.mapPath, MapFile: o.mapFile, Targets: o.sockets, FlushDelay: o.flush, ReplaceAbove: o.replaceAbove, Logger: log,
 		MaxDeleteShare: o.maxDeleteShare, ReconcileEvery: o.reconcileEvery, FileMode: os.FileMode(mode),
-	}, maps.NewStore(rdb, o.prefix), rt)
+	}, maps.NewStore(rdb, o.prefix), dial)
 	if err != nil {
 		return cli.UsageError{Err: err}
 	}
-	// Every map write checks the lease right before it is sent.
-	rt.SetWriteGuard(s.WriteAllowed)
 
 	ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -204,7 +214,7 @@ func (o *options) serve(cmd *cobra.Command) error {
 		go srv.Serve(ln)
 		defer srv.Close()
 	}
-	log.Info("syncer starting", "name", o.name, "socket", o.socket, "map", o.mapPath, "prefix", o.prefix, "redis", cli.RedactURL(o.redisURL))
+	log.Info("syncer starting", "name", o.name, "targets", o.sockets, "map_file", o.mapFile, "map", o.mapPath, "prefix", o.prefix, "redis", cli.RedactURL(o.redisURL))
 	if err := s.Run(ctx); err != nil {
 		log.Error("syncer failed", "err", err)
 		return loggedError{err}
