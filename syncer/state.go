@@ -1,0 +1,281 @@
+package syncer
+
+import (
+	"sort"
+	"sync"
+
+	"github.com/shardmap/shardmap/maps"
+	"github.com/shardmap/shardmap/runtime"
+)
+
+// none is the shard index of a user with no assignment.
+const none = -1
+
+// change is one user's entry going from prev to next (shard indexes, none
+// when absent) in one batch.
+type change struct {
+	user       string
+	prev, next int32
+}
+
+// batch is a set of changes published together, at most one per user. Its
+// seq is one more than the batch before it; logID is the change-log position
+// the state reached with it (a drift repair keeps the position).
+type batch struct {
+	seq     uint64
+	logID   string
+	changes []change
+}
+
+// ringMax bounds the changes kept for targets that lag: a target further
+// behind than this reconciles its whole map instead.
+const ringMax = 200_000
+
+// state is what every target's live map must hold: the assignments in
+// Redis at a change-log position, held once for all targets, compactly (a
+// shard is an index into a short table of names). The reader goroutine
+// (Syncer.Run) is its only writer; targets read it under the read lock, and
+// follow it through the ring of recent batches.
+type state struct {
+	mu      sync.RWMutex
+	loaded  bool
+	seq     uint64 // the last batch published (or reload)
+	logID   string
+	users   map[string]int32
+	shards  []string
+	index   map[string]int32
+	counts  []int         // users per shard index
+	ring    []*batch      // recent batches, consecutive seqs, oldest first
+	ringLen int           // changes held in the ring
+	notify  chan struct{} // closed, and replaced, at each publish or reload
+}
+
+func newState() *state {
+	return &state{users: map[string]int32{}, index: map[string]int32{}, notify: make(chan struct{}), logID: maps.ZeroID}
+}
+
+// shardIndex interns a shard name; the caller holds the write lock.
+func (st *state) shardIndex(name string) int32 {
+	if i, ok := st.index[name]; ok {
+		return i
+	}
+	i := int32(len(st.shards))
+	st.shards = append(st.shards, name)
+	st.counts = append(st.counts, 0)
+	st.index[name] = i
+	return i
+}
+
+func (st *state) broadcast() {
+	close(st.notify)
+	st.notify = make(chan struct{})
+}
+
+// reload replaces the whole state with a snapshot of Redis. The ring is
+// emptied: every target reconciles its whole map against the new state.
+func (st *state) reload(entries map[string]string, logID string) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.users = make(map[string]int32, len(entries))
+	for i := range st.counts {
+		st.counts[i] = 0
+	}
+	for u, sh := range entries {
+		i := st.shardIndex(sh)
+		st.users[u] = i
+		st.counts[i]++
+	}
+	st.loaded = true
+	st.seq++
+	st.logID = logID
+	st.ring, st.ringLen = nil, 0
+	st.broadcast()
+}
+
+// publish applies ws (the last word per user) to the state, moving it to
+// logID, and hands the effective changes to the targets. It returns how
+// many entries changed.
+func (st *state) publish(ws []want, logID string) int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	b := &batch{seq: st.seq + 1, logID: logID}
+	for _, w := range ws {
+		prev, ok := st.users[w.user]
+		if !ok {
+			prev = none
+		}
+		next := int32(none)
+		if w.shard != "" {
+			next = st.shardIndex(w.shard)
+		}
+		if prev == next {
+			continue
+		}
+		if prev != none {
+			st.counts[prev]--
+		}
+		if next == none {
+			delete(st.users, w.user)
+		} else {
+			st.users[w.user] = next
+			st.counts[next]++
+		}
+		b.changes = append(b.changes, change{w.user, prev, next})
+	}
+	st.seq = b.seq
+	st.logID = logID
+	st.ring = append(st.ring, b)
+	st.ringLen += len(b.changes)
+	for len(st.ring) > 1 && (st.ringLen > ringMax || len(st.ring) > 4096) {
+		st.ringLen -= len(st.ring[0].changes)
+		st.ring[0] = nil
+		st.ring = st.ring[1:]
+	}
+	st.broadcast()
+	return len(b.changes)
+}
+
+// since returns the batches after seq, and a channel closed at the next
+// publish. ok is false when seq is no longer in reach (a reload, or the
+// target fell further behind than the ring holds): the target must
+// reconcile its whole map.
+func (st *state) since(seq uint64) (bs []*batch, ok bool, next <-chan struct{}) {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	if seq == st.seq {
+		return nil, true, st.notify
+	}
+	if len(st.ring) == 0 || seq+1 < st.ring[0].seq || seq > st.seq {
+		return nil, false, st.notify
+	}
+	return st.ring[seq+1-st.ring[0].seq:], true, st.notify
+}
+
+// pendingAfter counts the changes published after seq, -1 when seq is out
+// of reach.
+func (st *state) pendingAfter(seq uint64) int {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	if seq == st.seq {
+		return 0
+	}
+	if len(st.ring) == 0 || seq+1 < st.ring[0].seq || seq > st.seq {
+		return -1
+	}
+	n := 0
+	for _, b := range st.ring[seq+1-st.ring[0].seq:] {
+		n += len(b.changes)
+	}
+	return n
+}
+
+// waitChan is closed at the next publish or reload.
+func (st *state) waitChan() <-chan struct{} {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	return st.notify
+}
+
+// view is the state under the read lock (see state.read).
+type view struct{ st *state }
+
+func (v view) get(user string) (string, bool) {
+	i, ok := v.st.users[user]
+	if !ok {
+		return "", false
+	}
+	return v.st.shards[i], true
+}
+func (v view) len() int             { return len(v.st.users) }
+func (v view) seq() uint64          { return v.st.seq }
+func (v view) logID() string        { return v.st.logID }
+func (v view) shard(i int32) string { return v.st.shards[i] }
+
+// each calls fn for every assignment, in no order.
+func (v view) each(fn func(user, shard string)) {
+	for u, i := range v.st.users {
+		fn(u, v.st.shards[i])
+	}
+}
+
+// entries lists the state as runtime entries, for a whole-map swap.
+func (v view) entries() []runtime.Entry {
+	out := make([]runtime.Entry, 0, len(v.st.users))
+	for u, i := range v.st.users {
+		out = append(out, runtime.Entry{Key: u, Value: v.st.shards[i]})
+	}
+	return out
+}
+
+// touchedAfter is the set of users changed by the batches after seq, and
+// false when they are out of reach.
+func (v view) touchedAfter(seq uint64) (map[string]bool, bool) {
+	st := v.st
+	if seq == st.seq {
+		return nil, true
+	}
+	if len(st.ring) == 0 || seq+1 < st.ring[0].seq || seq > st.seq {
+		return nil, false
+	}
+	t := map[string]bool{}
+	for _, b := range st.ring[seq+1-st.ring[0].seq:] {
+		for _, c := range b.changes {
+			t[c.user] = true
+		}
+	}
+	return t, true
+}
+
+// read runs fn with the state read-locked: keep fn short, the reader waits.
+func (st *state) read(fn func(v view)) {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	fn(view{st})
+}
+
+// isLoaded reports whether a snapshot of Redis was loaded.
+func (st *state) isLoaded() bool {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	return st.loaded
+}
+
+// position is the state's seq and change-log position.
+func (st *state) position() (uint64, string, int) {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	return st.seq, st.logID, len(st.users)
+}
+
+// shardCounts counts users per shard.
+func (st *state) shardCounts() map[string]int {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	out := make(map[string]int, len(st.shards))
+	for i, n := range st.counts {
+		if n > 0 {
+			out[st.shards[i]] = n
+		}
+	}
+	return out
+}
+
+// mapFile copies the state into a map file value, sorted by the writer.
+func (st *state) mapFile() maps.MapFile {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	mf := maps.MapFile{LogID: st.logID, Entries: make([]maps.Assignment, 0, len(st.users))}
+	for u, i := range st.users {
+		mf.Entries = append(mf.Entries, maps.Assignment{User: u, Shard: st.shards[i]})
+	}
+	return mf
+}
+
+// sortedShards is the shard table's names, sorted (for tests and logs).
+func (st *state) sortedShards() []string {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	s := append([]string(nil), st.shards...)
+	sort.Strings(s)
+	return s
+}

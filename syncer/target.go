@@ -1,0 +1,578 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/shardmap/shardmap/maps"
+	"github.com/shardmap/shardmap/runtime"
+)
+
+// target is one HAProxy process the syncer drives: its address, its
+// position in the shared state, whether its live map is in doubt, and its
+// lease. Each runs in a goroutine of its own, so a dead or hung target
+// never delays the others; it holds no copy of the map (a full sync or a
+// drift check reads its live map into a temporary one).
+type target struct {
+	s    *Syncer
+	addr string
+	rt   Runtime
+	log  *slog.Logger
+	kick chan struct{} // the socket appeared or went away, or SIGHUP: look now
+
+	lease lease
+
+	// Owned by the target's goroutine.
+	seq       uint64 // the state's batch the live map holds
+	applied   string // the change-log position the live map holds
+	needFull  bool   // the live map is in doubt: reconcile it whole
+	haproxy   runtime.Info
+	lastCheck time.Time
+	active    atomic.Bool // holds the target's lease and writes to it (read by the status)
+	inSync    atomic.Bool // reconciled at least once (read by the status)
+	lastLive  time.Time   // last drift check of the live map
+	forceLive atomic.Bool
+
+	// Guarded by s.mu.
+	status    TargetStatus
+	loop      error  // the last step's failure, nil when it succeeded
+	shown     string // the state last reported and shown
+	shownProb string
+}
+
+// TargetStatus is one target's view of itself.
+type TargetStatus struct {
+	Address string `json:"address"`
+	Ready   bool   `json:"ready"`
+	Standby bool   `json:"standby"`
+	State   string `json:"state"`
+	Problem string `json:"problem,omitempty"`
+	Applied string `json:"log_id"`
+	Entries int    `json:"entries"`
+	// Pending counts the changes the syncer has read from the log and not
+	// yet applied to this target (-1: too many to count, a full sync is
+	// due).
+	Pending    int `json:"pending"`
+	seq        uint64
+	FullSyncs  int       `json:"full_syncs"`
+	Swaps      int       `json:"swaps"`
+	Refused    int       `json:"refused"`
+	Drift      int64     `json:"drift"`
+	Changes    int64     `json:"changes"`
+	HAProxyPid int64     `json:"haproxy_pid"`
+	Contact    time.Time `json:"last_contact"`
+	// DriftChecks counts drift checks of the live map; DriftLiveTook is
+	// the last one's duration.
+	DriftChecks   int           `json:"drift_checks"`
+	DriftLiveTook time.Duration `json:"drift_live_took_ns"`
+}
+
+func newTarget(s *Syncer, addr string, rt Runtime) *target {
+	t := &target{s: s, addr: addr, rt: rt, needFull: true, applied: maps.ZeroID, kick: make(chan struct{}, 1)}
+	t.log = s.log.With("target", addr)
+	t.lease.ident = func() (string, error) { return leaseTarget(addr, s.cfg.MapName) }
+	t.status.Address = addr
+	if g, ok := rt.(interface{ SetWriteGuard(func() error) }); ok {
+		// Every map write checks the lease right before it is sent.
+		g.SetWriteGuard(t.writeAllowed)
+	}
+	return t
+}
+
+func (t *target) doKick() {
+	t.forceLive.Store(true)
+	select {
+	case t.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run drives the target until ctx ends: reconcile, then follow the state.
+func (t *target) run(ctx context.Context) {
+	s := t.s
+	if network, path, err := runtime.ParseAddress(t.addr); err == nil && network == "unix" {
+		if stop, err := watchSocket(path, t.kick, t.log); err != nil {
+			t.log.Warn("cannot watch the socket; relying on show info checks", "err", err)
+		} else {
+			defer stop()
+		}
+	}
+	backoff := newBackoff(50*time.Millisecond, time.Second)
+	for ctx.Err() == nil {
+		if !t.holdLease(ctx) {
+			t.sleep(ctx, s.cfg.Heartbeat)
+			continue
+		}
+		if !s.state.isLoaded() {
+			select {
+			case <-ctx.Done():
+			case <-s.state.waitChan():
+			case <-time.After(s.cfg.Heartbeat):
+			}
+			continue
+		}
+		var err error
+		if t.needFull {
+			err = t.fullSync(ctx)
+		} else {
+			err = t.step(ctx)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		t.setProblem(ctx, err)
+		if err != nil {
+			wait := backoff.next()
+			if errors.Is(err, errRefused) {
+				wait = 5 * time.Second // each try dumps the live map
+			}
+			t.sleep(ctx, wait)
+			continue
+		}
+		backoff.reset()
+	}
+	t.rt.Close()
+}
+
+// doubt marks the live map in doubt: it is reconciled whole next. The
+// target's state does not change for it: the live map serves as it is
+// until the reconcile succeeds or fails.
+func (t *target) doubt() { t.needFull = true }
+
+// fullSync brings the live map to the state and resumes following it from
+// there. It never takes the live map as truth: it reads it, diffs it against
+// the state, and sends the difference (as single commands, or one versioned
+// swap when that is cheaper or the live map holds duplicates). It runs at
+// start, after HAProxy restarts, and after any doubt (a failed batch, a
+// reload of the state, a target further behind than the ring).
+func (t *target) fullSync(ctx context.Context) error {
+	s := t.s
+	start := time.Now()
+	gen := s.gen.Load() // the state's load this sync checks against, or a later one
+	// A connection kept across a reload still talks to the old process (and
+	// keeps it alive): updates sent on it would never reach the new one.
+	t.rt.Close()
+	info, err := t.rt.Info(ctx)
+	if err != nil {
+		return fail(kindHAProxy, err)
+	}
+	t.contact()
+	if backends, err := t.rt.Backends(ctx); err != nil {
+		return fail(kindHAProxy, err)
+	} else if err := s.publishShards(ctx, backends); err != nil {
+		return err
+	}
+	// A loader killed mid-swap leaves a prepared version behind; some HAProxy
+	// versions loop on a later set of a key it holds (3.2.0).
+	if n, err := t.rt.ClearUncommitted(ctx, s.cfg.MapName); err != nil {
+		return fail(kindHAProxy, err)
+	} else if n > 0 {
+		t.log.Warn("cleared uncommitted map versions left by an interrupted load", "entries", n)
+	}
+	live, lines, err := t.dumpLive(ctx)
+	if err != nil {
+		return fail(kindHAProxy, err)
+	}
+	var (
+		ops             []runtime.Op
+		deletes, n      int
+		seq             uint64
+		logID           string
+		missing, extra  int
+		changed, setDel int
+	)
+	s.state.read(func(v view) {
+		seq, logID, n = v.seq(), v.logID(), v.len()
+		for k, cur := range live {
+			want, has := v.get(k)
+			switch {
+			case !has:
+				ops = append(ops, runtime.Op{Kind: runtime.Del, Key: k})
+				deletes++
+				extra++
+			case want != cur:
+				ops = append(ops, runtime.Op{Kind: runtime.Set, Key: k, Value: want})
+				changed++
+			}
+		}
+		v.each(func(u, sh string) {
+			if _, ok := live[u]; !ok {
+				ops = append(ops, runtime.Op{Kind: runtime.Add, Key: u, Value: sh})
+				missing++
+			}
+		})
+	})
+	setDel = deletes + changed
+	if err := t.guard(ctx, deletes, len(live), n); err != nil {
+		return err
+	}
+	how := "diff"
+	switch {
+	case lines != len(live) || len(ops) > s.cfg.ReplaceAbove: // duplicates: only a swap removes them
+		how = "swap"
+		seq, logID, err = t.swap(ctx)
+	case len(ops) > 0:
+		err = t.applyOps(ctx, ops)
+	}
+	if err != nil {
+		return fail(kindHAProxy, err)
+	}
+	_ = setDel
+	t.seq, t.applied, t.needFull = seq, logID, false
+	t.inSync.Store(true)
+	t.haproxy, t.lastCheck, t.lastLive = info, time.Now(), time.Now()
+	s.targetSynced(gen)
+	s.updateTarget(t, func(st *TargetStatus) {
+		st.FullSyncs++
+		st.HAProxyPid = info.Pid
+		st.Applied, st.Entries, st.seq = logID, n, seq
+	})
+	t.log.Info("full sync", "entries", n, "how", how, "missing", missing, "extra", extra,
+		"changed", changed, "log_id", logID, "haproxy_pid", info.Pid,
+		"haproxy_version", info.Version, "took", time.Since(start).Round(time.Millisecond))
+	s.report(ctx, true)
+	return nil
+}
+
+// dumpLive reads the live map; of duplicated keys the first, which HAProxy
+// serves, counts. lines is the number of entries HAProxy listed.
+func (t *target) dumpLive(ctx context.Context) (live map[string]string, lines int, err error) {
+	live = map[string]string{}
+	err = t.dump(ctx, func(k, v string) {
+		lines++
+		if _, dup := live[k]; !dup {
+			live[k] = v
+		}
+	})
+	return live, lines, err
+}
+
+// dump streams the live map to fn and checks that HAProxy listed as many
+// entries as it counts: a concurrent "clear map" can cut a dump that still
+// ends as a whole one does. Uncommitted versions must have been cleared.
+func (t *target) dump(ctx context.Context, fn func(k, v string)) error {
+	lines := 0
+	err := t.rt.Dump(ctx, t.s.cfg.MapName, func(k, v string) error {
+		lines++
+		fn(k, v)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	cnt, err := t.rt.MapEntryCount(ctx, t.s.cfg.MapName)
+	if err != nil {
+		return err
+	}
+	if cnt != lines {
+		return fmt.Errorf("dump of %s listed %d entries, HAProxy counts %d (changed during the dump, or a version pending): %w",
+			t.s.cfg.MapName, lines, cnt, runtime.ErrTruncated)
+	}
+	t.contact()
+	return nil
+}
+
+// errRefused marks a reconcile the delete guard refused.
+var errRefused = errors.New("refusing to delete")
+
+// guard refuses a reconcile that would delete more than MaxDeleteShare of
+// the live map (and more than 5 entries): Redis coming back empty (FLUSHALL,
+// a restart without persistence) must not wipe the routing of every user.
+// A human lifts it once with mapctl reconcile --force (for every target of
+// this syncer, for a minute).
+func (t *target) guard(ctx context.Context, deletes, live, next int) error {
+	s := t.s
+	if deletes <= 5 || float64(deletes) <= s.cfg.MaxDeleteShare*float64(live) {
+		return nil
+	}
+	forced, err := s.takeForced(ctx)
+	if err != nil {
+		return fail(kindRedis, err)
+	}
+	if forced {
+		t.log.Warn("reconcile forced by a human: deleting from the live map", "deletes", deletes, "live", live)
+		return nil
+	}
+	s.updateTarget(t, func(st *TargetStatus) { st.Refused++ })
+	return fail(kindGuard, fmt.Errorf("%w %d of %d live entries (more than %.0f%%; Redis has %d): did Redis lose its data? "+
+		"HAProxy keeps serving the current map. Restore Redis with 'mapctl restore --from %s', or accept with 'mapctl reconcile --force'",
+		errRefused, deletes, live, 100*s.cfg.MaxDeleteShare, next, s.cfg.MapFile))
+}
+
+// step follows the state: it checks HAProxy when due, looks for drift in
+// the live map when due, and applies the batches published since the
+// target's position, or waits briefly for one.
+func (t *target) step(ctx context.Context) error {
+	s := t.s
+	if err := t.checkHAProxy(ctx); err != nil || t.needFull {
+		return err
+	}
+	if err := t.checkLive(ctx); err != nil || t.needFull {
+		return err
+	}
+	bs, ok, next := s.state.since(t.seq)
+	if !ok {
+		t.log.Info("state moved out of reach (reloaded, or this target fell behind), reconciling the whole map", "log_id", t.applied)
+		t.doubt()
+		return nil
+	}
+	if len(bs) == 0 {
+		timer := time.NewTimer(min(s.cfg.Heartbeat, s.cfg.CheckEvery))
+		defer timer.Stop()
+		select {
+		case <-ctx.Done():
+		case <-next:
+		case <-timer.C:
+		case <-t.kick:
+			t.putKickBack()
+		}
+		return nil
+	}
+	// Once taken, batches are applied whole even if we are told to stop.
+	if err := t.apply(context.WithoutCancel(ctx), bs); err != nil {
+		t.doubt()
+		return fail(kindHAProxy, err)
+	}
+	s.report(ctx, true)
+	return nil
+}
+
+func (t *target) putKickBack() {
+	select {
+	case t.kick <- struct{}{}:
+	default:
+	}
+}
+
+// checkHAProxy notices a restarted or reloaded HAProxy: a new process
+// started from the map file on disk, which may lag Redis, so the live map is
+// reconciled whole. It runs every CheckEvery, and at once when the socket
+// changes. A HAProxy that does not answer fails here within the runtime
+// client's timeout.
+func (t *target) checkHAProxy(ctx context.Context) error {
+	select {
+	case <-t.kick:
+	default:
+		if time.Since(t.lastCheck) < t.s.cfg.CheckEvery {
+			return nil
+		}
+	}
+	info, err := t.rt.Info(ctx)
+	if err != nil {
+		t.doubt() // whatever comes back must be reconciled
+		return fail(kindHAProxy, err)
+	}
+	t.lastCheck = time.Now()
+	t.contact()
+	if info.Pid != t.haproxy.Pid || info.UptimeSec < t.haproxy.UptimeSec {
+		t.log.Info("haproxy restarted, reconciling the live map", "old_pid", t.haproxy.Pid, "pid", info.Pid)
+		t.doubt()
+		return nil
+	}
+	t.haproxy = info
+	return nil
+}
+
+// apply brings the live map from the target's position to the end of bs:
+// per user, from the value before the first batch to the value after the
+// last (what the live map holds and must hold), with add for a new key, set
+// for a changed one and del for a gone one. A set of batches with many
+// set/del, which scan the whole map in HAProxy 2.6, goes as one versioned
+// swap of the whole state instead.
+func (t *target) apply(ctx context.Context, bs []*batch) error {
+	s := t.s
+	type span struct{ from, to int32 }
+	var order []string
+	spans := map[string]*span{}
+	changes := 0
+	for _, b := range bs {
+		changes += len(b.changes)
+		for _, c := range b.changes {
+			if sp, ok := spans[c.user]; ok {
+				sp.to = c.next
+				continue
+			}
+			spans[c.user] = &span{c.prev, c.next}
+			order = append(order, c.user)
+		}
+	}
+	last := bs[len(bs)-1]
+	var ops []runtime.Op
+	setDel := 0
+	s.state.read(func(v view) {
+		for _, u := range order {
+			sp := spans[u]
+			switch {
+			case sp.from == sp.to:
+			case sp.to == none:
+				ops = append(ops, runtime.Op{Kind: runtime.Del, Key: u})
+				setDel++
+			case sp.from == none:
+				ops = append(ops, runtime.Op{Kind: runtime.Add, Key: u, Value: v.shard(sp.to)})
+			default:
+				ops = append(ops, runtime.Op{Kind: runtime.Set, Key: u, Value: v.shard(sp.to)})
+				setDel++
+			}
+		}
+	})
+	seq, logID := last.seq, last.logID
+	if setDel > s.cfg.ReplaceAbove {
+		var err error
+		if seq, logID, err = t.swap(ctx); err != nil {
+			return err
+		}
+	} else if len(ops) > 0 {
+		if err := t.applyOps(ctx, ops); err != nil {
+			return err
+		}
+	}
+	var n int
+	s.state.read(func(v view) { n = v.len() })
+	t.seq, t.applied = seq, logID
+	s.updateTarget(t, func(st *TargetStatus) {
+		st.Changes += int64(changes)
+		st.Applied, st.Entries, st.seq = logID, n, seq
+	})
+	t.log.Debug("applied", "changes", changes, "ops", len(ops), "log_id", logID)
+	return nil
+}
+
+// applyOps sends ops one by one, pipelined. A set whose key is missing
+// (someone deleted it by hand) is retried as an add, an add whose key is
+// there already as a set; a del whose key is missing is already done.
+func (t *target) applyOps(ctx context.Context, ops []runtime.Op) error {
+	if !t.leaseValid() {
+		return errLeaseLost
+	}
+	results, err := t.rt.Apply(ctx, t.s.cfg.MapName, ops)
+	if err != nil {
+		return err
+	}
+	t.contact()
+	var retry []runtime.Op
+	for i, r := range results {
+		switch {
+		case r == nil:
+		case errors.Is(r, runtime.ErrNotFound) && ops[i].Kind == runtime.Set:
+			t.log.Warn("drift: key missing from live map, adding it", "user", ops[i].Key)
+			retry = append(retry, runtime.Op{Kind: runtime.Add, Key: ops[i].Key, Value: ops[i].Value})
+		case errors.Is(r, runtime.ErrNotFound) && ops[i].Kind == runtime.Del:
+			t.log.Warn("drift: key already gone from live map", "user", ops[i].Key)
+		default:
+			return r
+		}
+	}
+	if len(retry) > 0 {
+		return t.applyOps(ctx, retry)
+	}
+	return nil
+}
+
+// swap replaces the whole live map with the state as it is now, and
+// returns the position it holds then.
+func (t *target) swap(ctx context.Context) (uint64, string, error) {
+	if !t.leaseValid() {
+		return 0, "", errLeaseLost
+	}
+	var (
+		entries []runtime.Entry
+		seq     uint64
+		logID   string
+	)
+	t.s.state.read(func(v view) { entries, seq, logID = v.entries(), v.seq(), v.logID() })
+	if err := t.rt.Replace(ctx, t.s.cfg.MapName, entries); err != nil {
+		return 0, "", err
+	}
+	t.contact()
+	t.s.updateTarget(t, func(st *TargetStatus) { st.Swaps++ })
+	return seq, logID, nil
+}
+
+// checkLive looks for drift in the live map every ReconcileEvery (or at
+// once on SIGHUP): it reads it and compares it with the state entry by entry
+// at any size, skipping users changed since the target's position (the
+// loop applies those next). A value that differs is set back; a key
+// missing, extra or duplicated makes a full sync.
+func (t *target) checkLive(ctx context.Context) error {
+	s := t.s
+	if !t.forceLive.Swap(false) && time.Since(t.lastLive) < s.cfg.ReconcileEvery {
+		return nil
+	}
+	start := time.Now()
+	t.lastLive = start
+	live, lines, err := t.dumpLive(ctx)
+	if err != nil {
+		return fail(kindHAProxy, err)
+	}
+	var (
+		wrong            []runtime.Op
+		unknown, missing int
+		reach            bool
+	)
+	s.state.read(func(v view) {
+		var touched map[string]bool
+		if touched, reach = v.touchedAfter(t.seq); !reach {
+			return
+		}
+		for k, cur := range live {
+			if touched[k] {
+				continue
+			}
+			want, has := v.get(k)
+			switch {
+			case !has:
+				unknown++
+			case want != cur:
+				wrong = append(wrong, runtime.Op{Kind: runtime.Set, Key: k, Value: want})
+			}
+		}
+		v.each(func(u, _ string) {
+			if _, ok := live[u]; !ok && !touched[u] {
+				missing++
+			}
+		})
+	})
+	took := time.Since(start)
+	s.updateTarget(t, func(st *TargetStatus) { st.DriftChecks++; st.DriftLiveTook = took })
+	if !reach {
+		t.doubt()
+		return nil
+	}
+	if unknown == 0 && missing == 0 && lines == len(live) && len(wrong) == 0 {
+		return nil
+	}
+	t.log.Warn("drift: live map edited outside shardmap, putting it back", "wrong_value", len(wrong), "unknown_keys", unknown,
+		"missing_keys", missing, "duplicates", lines-len(live))
+	s.updateTarget(t, func(st *TargetStatus) { st.Drift += int64(max(len(wrong)+unknown+missing, 1)) })
+	if unknown == 0 && missing == 0 && lines == len(live) && len(wrong) <= s.cfg.ReplaceAbove {
+		if err := t.applyOps(ctx, wrong); err != nil {
+			t.doubt()
+			return fail(kindHAProxy, err)
+		}
+		return nil
+	}
+	t.doubt()
+	return nil
+}
+
+// contact records that the target answered.
+func (t *target) contact() {
+	now := time.Now()
+	t.s.updateTarget(t, func(st *TargetStatus) { st.Contact = now })
+}
+
+// sleep waits d, or less if the socket changes, SIGHUP comes or ctx ends.
+func (t *target) sleep(ctx context.Context, d time.Duration) {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+	case <-tm.C:
+	case <-t.kick:
+		t.putKickBack() // checkHAProxy must still see it
+	}
+}
