@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -183,5 +184,90 @@ func TestIDsRouting(t *testing.T) {
 	}
 	if id := newID(5); route(&id) != "shard3" {
 		t.Errorf("a new ID on logical 5 did not follow it to shard3")
+	}
+}
+
+// mapctl id new makes IDs on the logical shard asked (a random one without
+// --logical), id parse reads them back and, with a logical map, says where
+// they route; a string that is not an ID exits 2 naming it and the rule.
+// config render -o of a routing: ids topology creates the logical map once.
+func TestIDsCLI(t *testing.T) {
+	s := &stack{t: t, redis: testenv.StartRedis(t)}
+	seen := map[string]bool{}
+	for i := 0; i < 3; i++ {
+		out := strings.TrimSpace(s.mustMapctl("id", "new", "--logical", "42"))
+		_, p, err := ids.Parse(out)
+		if err != nil || p.Logical != 42 || seen[out] {
+			t.Fatalf("id new --logical 42 printed %q: %+v %v (seen before: %v)", out, p, err, seen[out])
+		}
+		seen[out] = true
+	}
+	if out := strings.TrimSpace(s.mustMapctl("id", "new")); func() error { _, _, err := ids.Parse(out); return err }() != nil {
+		t.Fatalf("id new printed %q, not an ID", out)
+	}
+	var made struct {
+		ID       string `json:"id"`
+		Logical  int    `json:"logical"`
+		Sequence int    `json:"sequence"`
+		Millis   int64  `json:"millis"`
+		Shard    string `json:"shard"`
+	}
+	if err := json.Unmarshal([]byte(s.mustMapctl("id", "new", "--logical", "7", "-o", "json")), &made); err != nil || made.Logical != 7 {
+		t.Fatalf("id new -o json: %+v %v", made, err)
+	}
+	if id, _ := ids.Default.Compose(ids.Parts{Millis: made.Millis, Logical: 7, Sequence: made.Sequence}); strconv.FormatInt(id, 10) != made.ID {
+		t.Fatalf("id new -o json: parts %+v do not compose to its id", made)
+	}
+
+	lmap := filepath.Join(t.TempDir(), "logical.map")
+	os.WriteFile(lmap, []byte("# test\n7 shard5\n"), 0o644)
+	var parsed struct {
+		ID      string `json:"id"`
+		Logical int    `json:"logical"`
+		Shard   string `json:"shard"`
+	}
+	if err := json.Unmarshal([]byte(s.mustMapctl("id", "parse", made.ID, "--logical-map", lmap, "-o", "json")), &parsed); err != nil ||
+		parsed.ID != made.ID || parsed.Logical != 7 || parsed.Shard != "shard5" {
+		t.Fatalf("id parse -o json: %+v %v", parsed, err)
+	}
+	if out := s.mustMapctl("id", "parse", made.ID, "--logical-map", lmap); !strings.Contains(out, "routes to  shard5") {
+		t.Fatalf("id parse: %s", out)
+	}
+	other := strings.TrimSpace(s.mustMapctl("id", "new", "--logical", "8"))
+	if out := s.mustMapctl("id", "parse", other, "--logical-map", lmap); !strings.Contains(out, "the default shard") {
+		t.Fatalf("id parse of logical 8, not in the map: %s", out)
+	}
+
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"id", "parse", "0123"}, 2, `ID "0123": leading zero`},
+		{[]string{"id", "parse", "abc"}, 2, `ID "abc": not a decimal number`},
+		{[]string{"id", "parse", "--", "-5"}, 2, `ID "-5": not a decimal number`},
+		{[]string{"id", "parse", "9223372036854775808"}, 2, `larger than the largest ID`},
+		{[]string{"id", "new", "--logical", "8192"}, 2, "--logical 8192: want a logical shard, 0..8191"},
+		{[]string{"id", "parse", made.ID, "--logical-map", lmap + ".missing"}, 1, "no such file"},
+	} {
+		_, errs, code := s.mapctl(c.args...)
+		if code != c.code || !strings.Contains(errs, c.want) {
+			t.Errorf("mapctl %v: exit %d, stderr %q; want exit %d and %q", c.args, code, errs, c.code, c.want)
+		}
+	}
+
+	// config render -o creates the logical map once and keeps it after.
+	dir := t.TempDir()
+	topo := fmt.Sprintf("routing: ids\ndefault_shard: a\nmap: %[1]s/moved.map\nfrontend: 127.0.0.1:1\nstats: 127.0.0.1:2\nsocket: %[1]s/a.sock\nshards: {a: {servers: [{addr: '127.0.0.1:3'}]}, b: {servers: [{addr: '127.0.0.1:4'}]}}\n", dir)
+	os.WriteFile(filepath.Join(dir, "t.yaml"), []byte(topo), 0o644)
+	s.mustMapctl("config", "render", "--topology", filepath.Join(dir, "t.yaml"), "-o", filepath.Join(dir, "haproxy.cfg"))
+	m, err := haproxy.ReadLogicalMap(filepath.Join(dir, "logical.map"), 8192)
+	if err != nil || len(m) != 8192 || m[0] != "a" || m[8191] != "b" {
+		t.Fatalf("logical map after config render: %d entries, 0=%s 8191=%s, %v", len(m), m[0], m[8191], err)
+	}
+	os.WriteFile(filepath.Join(dir, "logical.map"), []byte("0 b\n"), 0o644)
+	s.mustMapctl("config", "render", "--topology", filepath.Join(dir, "t.yaml"), "-o", filepath.Join(dir, "haproxy.cfg"))
+	if b, _ := os.ReadFile(filepath.Join(dir, "logical.map")); string(b) != "0 b\n" {
+		t.Fatalf("config render replaced an existing logical map: %q", b)
 	}
 }
