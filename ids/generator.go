@@ -68,7 +68,7 @@ const DefaultTimeout = 2 * time.Second
 var ErrReply = errors.New("unexpected reply from the ID script")
 
 // Generator makes IDs unique across every process and machine that uses the
-// same Redis, key prefix and layout.
+// same Redis, key prefix and layout. It is safe for concurrent use.
 type Generator struct {
 	rdb    redis.Scripter
 	layout Layout

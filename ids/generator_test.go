@@ -203,3 +203,24 @@ func TestGeneratorErrors(t *testing.T) {
 		t.Fatal("script accepted logical shard 9000")
 	}
 }
+
+// BenchmarkGeneratorNew: IDs per second from one process over loopback,
+// 8 callers in parallel on random logical shards.
+func BenchmarkGeneratorNew(b *testing.B) {
+	r := testenv.StartRedis(b)
+	g, err := NewGenerator(r.Client(b), "", Default)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetParallelism(8)
+	b.RunParallel(func(pb *testing.PB) {
+		l := 0
+		for pb.Next() {
+			l = (l + 1237) % 8192
+			if _, err := g.New(context.Background(), l); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
