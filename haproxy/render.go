@@ -11,7 +11,9 @@ import (
 // gives the same bytes: shards and servers are sorted, and nothing depends
 // on time or the machine. Routing is HAProxy's native map lookup, no Lua:
 // the user's cookie is looked up in the map, and users without a cookie or
-// an entry go to the default shard.
+// an entry go to the default shard. With routing: ids the cookie is an ID
+// (package ids): Map holds moved IDs, and the logical shard the ID carries is
+// looked up in the logical map (which LogicalMapFile writes); see docs/IDS.md.
 //
 // Backends use "balance roundrobin", which HAProxy 2.6 allows dynamic
 // servers ("add server") in, so servers join a shard without a reload.
@@ -46,9 +48,22 @@ func Render(t *Topology, source string) ([]byte, error) {
 	w("")
 	w("frontend users")
 	w("    bind %s", t.Frontend)
-	w("    # The user's shard comes from the map, kept live by the syncer; users")
-	w("    # without a cookie or an entry go to the default shard.")
-	w("    use_backend %%[req.cook(%s),map(%s,%s)]", t.Cookie, t.Map, t.DefaultShard)
+	if t.EffectiveRouting() == RoutingIDs {
+		l := t.IDLayout()
+		w("    # routing: ids. The cookie is an ID carrying its logical shard (docs/IDS.md).")
+		w("    # A moved ID's entry in %s (kept live by the syncer) wins; otherwise", t.Map)
+		w("    # the logical shard, (ID / %d) & %d, is looked up in %s. The", l.SequenceDivisor(), l.ShardMask(), t.EffectiveLogicalMap())
+		w("    # regex guard is needed: HAProxy turns a non-numeric cookie into 0 and an")
+		w("    # overflowing one into the largest integer. Anything else: the default shard.")
+		w("    http-request set-var(txn.shard) req.cook(%s),map(%s)", t.Cookie, t.Map)
+		w("    http-request set-var(txn.shard) req.cook(%s),div(%d),and(%d),map(%s) if !{ var(txn.shard) -m found } { req.cook(%s) -m reg ^[0-9]{1,19}$ }",
+			t.Cookie, l.SequenceDivisor(), l.ShardMask(), t.EffectiveLogicalMap(), t.Cookie)
+		w("    use_backend %%[var(txn.shard)] if { var(txn.shard) -m found }")
+	} else {
+		w("    # The user's shard comes from the map, kept live by the syncer; users")
+		w("    # without a cookie or an entry go to the default shard.")
+		w("    use_backend %%[req.cook(%s),map(%s,%s)]", t.Cookie, t.Map, t.DefaultShard)
+	}
 	w("    default_backend %s", t.DefaultShard)
 	for _, name := range t.ShardNames() {
 		servers := append([]Server(nil), t.Shards[name].Servers...)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path"
 	"sort"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/shardmap/shardmap/ids"
 	"github.com/shardmap/shardmap/maps"
 )
 
@@ -39,9 +41,46 @@ type Topology struct {
 	// with mode 660 (say haproxy, so that the packaged syncer, which runs in
 	// that group, can use it). Unset: mode 600, for the user HAProxy runs as.
 	// The group must exist where HAProxy starts, or it refuses the config.
-	SocketGroup string           `yaml:"socket_group,omitempty"`
-	Shards      map[string]Shard `yaml:"shards"`
+	SocketGroup string `yaml:"socket_group,omitempty"`
+	// Routing is how a request finds its shard: "users" (the default; the
+	// cookie is looked up in Map) or "ids" (the cookie is an ID of package
+	// ids: an entry in Map, the moved IDs, wins; otherwise the logical shard
+	// the ID carries is looked up in LogicalMap). See docs/IDS.md.
+	Routing string `yaml:"routing,omitempty"`
+	// LogicalMap is the logical shard -> shard map file of routing: ids
+	// (default: logical.map beside Map). Only with routing: ids.
+	LogicalMap string `yaml:"logical_map,omitempty"`
+	// IDs is the ID layout of routing: ids (zero fields: ids.Default's).
+	// Only with routing: ids.
+	IDs    ids.Layout       `yaml:"ids,omitempty"`
+	Shards map[string]Shard `yaml:"shards"`
 }
+
+// Routing modes.
+const (
+	RoutingUsers = "users" // the cookie is a key of Map
+	RoutingIDs   = "ids"   // the cookie is an ID carrying its logical shard
+)
+
+// EffectiveRouting is Routing with the default, RoutingUsers, applied.
+func (t *Topology) EffectiveRouting() string {
+	if t.Routing == "" {
+		return RoutingUsers
+	}
+	return t.Routing
+}
+
+// EffectiveLogicalMap is LogicalMap with its default applied: logical.map in
+// Map's directory.
+func (t *Topology) EffectiveLogicalMap() string {
+	if t.LogicalMap == "" {
+		return path.Join(path.Dir(t.Map), "logical.map")
+	}
+	return t.LogicalMap
+}
+
+// IDLayout is IDs with ids.Default's values for its zero fields.
+func (t *Topology) IDLayout() ids.Layout { return t.IDs.WithDefaults() }
 
 // DefaultStatsTimeout is the Runtime API idle timeout rendered when the
 // topology does not set stats_timeout.
@@ -135,7 +174,26 @@ func (t *Topology) Validate() error {
 	if _, ok := t.Shards[t.DefaultShard]; !ok {
 		return bad("default_shard %q is not one of the shards", t.DefaultShard)
 	}
-	for _, p := range []struct{ name, v string }{{"map", t.Map}, {"socket", t.Socket}} {
+	switch t.Routing {
+	case "", RoutingUsers:
+		if t.LogicalMap != "" || t.IDs != (ids.Layout{}) {
+			return bad("logical_map and ids are for routing: ids (routing is %s)", t.EffectiveRouting())
+		}
+	case RoutingIDs:
+		if err := t.IDs.Validate(); err != nil {
+			return bad("ids: %v", err)
+		}
+	default:
+		return bad("routing %q: want users or ids", t.Routing)
+	}
+	paths := []struct{ name, v string }{{"map", t.Map}, {"socket", t.Socket}}
+	if t.EffectiveRouting() == RoutingIDs {
+		paths = append(paths, struct{ name, v string }{"logical_map", t.EffectiveLogicalMap()})
+		if t.EffectiveLogicalMap() == t.Map {
+			return bad("logical_map %q is the same file as map", t.Map)
+		}
+	}
+	for _, p := range paths {
 		if p.v == "" || !strings.HasPrefix(p.v, "/") || strings.ContainsAny(p.v, " \t\r\n;\\#,()'\"") {
 			return bad("%s %q: want an absolute path without blanks, quotes, '#', ',', ';', '(' or ')'", p.name, p.v)
 		}

@@ -48,6 +48,9 @@ func (a *app) configCmd() *cobra.Command {
 				_, err = cmd.OutOrStdout().Write(cfg)
 				return err
 			}
+			if err := createLogicalMap(cmd, t); err != nil {
+				return err
+			}
 			return atomicfile.Write(out, cfg, 0o644)
 		},
 	}
