@@ -40,6 +40,7 @@ type TargetState struct {
 	Address string    `json:"address"` // its Runtime API address
 	Applied string    `json:"applied"` // last change-log ID in its live map
 	Entries int       `json:"entries"`
+	Pending int       `json:"pending"` // changes the syncer read and has not applied to it yet (-1: a full sync is due)
 	Ready   bool      `json:"ready"`
 	Standby bool      `json:"standby,omitempty"` // another syncer holds its lease
 	Problem string    `json:"problem,omitempty"`

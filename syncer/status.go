@@ -48,6 +48,7 @@ func (s *Syncer) Status() Status {
 	for i, t := range s.targets {
 		ts := t.status
 		ts.State, ts.Problem = t.shown, t.shownProb
+		ts.Pending = s.state.pendingAfter(ts.seq)
 		if ts.State == "" {
 			ts.State = stateStarting
 		}
@@ -310,7 +311,7 @@ func (t *target) reportLocked() maps.TargetState {
 		st = stateStarting
 	}
 	return maps.TargetState{
-		Address: t.addr, Applied: t.status.Applied, Entries: t.status.Entries,
+		Address: t.addr, Applied: t.status.Applied, Entries: t.status.Entries, Pending: t.s.state.pendingAfter(t.status.seq),
 		Ready: st == stateReady || st == stateStandby, Standby: st == stateStandby,
 		Problem: t.shownProb, Contact: t.status.Contact,
 	}

@@ -26,6 +26,8 @@ type syncerView struct {
 	Lag     maps.Lag // how far its applied ID is behind the log
 	Age     time.Duration
 	Problem string // why it counts as a problem; "" when it does not
+	// TargetLags are how far each target's applied ID is behind the log.
+	TargetLags []maps.Lag
 }
 
 // viewSyncers judges every syncer seen within retention against the log's
@@ -50,6 +52,13 @@ func (a *app) viewSyncers(ctx context.Context, lastID string, maxLag, retention 
 		var lagErr error
 		if !st.Standby && maps.CompareIDs(st.Applied, lastID) < 0 { // a standby applies nothing: no lag
 			v.Lag, lagErr = a.store.LagAfter(ctx, st.Applied)
+		}
+		for _, tg := range st.Targets {
+			var l maps.Lag
+			if !tg.Standby && maps.CompareIDs(tg.Applied, lastID) < 0 {
+				l, _ = a.store.LagAfter(ctx, tg.Applied) // unreadable: shown as not behind; the syncer's own lag says it
+			}
+			v.TargetLags = append(v.TargetLags, l)
 		}
 		behind := v.Lag.Behind && v.Lag.Age > maxLag
 		switch {
@@ -113,6 +122,8 @@ type targetJSON struct {
 	Standby       bool      `json:"standby"`
 	Applied       string    `json:"applied"`
 	Entries       int       `json:"entries"`
+	Pending       int       `json:"pending"` // changes its syncer read and has not applied to it (-1: a full sync is due)
+	LagMS         int64     `json:"lag_ms"`  // age of its oldest missing change on Redis's clock (0 when not behind)
 	Problem       string    `json:"problem"`
 	LastContact   time.Time `json:"last_contact"`
 	LastContactMS int64     `json:"last_contact_ago_ms"` // -1 when never
@@ -124,19 +135,23 @@ func (v syncerView) json() syncerJSON {
 		Ready: v.Ready, Standby: v.Standby, Entries: v.Entries, Applied: v.Applied,
 		Behind: v.Lag.Behind, OldestMissing: v.Lag.Oldest, LagMS: v.Lag.Age.Milliseconds(),
 		LastSeen: v.Seen, LastSeenAgoMS: v.Age.Milliseconds(),
-		ReportedProblem: v.SyncerState.Problem, Problem: v.Problem, Targets: targetsJSON(v.Targets),
+		ReportedProblem: v.SyncerState.Problem, Problem: v.Problem, Targets: targetsJSON(v.Targets, v.TargetLags),
 	}
 }
 
-func targetsJSON(ts []maps.TargetState) []targetJSON {
+func targetsJSON(ts []maps.TargetState, lags []maps.Lag) []targetJSON {
 	out := make([]targetJSON, 0, len(ts))
-	for _, t := range ts {
+	for i, t := range ts {
+		var lag time.Duration
+		if i < len(lags) {
+			lag = lags[i].Age
+		}
 		ago := int64(-1)
 		if !t.Contact.IsZero() {
 			ago = max(0, time.Since(t.Contact).Milliseconds())
 		}
 		out = append(out, targetJSON{Address: t.Address, Ready: t.Ready, Standby: t.Standby, Applied: t.Applied,
-			Entries: t.Entries, Problem: t.Problem, LastContact: t.Contact, LastContactMS: ago})
+			Entries: t.Entries, Pending: t.Pending, LagMS: lag.Milliseconds(), Problem: t.Problem, LastContact: t.Contact, LastContactMS: ago})
 	}
 	return out
 }
@@ -147,7 +162,7 @@ func targetLines(v syncerView) []string {
 		return nil
 	}
 	var out []string
-	for _, t := range v.Targets {
+	for i, t := range v.Targets {
 		state := "ready"
 		switch {
 		case t.Standby:
@@ -159,7 +174,14 @@ func targetLines(v syncerView) []string {
 		if !t.Contact.IsZero() {
 			contact = time.Since(t.Contact).Round(time.Millisecond).String() + " ago"
 		}
-		out = append(out, fmt.Sprintf("  target %s: %s, %d entries, applied %s, last contact %s", t.Address, state, t.Entries, orNone(t.Applied), contact))
+		lag := "in sync"
+		if i < len(v.TargetLags) && v.TargetLags[i].Behind {
+			lag = fmt.Sprintf("%d changes (%s) behind", t.Pending, v.TargetLags[i].Age.Round(time.Millisecond))
+			if t.Pending < 0 {
+				lag = fmt.Sprintf("a full sync due (%s behind)", v.TargetLags[i].Age.Round(time.Millisecond))
+			}
+		}
+		out = append(out, fmt.Sprintf("  target %s: %s, %d entries, applied %s, %s, last contact %s", t.Address, state, t.Entries, orNone(t.Applied), lag, contact))
 	}
 	return out
 }
