@@ -215,3 +215,14 @@ func TestRenderUsesSyncerMap(t *testing.T) {
 		t.Errorf("render with disagreeing maps: %v, want ErrTopology", err)
 	}
 }
+
+// The packaged example topology is a syncer configuration too.
+func TestExampleTopologyConfiguresSyncer(t *testing.T) {
+	c, err := LoadSyncerConfig("../deploy/topology.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Map != "/etc/haproxy/shardmap/users.map" || !reflect.DeepEqual(c.Targets, []string{"/run/haproxy/admin.sock"}) || c.Listen == "" {
+		t.Errorf("example: %+v", c)
+	}
+}
