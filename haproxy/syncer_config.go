@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -263,9 +265,53 @@ func LoadSyncerConfig(path string) (*SyncerConfig, error) {
 	return &c, nil
 }
 
+// syncerKeys are the keys of a syncer configuration, in file order.
+var syncerKeys = func() []string {
+	var keys []string
+	t := reflect.TypeFor[SyncerConfig]()
+	for i := 0; i < t.NumField(); i++ {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		keys = append(keys, name)
+	}
+	return keys
+}()
+
+// checkSyncerNode checks the keys of a syncer configuration before it is
+// decoded, so that an unknown key or a duration that is not a Go duration
+// is named in the error with its line, which yaml's own errors do not do
+// as plainly.
+func checkSyncerNode(n *yaml.Node) error {
+	if n.Kind == yaml.DocumentNode && len(n.Content) == 1 {
+		n = n.Content[0]
+	}
+	if n.Kind != yaml.MappingNode {
+		return nil // yaml's decoder names what it got instead
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if !slices.Contains(syncerKeys, k.Value) {
+			return fmt.Errorf("line %d: unknown key %q (known: %s)", k.Line, k.Value, strings.Join(syncerKeys, ", "))
+		}
+		switch k.Value {
+		case "flush_delay", "reconcile_every", "runtime_timeout":
+			if _, err := time.ParseDuration(v.Value); v.Kind != yaml.ScalarNode || err != nil {
+				return fmt.Errorf("line %d: %s %q: want a Go duration such as 200ms, 3s or 1m", v.Line, k.Value, v.Value)
+			}
+		}
+	}
+	return nil
+}
+
 // parseSyncerFile decodes a syncer file of its own (unknown keys are
 // errors) and validates it. An empty file is an empty configuration.
 func parseSyncerFile(data []byte) (*SyncerConfig, error) {
+	var n yaml.Node
+	if err := yaml.Unmarshal(data, &n); err != nil {
+		return nil, err
+	}
+	if err := checkSyncerNode(&n); err != nil {
+		return nil, err
+	}
 	var c SyncerConfig
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)

@@ -139,9 +139,9 @@ func TestLoadSyncerConfigRefuses(t *testing.T) {
 		is    error
 		want  []string // in the error, besides the loaded file's path
 	}{
-		{"unknown key", map[string]string{"main": "map: /m\nsockets: [/a]\n"}, ErrSyncerConfig, []string{"sockets"}},
-		{"unknown key in a topology's section", map[string]string{"main": topoBase + "map: /m\nsyncer: {socket: /a}\n"}, ErrTopology, []string{"socket"}},
-		{"unknown key in the pointed file", map[string]string{"main": topoBase + "map: /m\nsyncer_config: s.yaml\n", "s.yaml": "bogus: 1\n"}, ErrTopology, []string{"bogus", "s.yaml"}},
+		{"unknown key", map[string]string{"main": "map: /m\nsockets: [/a]\n"}, ErrSyncerConfig, []string{`unknown key "sockets"`, "line 2", "targets"}},
+		{"unknown key in a topology's section", map[string]string{"main": topoBase + "map: /m\nsyncer: {socket: /a}\n"}, ErrTopology, []string{`syncer: line 7: unknown key "socket"`}},
+		{"unknown key in the pointed file", map[string]string{"main": topoBase + "map: /m\nsyncer_config: s.yaml\n", "s.yaml": "bogus: 1\n"}, ErrTopology, []string{`unknown key "bogus"`, "s.yaml"}},
 		{"both section and pointer", map[string]string{"main": topoBase + "map: /m\nsyncer: {}\nsyncer_config: s.yaml\n", "s.yaml": ""}, ErrTopology, []string{"not both"}},
 		{"pointed file missing", map[string]string{"main": topoBase + "map: /m\nsyncer_config: nope.yaml\n"}, ErrTopology, []string{"nope.yaml"}},
 		{"pointed file is a topology", map[string]string{"main": topoBase + "map: /m\nsyncer_config: t2.yaml\n", "t2.yaml": topoBase}, ErrTopology, []string{"is a topology"}},
@@ -149,8 +149,8 @@ func TestLoadSyncerConfigRefuses(t *testing.T) {
 		{"no map anywhere", map[string]string{"main": topoBase}, ErrTopology, []string{"map"}},
 		{"bad target", map[string]string{"main": "targets: [admin.sock]\n"}, ErrSyncerConfig, []string{"admin.sock", "absolute"}},
 		{"target twice", map[string]string{"main": "targets: [/a, /a]\n"}, ErrSyncerConfig, []string{"twice"}},
-		{"duration not Go", map[string]string{"main": "flush_delay: 200\n"}, ErrSyncerConfig, []string{"200"}},
-		{"duration word", map[string]string{"main": "reconcile_every: soon\n"}, ErrSyncerConfig, []string{"soon"}},
+		{"duration not Go", map[string]string{"main": "flush_delay: 200\n"}, ErrSyncerConfig, []string{`flush_delay "200"`, "Go duration"}},
+		{"duration word", map[string]string{"main": "reconcile_every: soon\n"}, ErrSyncerConfig, []string{`reconcile_every "soon"`, "Go duration"}},
 		{"negative duration", map[string]string{"main": "runtime_timeout: -1s\n"}, ErrSyncerConfig, []string{"runtime_timeout"}},
 		{"share above 1", map[string]string{"main": "max_delete_share: 2\n"}, ErrSyncerConfig, []string{"max_delete_share"}},
 		{"bad file mode", map[string]string{"main": "file_mode: rw\n"}, ErrSyncerConfig, []string{"file_mode", "octal"}},

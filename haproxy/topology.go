@@ -125,6 +125,14 @@ func ParseTopology(data []byte) (*Topology, error) {
 // parseTopology is ParseTopology with a relative syncer_config read from
 // dir.
 func parseTopology(data []byte, dir string) (*Topology, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err == nil && doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
+		if n := mappingValue(doc.Content[0], "syncer"); n != nil {
+			if err := checkSyncerNode(n); err != nil {
+				return nil, bad("syncer: %v", err)
+			}
+		}
+	}
 	var t Topology
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
