@@ -217,3 +217,39 @@ func TestSyncerLogFormatJSON(t *testing.T) {
 		}
 	})
 }
+
+// syncer --config alone runs the syncer on a real HAProxy and Redis: from a
+// file of syncer keys, and from the topology file itself (its map and
+// socket, and its syncer: section).
+func TestSyncerConfigFile(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		file func(s *stack) string
+	}{
+		{"syncer file", func(s *stack) string {
+			return "targets: [\"unix@" + s.socket + "\"]\nmap: " + s.mapPath + "\nredis: " + s.redis.URL + "\nname: e2e\nflush_delay: 50ms\n"
+		}},
+		{"topology", func(s *stack) string {
+			return "default_shard: shard0\nmap: " + s.mapPath + "\nfrontend: 127.0.0.1:7000\nstats: 127.0.0.1:8404\nsocket: " + s.socket +
+				"\nshards: {shard0: {servers: [{addr: \"127.0.0.1:8000\"}]}}\nsyncer:\n  redis: " + s.redis.URL + "\n  name: e2e\n"
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := newStack(t)
+			path := filepath.Join(s.dir, "config.yaml")
+			if err := os.WriteFile(path, []byte(c.file(s)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			s.syncer = testenv.Start(t, "syncer", []string{filepath.Join(binDir, "syncer"), "--config", path})
+			s.waitReady(60 * time.Second)
+			s.mustMapctl("set", "alice", "shard1", "--wait")
+			s.mustRoute("alice", "shard1")
+			s.waitLog(10*time.Second, "config="+path)
+		})
+	}
+	// An address HAProxy would not take either is refused at start, exit 2.
+	_, errs, code := runBin(t, noRedis, "syncer", "--socket", "tcp@127.0.0.1:9999", "--map", "/m")
+	if code != 2 || !strings.Contains(errs, "tcp@127.0.0.1:9999") {
+		t.Errorf("syncer --socket tcp@...: exit %d, stderr %q; want 2 and the address named", code, errs)
+	}
+}

@@ -108,3 +108,40 @@ func TestAddServerWithoutReload(t *testing.T) {
 		t.Fatalf("add-server to unknown shard: exit %d %q", code, errs)
 	}
 }
+
+// One file feeds both mapctl config render and the syncer: the map is named
+// only in the syncer file the topology points to, and haproxy.cfg and the
+// syncer agree on it, so a user set in Redis is routed by the live map.
+func TestOneFileRendersAndSyncs(t *testing.T) {
+	s := &stack{t: t, dir: t.TempDir()}
+	s.mapPath = filepath.Join(s.dir, "users.map")
+	s.socket = filepath.Join(s.dir, "admin.sock")
+	s.redis = testenv.StartRedis(t)
+	s.store = maps.NewStore(s.redis.Client(t), "")
+	port := testenv.FreePort(t)
+	s.front = fmt.Sprintf("http://127.0.0.1:%d", port)
+	topo := filepath.Join(s.dir, "topology.yaml")
+	os.WriteFile(filepath.Join(s.dir, "syncer.yaml"), []byte(fmt.Sprintf("map: %s\nredis: %s\nname: e2e\n", s.mapPath, s.redis.URL)), 0o644)
+	os.WriteFile(topo, []byte(fmt.Sprintf(`default_shard: shard0
+frontend: 127.0.0.1:%d
+stats: 127.0.0.1:%d
+socket: %s
+syncer_config: syncer.yaml
+shards:
+  shard0:
+    servers: [{addr: "%s"}]
+  shard1:
+    servers: [{addr: "%s"}]
+`, port, testenv.FreePort(t), s.socket, backend(t, "shard0/a"), backend(t, "shard1/a"))), 0o644)
+	cfg := s.mustMapctl("config", "render", "--topology", topo)
+	if !strings.Contains(cfg, "map("+s.mapPath+",shard0)") {
+		t.Fatalf("rendered config does not use the syncer file's map %s:\n%s", s.mapPath, cfg)
+	}
+	os.WriteFile(s.mapPath, nil, 0o644)
+	s.haproxy = testenv.StartHAProxy(t, s.dir, cfg, s.socket)
+	s.http = &http.Client{Timeout: 5 * time.Second}
+	s.syncer = testenv.Start(t, "syncer", []string{filepath.Join(binDir, "syncer"), "--config", topo})
+	s.waitReady(60 * time.Second)
+	s.mustMapctl("set", "alice", "shard1", "--wait")
+	s.mustRoute("alice", "shard1/a")
+}

@@ -28,7 +28,7 @@ var ErrTopology = errors.New("invalid topology")
 type Topology struct {
 	Cookie       string `yaml:"cookie"`                 // request cookie holding the user (default "user")
 	DefaultShard string `yaml:"default_shard"`          // shard for users without a cookie or not in the map
-	Map          string `yaml:"map"`                    // map file path, as HAProxy and the syncer see it
+	Map          string `yaml:"map"`                    // map path as HAProxy knows it (unset: the syncer section's map)
 	Frontend     string `yaml:"frontend"`               // address:port the users connect to
 	Stats        string `yaml:"stats"`                  // address:port of the stats page (/stats)
 	Socket       string `yaml:"socket"`                 // Runtime API socket path (level admin)
@@ -54,6 +54,14 @@ type Topology struct {
 	// Only with routing: ids.
 	IDs    ids.Layout       `yaml:"ids,omitempty"`
 	Shards map[string]Shard `yaml:"shards"`
+	// Syncer is the syncer's configuration (syncer --config takes this
+	// file). After ParseTopology it is never nil: the syncer: section, or
+	// the file SyncerConfig names, or empty, with Map defaulting to the
+	// topology's map and Targets to [Socket].
+	Syncer *SyncerConfig `yaml:"syncer,omitempty"`
+	// SyncerConfig names a file holding the syncer's configuration instead
+	// of a syncer: section, relative to the topology's directory.
+	SyncerConfig string `yaml:"syncer_config,omitempty"`
 }
 
 // Routing modes.
@@ -146,7 +154,24 @@ func LoadTopology(path string) (*Topology, error) {
 }
 
 // ParseTopology decodes YAML (unknown fields are errors) and validates it.
+// A relative syncer_config path is read from the working directory; a
+// topology read from a file (LoadTopology) reads it from that file's
+// directory.
 func ParseTopology(data []byte) (*Topology, error) {
+	return parseTopology(data, "")
+}
+
+// parseTopology is ParseTopology with a relative syncer_config read from
+// dir.
+func parseTopology(data []byte, dir string) (*Topology, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err == nil && doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
+		if n := mappingValue(doc.Content[0], "syncer"); n != nil {
+			if err := checkSyncerNode(n); err != nil {
+				return nil, bad("syncer: %v", err)
+			}
+		}
+	}
 	var t Topology
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -155,6 +180,9 @@ func ParseTopology(data []byte) (*Topology, error) {
 	}
 	if t.Cookie == "" {
 		t.Cookie = "user"
+	}
+	if err := t.resolveSyncer(dir); err != nil {
+		return nil, err
 	}
 	return &t, t.Validate()
 }
@@ -208,6 +236,14 @@ func (t *Topology) Validate() error {
 	}
 	if g := t.SocketGroup; g != "" && !groupName(g) {
 		return bad("socket_group %q: want a group name, 1..32 bytes of [a-z0-9_-], starting with a letter or '_'", g)
+	}
+	if s := t.Syncer; s != nil {
+		if err := s.Validate(); err != nil {
+			return bad("syncer: %v", err)
+		}
+		if s.Map != "" && s.Map != t.Map {
+			return bad("syncer map %q differs from the topology's map %q: haproxy.cfg and the syncer must name the same map", s.Map, t.Map)
+		}
 	}
 	if t.HealthCheck != "" && strings.ContainsAny(t.HealthCheck, "\r\n#;\\") {
 		return bad("health_check %q: one line, no '#', ';' or '\\'", t.HealthCheck)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -34,7 +35,7 @@ func OpenTopologyFile(path string) (*TopologyFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	t, err := ParseTopology(data)
+	t, err := parseTopology(data, filepath.Dir(path))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -131,7 +132,7 @@ func (f *TopologyFile) refresh() error {
 	if err != nil {
 		return err
 	}
-	t, err := ParseTopology(data)
+	t, err := parseTopology(data, filepath.Dir(f.path))
 	if err != nil {
 		return err
 	}

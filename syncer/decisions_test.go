@@ -789,3 +789,20 @@ func TestReportFailureIsNotReady(t *testing.T) {
 		t.Fatalf("not ready after reports work again: %+v", s.Status())
 	}
 }
+
+// unix@PATH and PATH name the same lease; TCP targets have leases of their
+// own, per address.
+func TestLeaseTargetForms(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "admin.sock")
+	a, errA := leaseTarget(sock, "/m")
+	b, errB := leaseTarget("unix@"+sock, "/m")
+	if errA != nil || errB != nil || a != b {
+		t.Fatalf("path %q (%v) and unix@path %q (%v) differ", a, errA, b, errB)
+	}
+	c, err1 := leaseTarget("ipv4@127.0.0.1:9999", "/m")
+	d, err2 := leaseTarget("127.0.0.1:9998", "/m")
+	if err1 != nil || err2 != nil || c == d || c == a {
+		t.Fatalf("tcp leases: %q %v, %q %v", c, err1, d, err2)
+	}
+}

@@ -299,6 +299,9 @@ func (s *Syncer) releaseClaims() {
 func leaseTarget(socket, mapPath string) (string, error) {
 	id := []string{"map=" + mapPath}
 	network, addr, err := runtime.ParseAddress(socket)
+	if err == nil && network == "unix" {
+		socket = addr // without unix@
+	}
 	if err == nil && network == "tcp" {
 		id = append(id, "tcp="+addr)
 		if host, _, _ := net.SplitHostPort(addr); host == "localhost" || net.ParseIP(host).IsLoopback() {

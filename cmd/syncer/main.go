@@ -6,11 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
+	"github.com/shardmap/shardmap/haproxy"
 	"github.com/shardmap/shardmap/internal/cli"
 	"github.com/shardmap/shardmap/maps"
 	"github.com/shardmap/shardmap/runtime"
@@ -63,23 +64,43 @@ type loggedError struct{ error }
 
 func (l loggedError) Unwrap() error { return l.error }
 
-// options are the syncer's flags.
+// Environment variables only the syncer reads (the shared ones are in
+// internal/cli).
+const (
+	envConfig  = "SHARDMAP_CONFIG"
+	envMapFile = "SHARDMAP_MAP_FILE"
+)
+
+// options are the syncer's settings: from its flags, the environment and
+// the configuration file (resolve merges them).
 type options struct {
-	redisURL, prefix, mapPath, mapFile, name, listen string
-	sockets                                          []string
-	flush, reconcileEvery, runtimeTimeout            time.Duration
-	replaceAbove                                     int
-	maxDeleteShare                                   float64
-	fileMode, logFormat, logLevel                    string
-	verbose                                          bool
+	config                                string
+	redisURL, prefix, name, listen        string
+	targets                               []string
+	mapName, mapFile                      string
+	redisCA, redisCert, redisKey          string // from the configuration file only, for now
+	flush, reconcileEvery, runtimeTimeout time.Duration
+	replaceAbove                          int
+	maxDeleteShare                        float64
+	fileMode, logFormat, logLevel         string
+	verbose                               bool
+
+	mode os.FileMode  // fileMode, parsed by resolve
+	log  *slog.Logger // set by serve
 }
 
 // newRoot builds the syncer command: flags, their defaults (from the
 // environment where one is named) and the shared conventions.
 func newRoot() *cobra.Command {
+	return newRootRun(func(cmd *cobra.Command, o *options) error { return o.serve(cmd) })
+}
+
+// newRootRun is newRoot with run called on the resolved options (tests
+// look at them instead of starting a syncer).
+func newRootRun(run func(*cobra.Command, *options) error) *cobra.Command {
 	var o options
 	root := &cobra.Command{
-		Use:   "syncer --socket SOCKET --map PATH [flags]",
+		Use:   "syncer --socket ADDR --map PATH [flags] | syncer --config FILE [flags]",
 		Short: "Keep an HAProxy map equal to the user -> shard assignments in Redis, live, without reloads",
 		Long: `syncer applies every change logged in Redis to HAProxy's live map over the
 Runtime API (stats socket at level admin), writes the map file so a restart
@@ -87,24 +108,37 @@ or reload starts from it, and reconciles the two with Redis at start, after
 HAProxy restarts and every --reconcile-every. SIGTERM and SIGINT stop it;
 SIGHUP makes it check HAProxy and look for drift now.
 
+Settings come from flags, then the environment, then --config (a topology
+file's syncer: section, the file its syncer_config: names, or a file of
+syncer keys; see the README), then the defaults.
+
 Exit codes: 0 stopped by a signal, 1 failure, 2 bad usage or configuration,
 or another live syncer already uses --name.`,
 		Example: `  syncer --socket /run/haproxy/admin.sock --map /etc/haproxy/users.map
+  syncer --config /etc/shardmap/topology.yaml
+  syncer --config /etc/shardmap/topology.yaml --log-level debug --listen 127.0.0.1:9477
   syncer --redis redis://:PASSWORD@10.0.0.7:6379/0 --socket /run/haproxy/admin.sock \
       --map /etc/haproxy/users.map --listen 127.0.0.1:9477 --log-format json
+  syncer --socket ipv4@127.0.0.1:9999 --map /etc/haproxy/users.map --map-file /srv/lb1/etc/haproxy/users.map
   SHARDMAP_REDIS=redis://10.0.0.7:6379/0 syncer --socket /run/haproxy/admin.sock --map /etc/haproxy/users.map -v`,
-		RunE: func(cmd *cobra.Command, _ []string) error { return o.serve(cmd) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.resolve(cmd); err != nil {
+				return err
+			}
+			return run(cmd, &o)
+		},
 	}
 	f := root.Flags()
 	f.SortFlags = false
+	f.StringVar(&o.config, "config", cli.Env(envConfig, ""), "configuration file: a topology (its syncer: section) or a file of syncer keys; flags and environment override it (env "+envConfig+")")
 	f.StringVar(&o.redisURL, "redis", cli.Env(cli.EnvRedis, cli.DefaultRedis), "Redis URL (env "+cli.EnvRedis+")")
 	// The default shown by --help must not carry the password that
 	// SHARDMAP_REDIS may hold: show it redacted, keep the real value.
 	f.Lookup("redis").DefValue = cli.RedactURL(f.Lookup("redis").DefValue)
 	f.StringVar(&o.prefix, "prefix", cli.Env(cli.EnvPrefix, maps.DefaultPrefix), "Redis key prefix (env "+cli.EnvPrefix+")")
-	f.StringSliceVar(&o.sockets, "socket", envList(cli.EnvSocket), "HAProxy Runtime API at level admin: a socket path, or ipv4@HOST:PORT / HOST:PORT; repeat it (or separate with commas) to drive several HAProxy processes (env "+cli.EnvSocket+")")
-	f.StringVar(&o.mapPath, "map", cli.Env(cli.EnvMap, ""), "the map exactly as haproxy.cfg names it (env "+cli.EnvMap+")")
-	f.StringVar(&o.mapFile, "map-file", "", "the map file to write, which HAProxy loads at start (default: the --map path)")
+	f.StringSliceVar(&o.targets, "socket", envList(cli.EnvSocket), "HAProxy Runtime API address at level admin: a unix socket path, unix@PATH, ipv4@HOST:PORT, ipv6@[HOST]:PORT or HOST:PORT; repeat or comma-separate for several (env "+cli.EnvSocket+", comma-separated)")
+	f.StringVar(&o.mapName, "map", cli.Env(cli.EnvMap, ""), "the map's path exactly as in haproxy.cfg (env "+cli.EnvMap+")")
+	f.StringVar(&o.mapFile, "map-file", cli.Env(envMapFile, ""), "the map file to write, where the syncer sees it (default: --map) (env "+envMapFile+")")
 	f.StringVar(&o.name, "name", "", "name this syncer reports in Redis (default HOST:MAP)")
 	f.StringVar(&o.listen, "listen", "", "address for /healthz, /readyz and /metrics, e.g. 127.0.0.1:9477 (off when empty)")
 	f.DurationVar(&o.flush, "flush-delay", 200*time.Millisecond, "longest the map file lags the live map")
@@ -122,13 +156,102 @@ or another live syncer already uses --name.`,
 	return root
 }
 
-// envList is the comma-separated list in the environment variable name.
-func envList(name string) []string {
-	v := os.Getenv(name)
-	if v == "" {
-		return nil
+// envList is the comma-separated list in environment variable key, blanks
+// around items and empty items dropped; nil when unset.
+func envList(key string) []string {
+	var out []string
+	for _, v := range strings.Split(cli.Env(key, ""), ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
 	}
-	return strings.Split(v, ",")
+	return out
+}
+
+// resolve merges the configuration file into the options (flag >
+// environment > file > default) and checks the result.
+func (o *options) resolve(cmd *cobra.Command) error {
+	if o.config != "" {
+		c, err := haproxy.LoadSyncerConfig(o.config)
+		if err != nil {
+			return cli.UsageError{Err: fmt.Errorf("--config: %w", err)}
+		}
+		o.applyFile(cmd.Flags().Changed, c)
+	}
+	if o.verbose {
+		o.logLevel = "debug"
+	}
+	mode, err := haproxy.ParseFileMode(o.fileMode)
+	if err != nil {
+		return cli.Usagef("--file-mode %q: want an octal mode such as 0640", o.fileMode)
+	}
+	o.mode = mode
+	if o.maxDeleteShare < 0 || o.maxDeleteShare > 1 {
+		return cli.Usagef("--max-delete-share %v: want a share from 0 to 1", o.maxDeleteShare)
+	}
+	if len(o.targets) == 0 || o.mapName == "" {
+		return cli.Usagef("--socket and --map are required, as flags, in the environment or in --config (see 'syncer --help')")
+	}
+	seen := map[string]bool{}
+	for _, a := range o.targets {
+		if err := haproxy.CheckRuntimeAddr(a); err != nil {
+			return cli.UsageError{Err: fmt.Errorf("--socket: %w", err)}
+		}
+		if seen[a] {
+			return cli.Usagef("--socket %q is given twice", a)
+		}
+		seen[a] = true
+	}
+	if o.mapFile == "" {
+		o.mapFile = o.mapName
+	}
+	if o.name == "" {
+		host, _ := os.Hostname()
+		o.name = host + ":" + o.mapName
+	}
+	return nil
+}
+
+// applyFile takes each setting c has from the file unless its flag was
+// given (changed reports that) or its environment variable is set.
+func (o *options) applyFile(changed func(flag string) bool, c *haproxy.SyncerConfig) {
+	take := func(flag, env string, set bool, apply func()) {
+		if set && !changed(flag) && (env == "" || cli.Env(env, "") == "") {
+			apply()
+		}
+	}
+	take("redis", cli.EnvRedis, c.Redis != "", func() { o.redisURL = c.Redis })
+	take("prefix", cli.EnvPrefix, c.Prefix != "", func() { o.prefix = c.Prefix })
+	take("socket", cli.EnvSocket, len(c.Targets) > 0, func() { o.targets = append([]string(nil), c.Targets...) })
+	take("map", cli.EnvMap, c.Map != "", func() { o.mapName = c.Map })
+	take("map-file", envMapFile, c.MapFile != "", func() { o.mapFile = c.MapFile })
+	take("name", "", c.Name != "", func() { o.name = c.Name })
+	take("listen", "", c.Listen != "", func() { o.listen = c.Listen })
+	take("flush-delay", "", c.FlushDelay != 0, func() { o.flush = c.FlushDelay })
+	take("replace-above", "", c.ReplaceAbove != 0, func() { o.replaceAbove = c.ReplaceAbove })
+	take("max-delete-share", "", c.MaxDeleteShare != nil, func() { o.maxDeleteShare = *c.MaxDeleteShare })
+	take("reconcile-every", "", c.ReconcileEvery != 0, func() { o.reconcileEvery = c.ReconcileEvery })
+	take("runtime-timeout", "", c.RuntimeTimeout != 0, func() { o.runtimeTimeout = c.RuntimeTimeout })
+	take("file-mode", "", c.FileMode != "", func() { o.fileMode = c.FileMode })
+	take("log-format", cli.EnvLogFormat, c.LogFormat != "", func() { o.logFormat = c.LogFormat })
+	// -v is --log-level debug: it beats the file too.
+	take("log-level", cli.EnvLogLevel, c.LogLevel != "" && !o.verbose, func() { o.logLevel = c.LogLevel })
+	// The Redis TLS files have no flags in this build: the file alone sets them.
+	o.redisCA, o.redisCert, o.redisKey = c.RedisCA, c.RedisCert, c.RedisKey
+}
+
+// errNotYet marks settings the syncer of this build cannot honour yet.
+var errNotYet = errors.New("not yet supported by this build")
+
+// syncerConfig maps the resolved options onto syncer.Config.
+func syncerConfig(o options) (syncer.Config, error) {
+	if o.redisCA != "" || o.redisCert != "" || o.redisKey != "" {
+		return syncer.Config{}, fmt.Errorf("redis_ca, redis_cert, redis_key: %w", errNotYet)
+	}
+	return syncer.Config{
+		Name: o.name, MapName: o.mapName, MapFile: o.mapFile, Targets: o.targets, FlushDelay: o.flush, ReplaceAbove: o.replaceAbove, Logger: o.log,
+		MaxDeleteShare: o.maxDeleteShare, ReconcileEvery: o.reconcileEvery, FileMode: o.mode,
+	}, nil
 }
 
 // singleDashLong rewrites "-flag" and "-flag=value", which the standard flag
@@ -151,33 +274,16 @@ func singleDashLong(root *cobra.Command, args []string) []string {
 	return out
 }
 
-// serve checks the options, then runs the syncer until a signal stops it.
+// serve runs the syncer on the resolved options until a signal stops it.
 func (o *options) serve(cmd *cobra.Command) error {
-	mode, err := strconv.ParseUint(o.fileMode, 8, 32)
-	if err != nil || mode > 0o777 {
-		return cli.Usagef("--file-mode %q: want an octal mode such as 0640", o.fileMode)
-	}
-	if o.maxDeleteShare < 0 || o.maxDeleteShare > 1 {
-		return cli.Usagef("--max-delete-share %v: want a share from 0 to 1", o.maxDeleteShare)
-	}
-	if o.verbose {
-		o.logLevel = "debug"
-	}
 	log, err := cli.NewLogger(cmd.ErrOrStderr(), o.logFormat, o.logLevel)
 	if err != nil {
 		return err
 	}
-	if len(o.sockets) == 0 || o.mapPath == "" {
-		return cli.Usagef("--socket and --map are required (see 'syncer --help')")
-	}
-	for _, a := range o.sockets {
-		if _, _, err := runtime.ParseAddress(a); err != nil && (a == "" || strings.ContainsAny(a, ":@")) {
-			return cli.Usagef("--socket: %v", err)
-		}
-	}
-	if o.name == "" {
-		host, _ := os.Hostname()
-		o.name = host + ":" + o.mapPath
+	o.log = log
+	cfg, err := syncerConfig(*o)
+	if err != nil {
+		return cli.UsageError{Err: err}
 	}
 	rdb, err := cli.Redis(o.redisURL, false)
 	if err != nil { // cli.Redis's errors carry the URL redacted
@@ -185,10 +291,7 @@ func (o *options) serve(cmd *cobra.Command) error {
 	}
 	defer rdb.Close()
 	dial := func(addr string) (syncer.Runtime, error) { return runtime.New(addr, o.runtimeTimeout) }
-	s, err := syncer.New(syncer.Config{
-		Name: o.name, MapName: o.mapPath, MapFile: o.mapFile, Targets: o.sockets, FlushDelay: o.flush, ReplaceAbove: o.replaceAbove, Logger: log,
-		MaxDeleteShare: o.maxDeleteShare, ReconcileEvery: o.reconcileEvery, FileMode: os.FileMode(mode),
-	}, maps.NewStore(rdb, o.prefix), dial)
+	s, err := syncer.New(cfg, maps.NewStore(rdb, o.prefix), dial)
 	if err != nil {
 		return cli.UsageError{Err: err}
 	}
@@ -210,11 +313,11 @@ func (o *options) serve(cmd *cobra.Command) error {
 		if err != nil {
 			return cli.UsageError{Err: fmt.Errorf("--listen: %w", err)}
 		}
-		srv := &http.Server{Handler: health(s, o.mapPath), ReadHeaderTimeout: 5 * time.Second}
+		srv := &http.Server{Handler: health(s, o.mapName), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(ln)
 		defer srv.Close()
 	}
-	log.Info("syncer starting", "name", o.name, "targets", o.sockets, "map_file", o.mapFile, "map", o.mapPath, "prefix", o.prefix, "redis", cli.RedactURL(o.redisURL))
+	log.Info("syncer starting", "name", o.name, "targets", o.targets, "map", o.mapName, "map_file", o.mapFile, "config", o.config, "prefix", o.prefix, "redis", cli.RedactURL(o.redisURL))
 	if err := s.Run(ctx); err != nil {
 		log.Error("syncer failed", "err", err)
 		return loggedError{err}
