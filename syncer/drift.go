@@ -53,6 +53,7 @@ func (s *Syncer) reconcile(ctx context.Context) error {
 			return fail(kindRedis, err)
 		} else if !ok {
 			s.log.Warn("change log gap: position no longer in the log (trimmed, deleted or Redis emptied), reconciling", "log_id", s.applied)
+			s.cfg.Metrics.needFull(s.cfg.Socket, reasonGap)
 			s.needFull = true
 			return nil
 		}
@@ -121,6 +122,7 @@ func (s *Syncer) scanStep(ctx context.Context) error {
 			ws[i] = want{a.User, a.Shard}
 		}
 		if err := s.push(ctx, ws, false); err != nil {
+			s.cfg.Metrics.needFull(s.cfg.Socket, reasonDoubt)
 			s.needFull = true
 			return fail(kindHAProxy, err)
 		}
@@ -162,6 +164,7 @@ func (s *Syncer) checkCount(ctx context.Context) error {
 	}
 	if before == s.applied && after == s.applied && int(n) != len(s.mirror)+s.badInHash {
 		s.log.Warn("drift: redis hash lost entries behind the change log, reconciling", "redis", n, "mirror", len(s.mirror))
+		s.cfg.Metrics.needFull(s.cfg.Socket, reasonDriftCount)
 		s.needFull = true
 	}
 	return nil
@@ -205,8 +208,10 @@ func (s *Syncer) checkLive(ctx context.Context) error {
 		err = s.applyOps(ctx, wrong)
 	} else if err = s.rt.Replace(ctx, s.cfg.MapPath, entriesOf(s.mirror)); err == nil {
 		s.updateStatus(func(st *Status) { st.Swaps++ })
+		s.cfg.Metrics.swapped(s.cfg.Socket, reasonDrift, nil)
 	}
 	if err != nil {
+		s.cfg.Metrics.needFull(s.cfg.Socket, reasonDoubt)
 		s.needFull = true
 		return fail(kindHAProxy, err)
 	}

@@ -174,6 +174,7 @@ func (s *Syncer) holdLease(ctx context.Context) bool {
 	switch {
 	case valid && !s.active:
 		s.active, s.needFull = true, true
+		s.cfg.Metrics.needFull(s.cfg.Socket, reasonLease)
 		s.log.Info("holding the map's lease: this syncer drives the live map")
 		// Only the active syncer may remove the map file's temp files: a
 		// standby would remove the one the active syncer is writing.

@@ -3,6 +3,7 @@ package syncer
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/shardmap/shardmap/maps"
@@ -219,6 +220,72 @@ func (s *Syncer) heartbeat(ctx context.Context) {
 		case <-t.C:
 			s.renewClaims(ctx)
 			s.report(ctx, false)
+			s.cfg.Metrics.measureLag(ctx, s.cfg.Socket, s.store, s.Status().Applied, s.Status().Standby)
 		}
 	}
+}
+
+// ShardCounts returns how many users the live map routes to each shard, as
+// this syncer knows the live map (its mirror): empty before the first full
+// sync and while the live map is in doubt after a failed one. Shards with
+// no users are absent. It reads counts kept up to date as the mirror
+// changes, so it costs O(shards), not a pass over the map. Safe for
+// concurrent use; the map returned is the caller's.
+func (s *Syncer) ShardCounts() map[string]int {
+	return s.counts.snapshot()
+}
+
+// shardCounts is the number of users per shard in the mirror, updated with
+// it by the Run goroutine and read by ShardCounts from any goroutine.
+type shardCounts struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// reset recounts from a whole new mirror (nil: none).
+func (c *shardCounts) reset(mirror map[string]string) {
+	n := make(map[string]int)
+	for _, sh := range mirror {
+		n[sh]++
+	}
+	c.mu.Lock()
+	c.n = n
+	c.mu.Unlock()
+}
+
+// follow updates the counts for one op's outcome, before follow applies it
+// to mirror (the same rules as Syncer.follow).
+func (c *shardCounts) follow(mirror map[string]string, op runtime.Op, result error) {
+	old, had := mirror[op.Key]
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = map[string]int{}
+	}
+	dec := func(sh string) {
+		if c.n[sh]--; c.n[sh] <= 0 {
+			delete(c.n, sh)
+		}
+	}
+	switch {
+	case op.Kind == runtime.Del && (result == nil || errors.Is(result, runtime.ErrNotFound)):
+		if had {
+			dec(old)
+		}
+	case op.Kind != runtime.Del && result == nil:
+		if had {
+			dec(old)
+		}
+		c.n[op.Value]++
+	}
+}
+
+func (c *shardCounts) snapshot() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]int, len(c.n))
+	for sh, n := range c.n {
+		out[sh] = n
+	}
+	return out
 }

@@ -87,6 +87,7 @@ type Config struct {
 	ReconcileEvery time.Duration // how often drift in Redis, the live map and the file is looked for (60 s)
 	ClaimTTL       time.Duration // how long the name and the lease outlive a syncer that stops renewing them (5 s)
 	Logger         *slog.Logger
+	Metrics        *Metrics // Prometheus instruments (nil: none); see NewMetrics
 }
 
 func (c *Config) defaults() error {
@@ -147,6 +148,7 @@ type Syncer struct {
 	file       mapFile       // the map file writer (mapfile.go)
 	shardsWarn bool          // the shards key is unusable; warned once
 	active     bool          // holds the map's lease and writes to HAProxy
+	counts     shardCounts   // users per shard in the mirror, for ShardCounts (status.go)
 
 	claims claims // name and lease (lease.go); shared with the heartbeat
 
@@ -168,8 +170,8 @@ func New(cfg Config, store Store, rt Runtime) (*Syncer, error) {
 	}
 	s := &Syncer{
 		cfg:      cfg,
-		store:    store,
-		rt:       rt,
+		store:    cfg.Metrics.store(store),
+		rt:       cfg.Metrics.runtime(cfg.Socket, rt),
 		log:      cfg.Logger.With("map", cfg.MapPath),
 		instance: newInstanceID(),
 		needFull: true,
@@ -177,6 +179,7 @@ func New(cfg Config, store Store, rt Runtime) (*Syncer, error) {
 		kick:     make(chan struct{}, 1),
 	}
 	s.file.init(cfg.MapPath, cfg.FileMode)
+	s.file.metrics = cfg.Metrics
 	return s, nil
 }
 
@@ -293,9 +296,11 @@ func (s *Syncer) fullSync(ctx context.Context) error {
 	}
 	d := maps.Diff(snap.Entries, live)
 	s.mirror = live
+	s.counts.reset(s.mirror)
 	swaps := s.Status().Swaps
 	if lines != len(live) { // duplicate keys: only a swap removes them
 		err = s.swap(ctx, snap.Entries)
+		s.cfg.Metrics.swapped(s.cfg.Socket, reasonDuplicates, err)
 	} else {
 		err = s.push(ctx, wantsOf(s.mirror, snap.Entries), true)
 	}
@@ -305,9 +310,11 @@ func (s *Syncer) fullSync(ctx context.Context) error {
 	}
 	if err != nil {
 		s.mirror = nil // unknown until the next full sync reads it again
+		s.counts.reset(nil)
 		return fail(kindHAProxy, err)
 	}
 	s.mirror = snap.Entries
+	s.counts.reset(s.mirror)
 	s.applied = snap.LogID
 	s.badInHash = snap.Skipped
 	s.needFull = false
@@ -316,6 +323,7 @@ func (s *Syncer) fullSync(ctx context.Context) error {
 	s.file.markDirty()
 	s.file.flushNow(s) // a failure is the file's state, retried on its own
 	s.updateStatus(func(st *Status) { st.FullSyncs++; st.HAProxyPid = info.Pid })
+	s.cfg.Metrics.fullSynced(s.cfg.Socket)
 	s.log.Info("full sync", "entries", len(snap.Entries), "how", how, "missing", d.Missing, "extra", d.Extra,
 		"changed", d.Changed, "skipped", snap.Skipped, "log_id", snap.LogID, "haproxy_pid", info.Pid,
 		"haproxy_version", info.Version, "took", time.Since(start).Round(time.Millisecond))
@@ -451,12 +459,14 @@ func (s *Syncer) step(ctx context.Context) error {
 		}
 		if !ok {
 			s.log.Warn("change log gap: position no longer in the log, reconciling the whole map", "log_id", s.applied)
+			s.cfg.Metrics.needFull(s.cfg.Socket, reasonGap)
 			s.needFull = true
 			return nil
 		}
 		// Once read, a batch is applied whole even if we are told to stop.
 		err = s.apply(context.WithoutCancel(ctx), changes)
 		if err != nil {
+			s.cfg.Metrics.needFull(s.cfg.Socket, reasonDoubt)
 			s.needFull = true
 			return fail(kindHAProxy, err)
 		}
@@ -481,12 +491,14 @@ func (s *Syncer) checkHAProxy(ctx context.Context) error {
 	}
 	info, err := s.rt.Info(ctx)
 	if err != nil {
+		s.cfg.Metrics.needFull(s.cfg.Socket, reasonDoubt)
 		s.needFull = true // whatever comes back must be reconciled
 		return fail(kindHAProxy, err)
 	}
 	s.lastCheck = time.Now()
 	if info.Pid != s.haproxy.Pid || info.UptimeSec < s.haproxy.UptimeSec {
 		s.log.Info("haproxy restarted, reconciling the live map", "old_pid", s.haproxy.Pid, "pid", info.Pid)
+		s.cfg.Metrics.needFull(s.cfg.Socket, reasonHAProxyRestart)
 		s.needFull = true
 		return nil
 	}
@@ -541,6 +553,7 @@ func (s *Syncer) apply(ctx context.Context, changes []maps.Change) error {
 	}
 	newID := changes[len(changes)-1].ID
 	s.applied = newID
+	s.cfg.Metrics.applied(s.cfg.Socket, changes, time.Now())
 	s.updateStatus(func(st *Status) { st.Changes += int64(len(changes)) })
 	s.log.Debug("applied", "changes", len(changes), "log_id", newID)
 	return nil
@@ -577,6 +590,7 @@ func (s *Syncer) push(ctx context.Context, ws []want, whole bool) error {
 	var err error
 	if setDel > s.cfg.ReplaceAbove || whole && len(ops) > s.cfg.ReplaceAbove {
 		err = s.applyBySwap(ctx, ops)
+		s.cfg.Metrics.swapped(s.cfg.Socket, reasonLargeBatch, err)
 	} else {
 		err = s.applyOps(ctx, ops)
 	}
@@ -619,6 +633,7 @@ func (s *Syncer) applyOps(ctx context.Context, ops []runtime.Op) error {
 
 // follow updates the mirror for one op's outcome.
 func (s *Syncer) follow(op runtime.Op, result error) {
+	s.counts.follow(s.mirror, op, result)
 	switch {
 	case op.Kind == runtime.Del && (result == nil || errors.Is(result, runtime.ErrNotFound)):
 		delete(s.mirror, op.Key)
@@ -653,6 +668,7 @@ func (s *Syncer) swap(ctx context.Context, next map[string]string) error {
 		return err
 	}
 	s.mirror = next
+	s.counts.reset(next)
 	s.file.markDirty()
 	s.updateStatus(func(st *Status) { st.Swaps++ })
 	return nil
