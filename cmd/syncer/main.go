@@ -173,10 +173,20 @@ func (o *options) serve(cmd *cobra.Command) error {
 		return cli.UsageError{Err: err}
 	}
 	defer rt.Close()
+	// Metrics only when they are served.
+	var reg *prometheus.Registry
+	var metrics *syncer.Metrics
+	if o.listen != "" {
+		reg = prometheus.NewRegistry()
+		if metrics, err = syncer.NewMetrics(reg); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+	}
+	store := maps.NewStore(rdb, o.prefix)
 	s, err := syncer.New(syncer.Config{
 		Name: o.name, MapPath: o.mapPath, Socket: o.socket, FlushDelay: o.flush, ReplaceAbove: o.replaceAbove, Logger: log,
-		MaxDeleteShare: o.maxDeleteShare, ReconcileEvery: o.reconcileEvery, FileMode: os.FileMode(mode),
-	}, maps.NewStore(rdb, o.prefix), rt)
+		MaxDeleteShare: o.maxDeleteShare, ReconcileEvery: o.reconcileEvery, FileMode: os.FileMode(mode), Metrics: metrics,
+	}, store, rt)
 	if err != nil {
 		return cli.UsageError{Err: err}
 	}
@@ -200,7 +210,11 @@ func (o *options) serve(cmd *cobra.Command) error {
 		if err != nil {
 			return cli.UsageError{Err: fmt.Errorf("--listen: %w", err)}
 		}
-		srv := &http.Server{Handler: health(s, o.mapPath), ReadHeaderTimeout: 5 * time.Second}
+		if err := registerCollectors(reg, s, o.mapPath); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		page := &statusPage{name: o.name, mapPath: o.mapPath, targets: []string{o.socket}, s: s, log: store, logger: log, build: cli.ReadBuild()}
+		srv := &http.Server{Handler: handler(s, reg, page), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(ln)
 		defer srv.Close()
 	}
@@ -212,14 +226,14 @@ func (o *options) serve(cmd *cobra.Command) error {
 	return nil
 }
 
-// health serves /healthz (the process is up) and /readyz (the live map is
-// loaded and the last step succeeded), both with the status as JSON, and
-// /metrics for Prometheus.
-func health(s *syncer.Syncer, mapPath string) http.Handler {
+// handler serves /healthz (the process is up) and /readyz (the live map is
+// loaded and the last step succeeded), both with the status as JSON
+// (syncer.Status's snake_case fields), /metrics for Prometheus from reg,
+// and the status page at /.
+func handler(s statusSource, reg *prometheus.Registry, page http.Handler) http.Handler {
 	mux := http.NewServeMux()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(newStatusCollector(s, mapPath))
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/", page)
 	write := func(w http.ResponseWriter, ok bool) {
 		w.Header().Set("Content-Type", "application/json")
 		if !ok {
