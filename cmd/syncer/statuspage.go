@@ -162,7 +162,16 @@ func bars(counts map[string]int) (out []pageBar, height, total int) {
 	return out, 12 + len(names)*chartRow, total
 }
 
-var pageTmpl = template.Must(template.New("page").Parse(`<!DOCTYPE html>
+// logTime is when Redis logged the entry id (its millisecond part), in UTC.
+func logTime(id string) string {
+	ms, _, ok := maps.ParseID(id)
+	if !ok || ms > 1<<53 {
+		return ""
+	}
+	return time.UnixMilli(int64(ms)).UTC().Format("2006-01-02 15:04:05.000")
+}
+
+var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{"logTime": logTime}).Parse(`<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -208,8 +217,8 @@ svg text { font: 13px system-ui, sans-serif; fill: #222; }
 <h2>Recent changes</h2>
 {{if .ChangesErr}}<p class="bad">Cannot read the change log: {{.ChangesErr}}</p>{{end}}
 {{if .Changes}}<table id="changes">
-<tr><th>Log ID</th><th>Op</th><th>User</th><th>Shard</th></tr>
-{{range .Changes}}<tr><td><code>{{.ID}}</code></td><td>{{if .Op}}{{.Op}}{{else}}<span class="bad">invalid</span>{{end}}</td><td>{{.User}}</td><td>{{.Shard}}</td></tr>
+<tr><th>Logged (UTC)</th><th>Log ID</th><th>Op</th><th>User</th><th>Shard</th></tr>
+{{range .Changes}}<tr><td>{{logTime .ID}}</td><td><code>{{.ID}}</code></td><td>{{if .Op}}{{.Op}}{{else}}<span class="bad">invalid</span>{{end}}</td><td>{{.User}}</td><td>{{.Shard}}</td></tr>
 {{end}}</table>{{else if not .ChangesErr}}<p class="meta">The change log is empty.</p>{{end}}
 </body>
 </html>
