@@ -104,7 +104,7 @@ or another live syncer already uses --name.`,
 	f.StringVar(&o.socket, "socket", cli.Env(cli.EnvSocket, ""), "HAProxy stats socket at level admin (env "+cli.EnvSocket+")")
 	f.StringVar(&o.mapPath, "map", cli.Env(cli.EnvMap, ""), "map path exactly as in haproxy.cfg; also the file written (env "+cli.EnvMap+")")
 	f.StringVar(&o.name, "name", "", "name this syncer reports in Redis (default HOST:MAP)")
-	f.StringVar(&o.listen, "listen", "", "address for /healthz, /readyz and /metrics, e.g. 127.0.0.1:9477 (off when empty)")
+	f.StringVar(&o.listen, "listen", "", "address for /healthz, /readyz, /metrics and the status page at /, e.g. 127.0.0.1:9477 (off when empty)")
 	f.DurationVar(&o.flush, "flush-delay", 200*time.Millisecond, "longest the map file lags the live map")
 	f.IntVar(&o.replaceAbove, "replace-above", 64, "apply a batch with more set/del than this as one versioned swap")
 	f.Float64Var(&o.maxDeleteShare, "max-delete-share", syncer.DefaultMaxDeleteShare, "refuse a full reconcile that would delete more than this share of the live map (0 to 1; 0 refuses any that deletes more than 5 entries)")
