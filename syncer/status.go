@@ -227,7 +227,8 @@ func (s *Syncer) heartbeat(ctx context.Context) {
 
 // ShardCounts returns how many users the live map routes to each shard, as
 // this syncer knows the live map (its mirror): empty before the first full
-// sync and while the live map is in doubt after a failed one. Shards with
+// sync, and after a full sync that failed while sending until one succeeds
+// (the live map is then unknown). Shards with
 // no users are absent. It reads counts kept up to date as the mirror
 // changes, so it costs O(shards), not a pass over the map. Safe for
 // concurrent use; the map returned is the caller's.
