@@ -114,6 +114,7 @@ type Client struct {
 
 	writes chan struct{} // a token held by the one map write running
 	guard  func() error  // see SetWriteGuard; nil allows every write
+	onConn func()        // see SetOnConnect; nil when unset
 
 	mu       sync.Mutex // guards the fields below
 	conn     net.Conn   // the long-lived prompt-mode connection Apply uses
@@ -153,6 +154,13 @@ func New(addr string, timeout time.Duration) (*Client, error) {
 // long swap. Set it before the first call; it is not safe to change while
 // calls run.
 func (c *Client) SetWriteGuard(g func() error) { c.guard = g }
+
+// SetOnConnect makes the client call f each time it opens its long-lived
+// prompt-mode connection (the first time, and each reconnect after Close,
+// an idle period or a failure), after the connection is ready; f must be
+// quick and safe for concurrent use (metrics count reconnects with it). Set
+// it before the first call; it is not safe to change while calls run.
+func (c *Client) SetOnConnect(f func()) { c.onConn = f }
 
 // allowed asks the write guard, if any.
 func (c *Client) allowed() error {
@@ -244,6 +252,10 @@ func (c *Client) dial(ctx context.Context) (net.Conn, error) {
 // deadline passed (ErrNoAnswer, and ErrTruncated when part of the reply had
 // come), a malformed reply, or a reply cut short (ErrTruncated).
 func (c *Client) ioErr(ctx context.Context, cmd string, err error, partial bool) error {
+	return withCmd(cmd, c.ioErrText(ctx, cmd, err, partial))
+}
+
+func (c *Client) ioErrText(ctx context.Context, cmd string, err error, partial bool) error {
 	what := fmt.Sprintf("runtime %.60q on %s", cmd, c.path)
 	switch {
 	case errors.Is(err, ErrBadReply):
@@ -269,7 +281,7 @@ func (c *Client) ioErr(ctx context.Context, cmd string, err error, partial bool)
 func (c *Client) send(ctx context.Context, cmd string) (conn net.Conn, done func(), err error) {
 	conn, err = c.dial(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, withCmd(cmd, err)
 	}
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	done = func() { stop(); conn.Close() }
@@ -378,11 +390,11 @@ func (c *Client) Info(ctx context.Context) (Info, error) {
 	defer cancel()
 	var p infoParser
 	if err := c.stream(ctx, "show info", p.line); err != nil {
-		return Info{}, err
+		return Info{}, withCmd("show_info", err)
 	}
 	i, err := p.done()
 	if err != nil {
-		return Info{}, fmt.Errorf("runtime show info on %s: %w", c.path, err)
+		return Info{}, withCmd("show_info", fmt.Errorf("runtime show info on %s: %w", c.path, err))
 	}
 	return i, nil
 }
@@ -448,12 +460,12 @@ func (c *Client) Backends(ctx context.Context) ([]string, error) {
 	}
 	lines := strings.Split(out, "\n")
 	if lines[0] != "# name" {
-		return nil, fmt.Errorf("runtime show backend on %s: %w: %.80q", c.path, ErrBadReply, lines[0])
+		return nil, withCmd("show_backend", fmt.Errorf("runtime show backend on %s: %w: %.80q", c.path, ErrBadReply, lines[0]))
 	}
 	var list []string
 	for _, l := range lines[1:] {
 		if l == "" || strings.ContainsAny(l, " \t") {
-			return nil, fmt.Errorf("runtime show backend on %s: %w: %.80q", c.path, ErrBadReply, l)
+			return nil, withCmd("show_backend", fmt.Errorf("runtime show backend on %s: %w: %.80q", c.path, ErrBadReply, l))
 		}
 		list = append(list, l)
 	}
@@ -488,9 +500,9 @@ func (c *Client) Dump(ctx context.Context, mapPath string, fn func(key, value st
 		return fn(key, value)
 	})
 	if err == nil && unknown {
-		return c.unknownMap(ctx, mapPath)
+		return withCmd("show_map", c.unknownMap(ctx, mapPath))
 	}
-	return err
+	return withCmd("show_map", err)
 }
 
 func isPointer(s string) bool {
@@ -524,7 +536,7 @@ func (c *Client) Maps(ctx context.Context) ([]MapStatus, error) {
 	}
 	list, err := parseMaps(out)
 	if err != nil {
-		return nil, fmt.Errorf("runtime show map on %s: %w", c.path, err)
+		return nil, withCmd("show_map", fmt.Errorf("runtime show map on %s: %w", c.path, err))
 	}
 	return list, nil
 }
@@ -570,7 +582,7 @@ func (c *Client) mapStatus(ctx context.Context, mapPath string) (MapStatus, erro
 			return m, nil
 		}
 	}
-	return MapStatus{}, unknownMapErr(mapPath, list)
+	return MapStatus{}, withCmd("show_map", unknownMapErr(mapPath, list))
 }
 
 // MapEntryCount returns HAProxy's entry_cnt for the map: the entries of all

@@ -108,8 +108,8 @@ func (c *Client) Replace(ctx context.Context, mapPath string, entries []Entry) e
 		return fail(fmt.Errorf("runtime replace %s: %w", mapPath, err))
 	}
 	if after.EntryCount-before.EntryCount != len(entries) {
-		return fail(fmt.Errorf("runtime replace %s: %w: version %d holds %d entries, sent %d: not committed",
-			mapPath, ErrCountMismatch, version, after.EntryCount-before.EntryCount, len(entries)))
+		return fail(withCmd("add_map", fmt.Errorf("runtime replace %s: %w: version %d holds %d entries, sent %d: not committed",
+			mapPath, ErrCountMismatch, version, after.EntryCount-before.EntryCount, len(entries))))
 	}
 	if err := c.allowed(); err != nil {
 		return fail(fmt.Errorf("runtime replace %s: before the commit: %w", mapPath, err))
@@ -129,15 +129,15 @@ func (c *Client) Replace(ctx context.Context, mapPath string, entries []Entry) e
 	case st.CurrVer != version && commitErr != nil:
 		return fail(fmt.Errorf("runtime replace %s: %w: %w", mapPath, ErrNotCommitted, commitErr))
 	case st.CurrVer != version:
-		return fail(fmt.Errorf("runtime replace %s: %w: commit of version %d answered, but curr_ver=%d", mapPath, ErrNotCommitted, version, st.CurrVer))
+		return fail(withCmd("commit", fmt.Errorf("runtime replace %s: %w: commit of version %d answered, but curr_ver=%d", mapPath, ErrNotCommitted, version, st.CurrVer)))
 	case commitErr != nil:
 		// Live, but a step's reply was lost: report it rather than take
 		// a cut reply for success. Clearing now would empty the live map.
 		return fmt.Errorf("runtime replace %s: version %d is live (curr_ver=%d entry_cnt=%d), but the commit's reply was lost: %w",
 			mapPath, version, st.CurrVer, st.EntryCount, commitErr)
 	case st.EntryCount != len(entries):
-		return fmt.Errorf("runtime replace %s: %w: version %d committed, HAProxy holds %d entries (next_ver=%d), sent %d",
-			mapPath, ErrCountMismatch, version, st.EntryCount, st.NextVer, len(entries))
+		return withCmd("commit", fmt.Errorf("runtime replace %s: %w: version %d committed, HAProxy holds %d entries (next_ver=%d), sent %d",
+			mapPath, ErrCountMismatch, version, st.EntryCount, st.NextVer, len(entries)))
 	}
 	return nil
 }
@@ -170,8 +170,8 @@ func (c *Client) ClearUncommitted(ctx context.Context, mapPath string) (cleared 
 		return 0, nil
 	}
 	if span > maxClearSpan {
-		return 0, fmt.Errorf("runtime clear uncommitted %s: %w: curr_ver=%d next_ver=%d, over %d versions apart",
-			mapPath, ErrBadReply, before.CurrVer, before.NextVer, maxClearSpan)
+		return 0, withCmd("show_map", fmt.Errorf("runtime clear uncommitted %s: %w: curr_ver=%d next_ver=%d, over %d versions apart",
+			mapPath, ErrBadReply, before.CurrVer, before.NextVer, maxClearSpan))
 	}
 	lines := make([]string, 0, span)
 	for v := before.CurrVer + 1; v != before.NextVer+1; v++ {
@@ -179,7 +179,7 @@ func (c *Client) ClearUncommitted(ctx context.Context, mapPath string) (cleared 
 	}
 	err = c.pipeline(ctx, mapPath, lines, func(i int, body string) error {
 		if body != "" {
-			return fmt.Errorf("runtime %q: %w: %.200q", strings.TrimSuffix(lines[i], "\n"), ErrBadReply, body)
+			return withCmd("clear_map", fmt.Errorf("runtime %q: %w: %.200q", strings.TrimSuffix(lines[i], "\n"), ErrBadReply, body))
 		}
 		return nil
 	})
@@ -191,7 +191,7 @@ func (c *Client) ClearUncommitted(ctx context.Context, mapPath string) (cleared 
 		return 0, fmt.Errorf("runtime clear uncommitted %s: %w", mapPath, err)
 	}
 	if after.CurrVer != before.CurrVer {
-		return 0, fmt.Errorf("runtime clear uncommitted %s: curr_ver moved from %d to %d meanwhile: another writer", mapPath, before.CurrVer, after.CurrVer)
+		return 0, withCmd("clear_map", fmt.Errorf("runtime clear uncommitted %s: curr_ver moved from %d to %d meanwhile: another writer", mapPath, before.CurrVer, after.CurrVer))
 	}
 	return before.EntryCount - after.EntryCount, nil
 }
@@ -206,15 +206,15 @@ func (c *Client) prepare(ctx context.Context, mapPath string) (uint32, error) {
 	cmd := "prepare map " + mapPath
 	out, err := c.oneShot(ctx, cmd)
 	if err != nil {
-		return 0, err
+		return 0, withCmd(cmd, err)
 	}
 	if strings.HasPrefix(out, unknownMapReply) {
-		return 0, c.unknownMap(ctx, mapPath)
+		return 0, withCmd(cmd, c.unknownMap(ctx, mapPath))
 	}
 	v, ok := strings.CutPrefix(out, "New version created: ")
 	n, err := strconv.ParseUint(v, 10, 32)
 	if !ok || err != nil {
-		return 0, fmt.Errorf("runtime %q on %s: %w: %.200q", cmd, c.path, ErrBadReply, out)
+		return 0, withCmd(cmd, fmt.Errorf("runtime %q on %s: %w: %.200q", cmd, c.path, ErrBadReply, out))
 	}
 	return uint32(n), nil
 }
@@ -229,14 +229,14 @@ func (c *Client) clearVersion(ctx context.Context, mapPath string, version uint3
 func (c *Client) expectEmpty(ctx context.Context, cmd, mapPath string) error {
 	out, err := c.oneShot(ctx, cmd)
 	if err != nil {
-		return err
+		return withCmd(cmd, err)
 	}
 	if strings.HasPrefix(out, unknownMapReply) {
-		return c.unknownMap(ctx, mapPath)
+		return withCmd(cmd, c.unknownMap(ctx, mapPath))
 	}
 	if out != "" {
 		first, _, _ := strings.Cut(cmd, "\n")
-		return fmt.Errorf("runtime %.60q on %s: haproxy replied %.200q: %w", first, c.path, out, ErrBadReply)
+		return withCmd(cmd, fmt.Errorf("runtime %.60q on %s: haproxy replied %.200q: %w", first, c.path, out, ErrBadReply))
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -542,5 +543,68 @@ func TestDelServerReplyForms(t *testing.T) {
 		if (err == nil) != ok {
 			t.Errorf("DelServer with reply %q: %v, want success %v", reply, err, ok)
 		}
+	}
+}
+
+// Every failure of a command carries the command's name (CommandError), for
+// metrics by command, and keeps its sentinel for errors.Is.
+func TestErrorsNameTheirCommand(t *testing.T) {
+	mapCmds := map[string][]string{
+		"Info": {"show_info"}, "Backends": {"show_backend"}, "MapEntryCount": {"show_map"}, "Dump": {"show_map"},
+		"Replace":          {"show_map", "prepare", "add_map", "commit", "clear_map"},
+		"Apply":            {"prompt", "add_map", "set_map", "del_map", "show_map"},
+		"ClearUncommitted": {"show_map", "clear_map"},
+	}
+	for _, sc := range scenarios {
+		want, ok := mapCmds[sc.name]
+		if !ok {
+			continue
+		}
+		for _, reply := range []string{"garbage\n\n", "garbage", "", "Unknown map identifier. Please use #<id> or <file>.\n\n"} {
+			f := newFake(t, func(string) string { return reply })
+			c, _ := New(f.path, 300*time.Millisecond)
+			err := sc.run(context.Background(), c)
+			c.Close()
+			cmd := CommandOf(err)
+			if err == nil || !slices.Contains(want, cmd) {
+				t.Errorf("%s: reply %.30q: command %q of %v, want one of %v", sc.name, reply, cmd, err, want)
+			}
+		}
+	}
+	// Each op's own failure names its command, and the sentinel still holds.
+	m := newModel(Entry{"a", "s0"})
+	f := newFake(t, m.reply)
+	res, err := newClient(t, f.path).Apply(context.Background(), "/m.map", []Op{{Set, "nope", "s1"}, {Del, "gone", ""}})
+	if err != nil || len(res) != 2 || CommandOf(res[0]) != "set_map" || CommandOf(res[1]) != "del_map" || !errors.Is(res[0], ErrNotFound) {
+		t.Errorf("Apply: %v, results %v (commands %q %q), want set_map and del_map ErrNotFound", err, res, CommandOf(res[0]), CommandOf(res[1]))
+	}
+	// A word refused before anything is sent is no command's failure.
+	_, err = newClient(t, f.path).Apply(context.Background(), "/m.map", []Op{{Add, "a b", "s"}})
+	if !errors.Is(err, ErrUnsafeWord) || CommandOf(err) != "" {
+		t.Errorf("unsafe word: %v, command %q, want ErrUnsafeWord and no command", err, CommandOf(err))
+	}
+}
+
+func TestOnConnectCountsPromptConnections(t *testing.T) {
+	m := newModel(Entry{"a", "s0"})
+	f := newFake(t, m.reply)
+	c := newClient(t, f.path)
+	var n atomic.Int32
+	c.SetOnConnect(func() { n.Add(1) })
+	ctx := context.Background()
+	for i := range 3 {
+		if _, err := c.Apply(ctx, "/m.map", []Op{{Add, fmt.Sprint("k", i), "s"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n.Load() != 1 {
+		t.Fatalf("3 applies on one connection: %d connects, want 1", n.Load())
+	}
+	c.Close()
+	if _, err := c.Apply(ctx, "/m.map", []Op{{Add, "k9", "s"}}); err != nil {
+		t.Fatal(err)
+	}
+	if n.Load() != 2 {
+		t.Fatalf("after Close: %d connects, want 2", n.Load())
 	}
 }

@@ -123,7 +123,7 @@ func (c *Client) Apply(ctx context.Context, mapPath string, ops []Op) (results [
 		return results, fmt.Errorf("runtime apply %d ops to %s: %w", len(ops), mapPath, err)
 	}
 	if unknown {
-		return results, c.unknownMap(ctx, mapPath)
+		return results, withCmd(ops[0].Kind.String()+"_map", c.unknownMap(ctx, mapPath))
 	}
 	return results, nil
 }
@@ -213,7 +213,7 @@ func (c *Client) pipeline(ctx context.Context, mapPath string, lines []string, f
 func (c *Client) openPrompt(ctx context.Context) (net.Conn, *bufio.Reader, error) {
 	conn, err := c.dial(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, withCmd("prompt", err)
 	}
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	defer stop()
@@ -241,6 +241,9 @@ func (c *Client) openPrompt(ctx context.Context) (net.Conn, *bufio.Reader, error
 	if err != nil {
 		conn.Close()
 		return nil, nil, c.ioErr(ctx, "prompt", err, true)
+	}
+	if c.onConn != nil {
+		c.onConn()
 	}
 	return conn, rd, nil
 }
@@ -287,6 +290,10 @@ func replyError(op Op, mapPath, body string) error {
 	if body == "" {
 		return nil
 	}
+	return withCmd(op.Kind.String()+"_map", replyErrorText(op, mapPath, body))
+}
+
+func replyErrorText(op Op, mapPath, body string) error {
 	msg := body
 	if len(msg) > 4 && msg[0] == '[' && msg[2] == ']' && msg[3] == ':' {
 		msg = strings.TrimSpace(msg[4:])

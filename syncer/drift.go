@@ -53,7 +53,7 @@ func (s *Syncer) reconcile(ctx context.Context) error {
 			return fail(kindRedis, err)
 		} else if !ok {
 			s.log.Warn("change log gap: position no longer in the log (trimmed, deleted or Redis emptied), reloading", "log_id", applied)
-			s.needLoad = true
+			s.reloadFor(reasonGap)
 			return nil
 		}
 	}
@@ -118,7 +118,7 @@ func (s *Syncer) scanStep(ctx context.Context) error {
 		for i, a := range differ {
 			ws[i] = want{a.User, a.Shard}
 		}
-		s.state.publish(ws, before)
+		s.state.publish(ws, before, nil)
 		s.file.markDirty()
 		d.found += len(differ)
 		s.mu.Lock()
@@ -162,7 +162,7 @@ func (s *Syncer) checkCount(ctx context.Context) error {
 	_, applied, have := s.state.position()
 	if before == applied && after == applied && int(n) != have+s.badInHash {
 		s.log.Warn("drift: redis hash lost entries behind the change log, reloading", "redis", n, "state", have)
-		s.needLoad = true
+		s.reloadFor(reasonDriftCount)
 	}
 	return nil
 }

@@ -201,7 +201,7 @@ func (t *target) holdLease(ctx context.Context) bool {
 	switch {
 	case valid && !t.active.Load():
 		t.active.Store(true)
-		t.doubt()
+		t.doubt(reasonLease)
 		t.log.Info("holding the map's lease: this syncer drives the target's live map")
 	case !valid && t.active.Load():
 		t.active.Store(false)

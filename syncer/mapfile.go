@@ -25,6 +25,7 @@ type mapFile struct {
 	written    chan fileWrite
 	retryAt    time.Time // after a failed write, the next is not before this
 	backoff    *backoff
+	metrics    *Metrics // times each write (nil: none)
 }
 
 // fileWrite is the outcome of one map-file write.
@@ -78,6 +79,7 @@ func (f *mapFile) snapshot(s *Syncer) maps.MapFile {
 }
 
 func (f *mapFile) write(mf maps.MapFile) fileWrite {
+	defer f.metrics.flushed(f.path, time.Now())
 	_, err := maps.WriteMapFile(f.path, mf, f.mode)
 	return fileWrite{id: mf.LogID, stamp: stampOf(f.path), err: err}
 }

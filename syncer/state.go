@@ -25,6 +25,7 @@ type batch struct {
 	seq     uint64
 	logID   string
 	changes []change
+	times   []int64 // the millisecond time of each change-log entry read (for the apply latency)
 }
 
 // ringMax bounds the changes kept for targets that lag: a target further
@@ -95,10 +96,10 @@ func (st *state) reload(entries map[string]string, logID string) {
 // publish applies ws (the last word per user) to the state, moving it to
 // logID, and hands the effective changes to the targets. It returns how
 // many entries changed.
-func (st *state) publish(ws []want, logID string) int {
+func (st *state) publish(ws []want, logID string, times []int64) int {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	b := &batch{seq: st.seq + 1, logID: logID}
+	b := &batch{seq: st.seq + 1, logID: logID, times: times}
 	for _, w := range ws {
 		prev, ok := st.users[w.user]
 		if !ok {

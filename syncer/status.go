@@ -380,6 +380,9 @@ func (s *Syncer) heartbeat(ctx context.Context) {
 		case <-t.C:
 			s.renewClaims(ctx)
 			s.report(ctx, false)
+			for _, ts := range s.Status().Targets {
+				s.cfg.Metrics.measureLag(ctx, ts.Address, s.store, ts.Applied, ts.Standby)
+			}
 		}
 	}
 }

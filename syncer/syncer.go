@@ -98,6 +98,7 @@ type Config struct {
 	ReconcileEvery time.Duration // how often drift in Redis, the live map and the file is looked for (60 s)
 	ClaimTTL       time.Duration // how long the name and the lease outlive a syncer that stops renewing them (5 s)
 	Logger         *slog.Logger
+	Metrics        *Metrics // Prometheus instruments (nil: none)
 }
 
 func (c *Config) defaults() error {
@@ -159,6 +160,7 @@ type Syncer struct {
 
 	// Owned by the Run goroutine (the reader).
 	needLoad   bool
+	loadWhy    atomic.Value // string: why the state was last loaded (a metrics reason)
 	badInHash  int       // invalid entries in the hash at the last snapshot
 	drift      driftScan // the periodic drift check of Redis (drift.go)
 	file       mapFile   // the map file writer (mapfile.go)
@@ -192,7 +194,7 @@ func New(cfg Config, store Store, dial Dialer) (*Syncer, error) {
 	}
 	s := &Syncer{
 		cfg:      cfg,
-		store:    store,
+		store:    cfg.Metrics.store(store), // counts Redis errors
 		log:      cfg.Logger.With("map", cfg.MapName),
 		instance: newInstanceID(),
 		needLoad: true,
@@ -207,6 +209,7 @@ func New(cfg Config, store Store, dial Dialer) (*Syncer, error) {
 	}
 	s.fileLease.ident = func() (string, error) { return fileIdent(cfg.MapFile) }
 	s.file.init(cfg.MapFile, cfg.FileMode)
+	s.file.metrics = cfg.Metrics
 	return s, nil
 }
 
@@ -309,6 +312,21 @@ func (s *Syncer) load(ctx context.Context) error {
 	return nil
 }
 
+// reloadFor makes the reader reload the state from Redis; why is the reason
+// the targets' full syncs are counted under.
+func (s *Syncer) reloadFor(why string) {
+	s.needLoad = true
+	s.loadWhy.Store(why)
+}
+
+// reloadReason is why the state was last (re)loaded.
+func (s *Syncer) reloadReason() string {
+	if why, ok := s.loadWhy.Load().(string); ok {
+		return why
+	}
+	return reasonStart
+}
+
 // targetSynced records that a target reconciled its live map with the
 // state of load gen: the delete guard passed, so the file may be written
 // from it.
@@ -408,7 +426,7 @@ func (s *Syncer) readStep(ctx context.Context) error {
 		}
 		if !ok {
 			s.log.Warn("change log gap: position no longer in the log, reloading", "log_id", applied)
-			s.needLoad = true
+			s.reloadFor(reasonGap)
 			return nil
 		}
 		s.publish(changes)
@@ -445,7 +463,13 @@ func (s *Syncer) publish(changes []maps.Change) {
 		ws = append(ws, w)
 	}
 	newID := changes[len(changes)-1].ID
-	if s.state.publish(ws, newID) > 0 {
+	times := make([]int64, 0, len(changes))
+	for _, c := range changes {
+		if ms, _, ok := maps.ParseID(c.ID); ok && c.Op != "" {
+			times = append(times, int64(min(ms, 1<<62)))
+		}
+	}
+	if s.state.publish(ws, newID, times) > 0 {
 		s.file.markDirty()
 	}
 	s.log.Debug("read", "changes", len(changes), "log_id", newID)

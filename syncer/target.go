@@ -28,6 +28,7 @@ type target struct {
 
 	// Owned by the target's goroutine.
 	seq       uint64 // the state's batch the live map holds
+	gen       uint64 // the state's load the live map was last reconciled with
 	applied   string // the change-log position the live map holds
 	needFull  bool   // the live map is in doubt: reconcile it whole
 	haproxy   runtime.Info
@@ -80,6 +81,7 @@ func newTarget(s *Syncer, addr string, rt Runtime) *target {
 		// Every map write checks the lease right before it is sent.
 		g.SetWriteGuard(t.writeAllowed)
 	}
+	t.rt = s.cfg.Metrics.runtime(addr, rt) // counts errors by command and reconnects
 	return t
 }
 
@@ -138,10 +140,13 @@ func (t *target) run(ctx context.Context) {
 	t.rt.Close()
 }
 
-// doubt marks the live map in doubt: it is reconciled whole next. The
-// target's state does not change for it: the live map serves as it is
-// until the reconcile succeeds or fails.
-func (t *target) doubt() { t.needFull = true }
+// doubt marks the live map in doubt, for reason (a metrics reason): it is
+// reconciled whole next. The target's state does not change for it: the
+// live map serves as it is until the reconcile succeeds or fails.
+func (t *target) doubt(reason string) {
+	t.needFull = true
+	t.s.cfg.Metrics.needFull(t.addr, reason)
+}
 
 // fullSync brings the live map to the state and resumes following it from
 // there. It never takes the live map as truth: it reads it, diffs it against
@@ -221,8 +226,16 @@ func (t *target) fullSync(ctx context.Context) error {
 	if err != nil {
 		return fail(kindHAProxy, err)
 	}
+	if how == "swap" {
+		why := reasonLargeBatch
+		if lines != len(live) {
+			why = reasonDuplicates
+		}
+		s.cfg.Metrics.swapped(t.addr, why, nil)
+	}
+	s.cfg.Metrics.fullSynced(t.addr)
 	_ = setDel
-	t.seq, t.applied, t.needFull = seq, logID, false
+	t.seq, t.applied, t.needFull, t.gen = seq, logID, false, gen
 	t.inSync.Store(true)
 	t.haproxy, t.lastCheck, t.lastLive = info, time.Now(), time.Now()
 	s.targetSynced(gen)
@@ -316,8 +329,12 @@ func (t *target) step(ctx context.Context) error {
 	}
 	bs, ok, next := s.state.since(t.seq)
 	if !ok {
-		t.log.Info("state moved out of reach (reloaded, or this target fell behind), reconciling the whole map", "log_id", t.applied)
-		t.doubt()
+		reason := reasonBehind
+		if t.gen != s.gen.Load() {
+			reason = s.reloadReason()
+		}
+		t.log.Info("state moved out of reach, reconciling the whole map", "why", reason, "log_id", t.applied)
+		t.doubt(reason)
 		return nil
 	}
 	if len(bs) == 0 {
@@ -334,7 +351,7 @@ func (t *target) step(ctx context.Context) error {
 	}
 	// Once taken, batches are applied whole even if we are told to stop.
 	if err := t.apply(context.WithoutCancel(ctx), bs); err != nil {
-		t.doubt()
+		t.doubt(reasonDoubt)
 		return fail(kindHAProxy, err)
 	}
 	s.report(ctx, true)
@@ -363,14 +380,14 @@ func (t *target) checkHAProxy(ctx context.Context) error {
 	}
 	info, err := t.rt.Info(ctx)
 	if err != nil {
-		t.doubt() // whatever comes back must be reconciled
+		t.doubt(reasonDoubt) // whatever comes back must be reconciled
 		return fail(kindHAProxy, err)
 	}
 	t.lastCheck = time.Now()
 	t.contact()
 	if info.Pid != t.haproxy.Pid || info.UptimeSec < t.haproxy.UptimeSec {
 		t.log.Info("haproxy restarted, reconciling the live map", "old_pid", t.haproxy.Pid, "pid", info.Pid)
-		t.doubt()
+		t.doubt(reasonHAProxyRestart)
 		return nil
 	}
 	t.haproxy = info
@@ -422,13 +439,19 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 	seq, logID := last.seq, last.logID
 	if setDel > s.cfg.ReplaceAbove {
 		var err error
-		if seq, logID, err = t.swap(ctx); err != nil {
+		seq, logID, err = t.swap(ctx)
+		s.cfg.Metrics.swapped(t.addr, reasonLargeBatch, err)
+		if err != nil {
 			return err
 		}
 	} else if len(ops) > 0 {
 		if err := t.applyOps(ctx, ops); err != nil {
 			return err
 		}
+	}
+	now := time.Now()
+	for _, b := range bs {
+		s.cfg.Metrics.appliedAt(t.addr, b.times, now)
 	}
 	var n int
 	s.state.read(func(v view) { n = v.len() })
@@ -539,7 +562,7 @@ func (t *target) checkLive(ctx context.Context) error {
 	took := time.Since(start)
 	s.updateTarget(t, func(st *TargetStatus) { st.DriftChecks++; st.DriftLiveTook = took })
 	if !reach {
-		t.doubt()
+		t.doubt(reasonBehind)
 		return nil
 	}
 	if unknown == 0 && missing == 0 && lines == len(live) && len(wrong) == 0 {
@@ -550,12 +573,12 @@ func (t *target) checkLive(ctx context.Context) error {
 	s.updateTarget(t, func(st *TargetStatus) { st.Drift += int64(max(len(wrong)+unknown+missing, 1)) })
 	if unknown == 0 && missing == 0 && lines == len(live) && len(wrong) <= s.cfg.ReplaceAbove {
 		if err := t.applyOps(ctx, wrong); err != nil {
-			t.doubt()
+			t.doubt(reasonDoubt)
 			return fail(kindHAProxy, err)
 		}
 		return nil
 	}
-	t.doubt()
+	t.doubt(reasonDrift)
 	return nil
 }
 

@@ -140,7 +140,7 @@ or another live syncer already uses --name.`,
 	f.StringVar(&o.mapName, "map", cli.Env(cli.EnvMap, ""), "the map's path exactly as in haproxy.cfg (env "+cli.EnvMap+")")
 	f.StringVar(&o.mapFile, "map-file", cli.Env(envMapFile, ""), "the map file to write, where the syncer sees it (default: --map) (env "+envMapFile+")")
 	f.StringVar(&o.name, "name", "", "name this syncer reports in Redis (default HOST:MAP)")
-	f.StringVar(&o.listen, "listen", "", "address for /healthz, /readyz and /metrics, e.g. 127.0.0.1:9477 (off when empty)")
+	f.StringVar(&o.listen, "listen", "", "address for /healthz, /readyz, /metrics and the status page at /, e.g. 127.0.0.1:9477 (off when empty)")
 	f.DurationVar(&o.flush, "flush-delay", 200*time.Millisecond, "longest the map file lags the live map")
 	f.IntVar(&o.replaceAbove, "replace-above", 64, "apply a batch with more set/del than this as one versioned swap")
 	f.Float64Var(&o.maxDeleteShare, "max-delete-share", syncer.DefaultMaxDeleteShare, "refuse a full reconcile that would delete more than this share of the live map (0 to 1; 0 refuses any that deletes more than 5 entries)")
@@ -290,8 +290,17 @@ func (o *options) serve(cmd *cobra.Command) error {
 		return cli.UsageError{Err: err}
 	}
 	defer rdb.Close()
+	// Metrics only when they are served.
+	var reg *prometheus.Registry
+	if o.listen != "" {
+		reg = prometheus.NewRegistry()
+		if cfg.Metrics, err = syncer.NewMetrics(reg); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+	}
+	store := maps.NewStore(rdb, o.prefix)
 	dial := func(addr string) (syncer.Runtime, error) { return runtime.New(addr, o.runtimeTimeout) }
-	s, err := syncer.New(cfg, maps.NewStore(rdb, o.prefix), dial)
+	s, err := syncer.New(cfg, store, dial)
 	if err != nil {
 		return cli.UsageError{Err: err}
 	}
@@ -313,7 +322,11 @@ func (o *options) serve(cmd *cobra.Command) error {
 		if err != nil {
 			return cli.UsageError{Err: fmt.Errorf("--listen: %w", err)}
 		}
-		srv := &http.Server{Handler: health(s, o.mapName), ReadHeaderTimeout: 5 * time.Second}
+		if err := registerCollectors(reg, s, o.mapName); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		page := &statusPage{name: o.name, mapPath: o.mapName, targets: o.targets, s: s, log: store, logger: log, build: cli.ReadBuild()}
+		srv := &http.Server{Handler: handler(s, reg, page), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(ln)
 		defer srv.Close()
 	}
@@ -325,14 +338,14 @@ func (o *options) serve(cmd *cobra.Command) error {
 	return nil
 }
 
-// health serves /healthz (the process is up) and /readyz (the live map is
-// loaded and the last step succeeded), both with the status as JSON, and
-// /metrics for Prometheus.
-func health(s *syncer.Syncer, mapPath string) http.Handler {
+// handler serves /healthz (the process is up) and /readyz (the live map is
+// loaded and the last step succeeded), both with the status as JSON
+// (syncer.Status's snake_case fields), /metrics for Prometheus from reg,
+// and the status page at /.
+func handler(s statusSource, reg *prometheus.Registry, page http.Handler) http.Handler {
 	mux := http.NewServeMux()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(newStatusCollector(s, mapPath))
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/", page)
 	write := func(w http.ResponseWriter, ok bool) {
 		w.Header().Set("Content-Type", "application/json")
 		if !ok {

@@ -2,18 +2,43 @@ package main
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/shardmap/shardmap/internal/cli"
 	"github.com/shardmap/shardmap/syncer"
 )
+
+// registerCollectors adds to reg (which holds the syncer.Metrics already)
+// the Status gauges of s, shardmap_build_info, and Go's and the process's
+// collectors (go_*, process_*).
+func registerCollectors(reg prometheus.Registerer, s interface{ Status() syncer.Status }, mapPath string) error {
+	b := cli.ReadBuild()
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "shardmap_build_info",
+		Help:        "Always 1; the labels say which build of shardmap runs.",
+		ConstLabels: prometheus.Labels{"version": b.Version, "revision": b.Revision, "go_version": b.GoVersion},
+	})
+	info.Set(1)
+	for _, c := range []prometheus.Collector{
+		newStatusCollector(s, mapPath), info,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // statusCollector exposes a syncer's Status as Prometheus metrics, read at
 // scrape time (nothing is counted twice or kept apart from the syncer).
 type statusCollector struct {
-	s     *syncer.Syncer
+	s     interface{ Status() syncer.Status }
 	descs map[string]*prometheus.Desc
 }
 
-func newStatusCollector(s *syncer.Syncer, mapPath string) *statusCollector {
+func newStatusCollector(s interface{ Status() syncer.Status }, mapPath string) *statusCollector {
 	labels := prometheus.Labels{"map": mapPath}
 	d := func(name, help string) *prometheus.Desc {
 		return prometheus.NewDesc("shardmap_syncer_"+name, help, nil, labels)
