@@ -161,9 +161,9 @@ type Syncer struct {
 	// Owned by the Run goroutine (the reader).
 	needLoad   bool
 	loadWhy    atomic.Value // string: why the state was last loaded (a metrics reason)
-	badInHash  int       // invalid entries in the hash at the last snapshot
-	drift      driftScan // the periodic drift check of Redis (drift.go)
-	file       mapFile   // the map file writer (mapfile.go)
+	badInHash  int          // invalid entries in the hash at the last snapshot
+	drift      driftScan    // the periodic drift check of Redis (drift.go)
+	file       mapFile      // the map file writer (mapfile.go)
 	fileLease  lease
 	fileActive atomic.Bool // holds the map file's lease and writes it (read by the heartbeat)
 	fileOK     atomic.Bool // the map file was written once since the start
