@@ -73,6 +73,26 @@ func CreateLogicalMap(t *Topology) (created bool, err error) {
 	return true, nil
 }
 
+// CreateDeltaMap writes an empty delta map for a topology with delta_map
+// when the file does not exist (HAProxy refuses a config whose map file is
+// missing). An existing one is kept: the syncer reconciles what HAProxy
+// loads from it.
+func CreateDeltaMap(t *Topology) (created bool, err error) {
+	if !t.DeltaMap {
+		return false, nil
+	}
+	path := maps.DeltaPath(t.Map)
+	if _, err := os.Stat(path); err == nil {
+		return false, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return false, fmt.Errorf("delta map: %w", err)
+	}
+	if err := atomicfile.Write(path, nil, 0o644); err != nil {
+		return false, fmt.Errorf("write delta map %s: %w", path, err)
+	}
+	return true, nil
+}
+
 // ErrLogicalMap is wrapped by ReadLogicalMap's errors about the content.
 var ErrLogicalMap = errors.New("invalid logical map")
 

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sort"
 	"time"
+
+	"github.com/shardmap/shardmap/maps"
 )
 
 // Render returns a complete haproxy.cfg for t. The same topology always
@@ -59,6 +61,14 @@ func Render(t *Topology, source string) ([]byte, error) {
 		w("    http-request set-var(txn.shard) req.cook(%s),div(%d),and(%d),map(%s) if !{ var(txn.shard) -m found } { req.cook(%s) -m reg ^[0-9]{1,19}$ }",
 			t.Cookie, l.SequenceDivisor(), l.ShardMask(), t.EffectiveLogicalMap(), t.Cookie)
 		w("    use_backend %%[var(txn.shard)] if { var(txn.shard) -m found }")
+	} else if t.DeltaMap {
+		w("    # The user's shard comes from the delta map, then the map, both kept")
+		w("    # live by the syncer (changes go to the small delta, folded into the")
+		w("    # map now and then); users without a cookie or an entry go to the")
+		w("    # default shard.")
+		w("    http-request set-var(txn.shard) req.cook(%s),map(%s)", t.Cookie, maps.DeltaPath(t.Map))
+		w("    http-request set-var(txn.shard) req.cook(%s),map(%s,%s) unless { var(txn.shard) -m found }", t.Cookie, t.Map, t.DefaultShard)
+		w("    use_backend %%[var(txn.shard)]")
 	} else {
 		w("    # The user's shard comes from the map, kept live by the syncer; users")
 		w("    # without a cookie or an entry go to the default shard.")

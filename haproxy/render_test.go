@@ -189,3 +189,41 @@ func TestRenderSocketGroup(t *testing.T) {
 		"socket_group: haproxy\n": "    stats socket /m/a.sock mode 660 level admin group haproxy\n",
 	}, []string{"Hap", "1x", "a b", "x;y", "haproxy\n"})
 }
+
+// delta_map renders the delta lookup before the map's; haproxy -c accepts
+// it (the delta file created by CreateDeltaMap); routing: ids refuses it.
+func TestRenderDeltaMap(t *testing.T) {
+	checkOption(t, "delta_map", map[string]string{
+		"": "    use_backend %[req.cook(user),map(/m/users.map,s0)]\n",
+		"delta_map: true\n": "    http-request set-var(txn.shard) req.cook(user),map(/m/users.delta.map)\n" +
+			"    http-request set-var(txn.shard) req.cook(user),map(/m/users.map,s0) unless { var(txn.shard) -m found }\n" +
+			"    use_backend %[var(txn.shard)]\n",
+	}, []string{"maybe"})
+	bin := testenv.Need(t, "haproxy")
+	dir := t.TempDir()
+	src, _ := os.ReadFile("../demo/topology.yaml")
+	src = bytes.ReplaceAll(src, []byte("/tmp/shardmap-demo"), []byte(dir))
+	topo, err := ParseTopology(append(src, []byte("\ndelta_map: true\n")...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "users.map"), nil, 0o644)
+	if created, err := CreateDeltaMap(topo); err != nil || !created {
+		t.Fatalf("CreateDeltaMap: %v %v", created, err)
+	}
+	if created, err := CreateDeltaMap(topo); err != nil || created {
+		t.Fatalf("CreateDeltaMap again: %v %v, want kept", created, err)
+	}
+	cfg, err := Render(topo, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "haproxy.cfg")
+	os.WriteFile(path, cfg, 0o644)
+	if out, err := exec.Command(bin, "-c", "-f", path).CombinedOutput(); err != nil {
+		t.Fatalf("haproxy -c: %v\n%s", err, out)
+	}
+	if _, err := ParseTopology([]byte("routing: ids\ndelta_map: true\n" + string(src))); !errors.Is(err, ErrTopology) {
+		t.Errorf("routing: ids with delta_map: %v, want ErrTopology", err)
+	}
+}

@@ -56,6 +56,7 @@ type SyncerConfig struct {
 	ReconcileEvery time.Duration `yaml:"reconcile_every,omitempty"`
 	RuntimeTimeout time.Duration `yaml:"runtime_timeout,omitempty"`
 	ReplaceAbove   int           `yaml:"replace_above,omitempty"`
+	DeltaMax       int           `yaml:"delta_max,omitempty"`
 	// MaxDeleteShare is a pointer because 0 is a setting (refuse any
 	// reconcile that deletes more than 5 entries), not "unset".
 	MaxDeleteShare *float64 `yaml:"max_delete_share,omitempty"`
@@ -106,6 +107,9 @@ func (c *SyncerConfig) Validate() error {
 		if d.v < 0 {
 			return fmt.Errorf("%s %s: want a positive duration", d.name, d.v)
 		}
+	}
+	if c.DeltaMax < 0 {
+		return fmt.Errorf("delta_max %d: want a positive number of entries", c.DeltaMax)
 	}
 	if c.ReplaceAbove < 0 {
 		return fmt.Errorf("replace_above %d: want a positive number of changes", c.ReplaceAbove)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -158,4 +159,16 @@ func WriteMapFile(path string, mf MapFile, newMode os.FileMode) (changed bool, e
 		return false, err
 	}
 	return true, nil
+}
+
+// DeltaPath is the delta map that goes with the map at base, for HAProxy
+// versions whose set and del walk the whole map (before 2.9): base's path
+// with ".delta" before its extension, "users.map" -> "users.delta.map". The
+// renderer and the syncer agree on it through this function.
+func DeltaPath(base string) string {
+	dir, name := filepath.Split(base)
+	if ext := filepath.Ext(name); ext != "" && ext != name {
+		return dir + strings.TrimSuffix(name, ext) + ".delta" + ext
+	}
+	return base + ".delta"
 }

@@ -122,3 +122,16 @@ func TestWriteMapFileKeepsModeAndOwner(t *testing.T) {
 		t.Errorf("owner %d:%d after rewrite, want %d:%d", st.Uid, st.Gid, wantUID, wantGID)
 	}
 }
+
+func TestDeltaPath(t *testing.T) {
+	for in, want := range map[string]string{
+		"/etc/haproxy/users.map": "/etc/haproxy/users.delta.map",
+		"/etc/haproxy/users":     "/etc/haproxy/users.delta",
+		"users.map":              "users.delta.map",
+		"/a.b/.map":              "/a.b/.map.delta",
+	} {
+		if got := DeltaPath(in); got != want {
+			t.Errorf("DeltaPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -57,6 +57,14 @@ func (f *fakeStore) set(u, sh string) {
 	f.log = append(f.log, maps.Change{ID: fmt.Sprintf("%d-0", len(f.log)+1), Op: maps.OpSet, User: u, Shard: sh})
 }
 
+// del deletes through the log, as mapctl does.
+func (f *fakeStore) del(u string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.hash, u)
+	f.log = append(f.log, maps.Change{ID: fmt.Sprintf("%d-0", len(f.log)+1), Op: maps.OpDel, User: u})
+}
+
 func (f *fakeStore) Snapshot(context.Context, func(maps.BadEntry)) (maps.Snapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -202,6 +210,7 @@ func newLoop(t *testing.T, hash, live map[string]string) (*Syncer, *fakeStore, *
 	if err != nil {
 		t.Fatal(err)
 	}
+	rt.mapName = s.cfg.MapName
 	if !s.targets[0].holdLease(context.Background()) {
 		t.Fatal("no lease on an empty store")
 	}
@@ -688,7 +697,7 @@ func TestStandbyAfterFailureIsStandby(t *testing.T) {
 		t.Fatalf("status %q / %q, want standby", got.State, got.Problem)
 	}
 	// And it writes nothing to HAProxy while a standby.
-	if err := ta.applyOps(ctx, []runtime.Op{{Kind: runtime.Add, Key: "x", Value: "s1"}}); !errors.Is(err, errLeaseLost) {
+	if err := ta.applyOps(ctx, a.cfg.MapName, []runtime.Op{{Kind: runtime.Add, Key: "x", Value: "s1"}}); !errors.Is(err, errLeaseLost) {
 		t.Fatalf("push without the lease: %v, want errLeaseLost", err)
 	}
 }

@@ -364,6 +364,11 @@ func (r *countingRuntime) Dump(ctx context.Context, mapPath string, fn func(key,
 	return r.count(r.Runtime.Dump(ctx, mapPath, fn))
 }
 
+func (r *countingRuntime) Maps(ctx context.Context) ([]runtime.MapStatus, error) {
+	ms, err := r.Runtime.Maps(ctx)
+	return ms, r.count(err)
+}
+
 func (r *countingRuntime) MapEntryCount(ctx context.Context, mapPath string) (int, error) {
 	n, err := r.Runtime.MapEntryCount(ctx, mapPath)
 	return n, r.count(err)

@@ -47,6 +47,8 @@ type Runtime interface {
 	Dump(ctx context.Context, mapPath string, fn func(key, value string) error) error
 	// MapEntryCount is HAProxy's entry count for the map, all versions.
 	MapEntryCount(ctx context.Context, mapPath string) (int, error)
+	// Maps lists HAProxy's maps.
+	Maps(ctx context.Context) ([]runtime.MapStatus, error)
 	// Close drops the long-lived connection; the next Apply dials anew.
 	Close() error
 }
@@ -88,6 +90,7 @@ type Config struct {
 	FlushDelay   time.Duration // longest the file lags the live map while changes arrive (200 ms)
 	BatchMax     int           // most changes read and applied at once (10,000)
 	ReplaceAbove int           // a batch with more set/del than this is applied as one versioned swap (64)
+	DeltaMax     int           // in the delta+base layout, the delta entries past which it is folded into the base (5,000)
 	Heartbeat    time.Duration // how often the syncer reports itself in Redis and renews its claims (1 s)
 	CheckEvery   time.Duration // how often HAProxy's identity (show info Pid) is checked (500 ms)
 	// MaxDeleteShare: a full reconcile that would delete more than this share
@@ -129,6 +132,9 @@ func (c *Config) defaults() error {
 	}
 	if c.ReplaceAbove <= 0 {
 		c.ReplaceAbove = 64
+	}
+	if c.DeltaMax <= 0 {
+		c.DeltaMax = 5000
 	}
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = time.Second

@@ -7,61 +7,97 @@ import (
 	"io"
 	"log/slog"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/shardmap/shardmap/maps"
 	"github.com/shardmap/shardmap/runtime"
 )
 
-// fakeRuntime stands in for HAProxy's socket: it keeps a map, answers
-// like HAProxy (set/del of a missing key: not found) and records calls.
+// fakeRuntime stands in for HAProxy's socket: it keeps a map (and a delta
+// map when delta is not nil), answers like HAProxy (set/del of a missing
+// key: not found) and records calls.
 type fakeRuntime struct {
 	live     map[string]string
+	delta    map[string]string // nil: HAProxy has no delta map
+	version  string            // show info's Version ("2.6.12" when empty)
+	mapName  string            // the base map's name, for Maps
 	applied  [][]runtime.Op
 	replaced int
 	failAt   int // Apply fails after this many replies when > 0
 }
 
-func (f *fakeRuntime) Apply(_ context.Context, _ string, ops []runtime.Op) ([]error, error) {
+// isDelta tells the delta map's name from the base's.
+func isDelta(name string) bool { return strings.Contains(name, ".delta") }
+
+func (f *fakeRuntime) mapOf(name string) map[string]string {
+	if isDelta(name) {
+		return f.delta
+	}
+	return f.live
+}
+
+func (f *fakeRuntime) Apply(_ context.Context, name string, ops []runtime.Op) ([]error, error) {
 	f.applied = append(f.applied, ops)
+	m := f.mapOf(name)
 	var res []error
 	for i, op := range ops {
 		if f.failAt > 0 && i == f.failAt {
 			return res, errors.New("connection closed")
 		}
-		_, has := f.live[op.Key]
+		_, has := m[op.Key]
 		switch {
 		case op.Kind == runtime.Add:
-			f.live[op.Key] = op.Value
+			m[op.Key] = op.Value
 			res = append(res, nil)
 		case !has:
 			res = append(res, fmt.Errorf("%s: %w", op, runtime.ErrNotFound))
 		case op.Kind == runtime.Set:
-			f.live[op.Key] = op.Value
+			m[op.Key] = op.Value
 			res = append(res, nil)
 		default:
-			delete(f.live, op.Key)
+			delete(m, op.Key)
 			res = append(res, nil)
 		}
 	}
 	return res, nil
 }
 
-func (f *fakeRuntime) Replace(_ context.Context, _ string, es []runtime.Entry) error {
-	f.replaced++
-	f.live = map[string]string{}
+func (f *fakeRuntime) Replace(_ context.Context, name string, es []runtime.Entry) error {
+	m := map[string]string{}
 	for _, e := range es {
-		f.live[e.Key] = e.Value
+		m[e.Key] = e.Value
 	}
+	if isDelta(name) {
+		f.delta = m
+		return nil
+	}
+	f.replaced++
+	f.live = m
 	return nil
 }
 func (f *fakeRuntime) ClearUncommitted(context.Context, string) (int, error) { return 0, nil }
 func (f *fakeRuntime) Close() error                                          { return nil }
 func (f *fakeRuntime) Backends(context.Context) ([]string, error)            { return nil, nil }
-func (f *fakeRuntime) Info(context.Context) (runtime.Info, error)            { return runtime.Info{Pid: 1}, nil }
-func (f *fakeRuntime) MapEntryCount(context.Context, string) (int, error)    { return len(f.live), nil }
-func (f *fakeRuntime) Dump(_ context.Context, _ string, fn func(k, v string) error) error {
-	for k, v := range f.live {
+func (f *fakeRuntime) Info(context.Context) (runtime.Info, error) {
+	v := f.version
+	if v == "" {
+		v = "2.6.12"
+	}
+	return runtime.Info{Pid: 1, Version: v}, nil
+}
+func (f *fakeRuntime) MapEntryCount(_ context.Context, name string) (int, error) {
+	return len(f.mapOf(name)), nil
+}
+func (f *fakeRuntime) Maps(context.Context) ([]runtime.MapStatus, error) {
+	ms := []runtime.MapStatus{{Path: f.mapName}}
+	if f.delta != nil {
+		ms = append(ms, runtime.MapStatus{Path: maps.DeltaPath(f.mapName)})
+	}
+	return ms, nil
+}
+func (f *fakeRuntime) Dump(_ context.Context, name string, fn func(k, v string) error) error {
+	for k, v := range f.mapOf(name) {
 		if err := fn(k, v); err != nil {
 			return err
 		}

@@ -33,9 +33,12 @@ type target struct {
 	needFull  bool   // the live map is in doubt: reconcile it whole
 	haproxy   runtime.Info
 	lastCheck time.Time
-	active    atomic.Bool // holds the target's lease and writes to it (read by the status)
-	inSync    atomic.Bool // reconciled at least once (read by the status)
-	lastLive  time.Time   // last drift check of the live map
+	active    atomic.Bool         // holds the target's lease and writes to it (read by the status)
+	hasDelta  bool                // HAProxy has the delta map loaded
+	useDelta  bool                // changes go to the delta map (HAProxy before 2.9)
+	deltaKeys map[string]struct{} // the keys in the live delta map
+	inSync    atomic.Bool         // reconciled at least once (read by the status)
+	lastLive  time.Time           // last drift check of the live map
 	forceLive atomic.Bool
 
 	// Guarded by s.mu.
@@ -54,6 +57,12 @@ type TargetStatus struct {
 	Problem string `json:"problem,omitempty"`
 	Applied string `json:"log_id"`
 	Entries int    `json:"entries"`
+	// Layout is how the target's live maps are written: "single" (one
+	// map) or "delta+base" (changes go to the delta map, folded into the
+	// base by a swap past DeltaMax entries); see layout.go.
+	Layout       string `json:"layout"`
+	DeltaEntries int    `json:"delta_entries"`
+	Folds        int    `json:"folds"`
 	// Pending counts the changes the syncer has read from the log and not
 	// yet applied to this target (-1: too many to count, a full sync is
 	// due).
@@ -149,11 +158,13 @@ func (t *target) doubt(reason string) {
 }
 
 // fullSync brings the live map to the state and resumes following it from
-// there. It never takes the live map as truth: it reads it, diffs it against
-// the state, and sends the difference (as single commands, or one versioned
-// swap when that is cheaper or the live map holds duplicates). It runs at
-// start, after HAProxy restarts, and after any doubt (a failed batch, a
-// reload of the state, a target further behind than the ring).
+// there. It never takes the live map as truth: it reads it (the base map
+// and, when HAProxy has one, the delta map: see layout.go), diffs what it
+// routes against the state, and sends the difference (as single commands,
+// or one fold: a versioned swap of the whole base, when that is cheaper or
+// a map holds duplicates). It runs at start, after HAProxy restarts, and
+// after any doubt (a failed batch, a reload of the state, a target further
+// behind than the ring).
 func (t *target) fullSync(ctx context.Context) error {
 	s := t.s
 	start := time.Now()
@@ -171,70 +182,79 @@ func (t *target) fullSync(ctx context.Context) error {
 	} else if err := s.publishShards(ctx, backends); err != nil {
 		return err
 	}
+	if err := t.chooseLayout(ctx, info); err != nil {
+		return fail(kindHAProxy, err)
+	}
 	// A loader killed mid-swap leaves a prepared version behind; some HAProxy
 	// versions loop on a later set of a key it holds (3.2.0).
-	if n, err := t.rt.ClearUncommitted(ctx, s.cfg.MapName); err != nil {
-		return fail(kindHAProxy, err)
-	} else if n > 0 {
-		t.log.Warn("cleared uncommitted map versions left by an interrupted load", "entries", n)
+	for _, m := range t.mapNames() {
+		if n, err := t.rt.ClearUncommitted(ctx, m); err != nil {
+			return fail(kindHAProxy, err)
+		} else if n > 0 {
+			t.log.Warn("cleared uncommitted map versions left by an interrupted load", "map", m, "entries", n)
+		}
 	}
-	live, lines, err := t.dumpLive(ctx)
+	live, err := t.readLive(ctx)
 	if err != nil {
 		return fail(kindHAProxy, err)
 	}
 	var (
-		ops             []runtime.Op
-		deletes, n      int
-		seq             uint64
-		logID           string
-		missing, extra  int
-		changed, setDel int
+		edits                   []edit
+		deletes, n              int
+		missing, extra, changed int
+		baseDels                int
 	)
 	s.state.read(func(v view) {
-		seq, logID, n = v.seq(), v.logID(), v.len()
-		for k, cur := range live {
+		n = v.len()
+		for k := range live.keys() {
 			want, has := v.get(k)
+			cur, _ := live.get(k)
+			_, inBase := live.base[k]
+			_, inDelta := live.delta[k]
 			switch {
 			case !has:
-				ops = append(ops, runtime.Op{Kind: runtime.Del, Key: k})
+				edits = append(edits, edit{user: k, inBase: inBase, inDelta: inDelta})
 				deletes++
 				extra++
+				if inBase {
+					baseDels++
+				}
 			case want != cur:
-				ops = append(ops, runtime.Op{Kind: runtime.Set, Key: k, Value: want})
+				edits = append(edits, edit{user: k, shard: want, inBase: inBase, inDelta: inDelta})
 				changed++
 			}
 		}
 		v.each(func(u, sh string) {
-			if _, ok := live[u]; !ok {
-				ops = append(ops, runtime.Op{Kind: runtime.Add, Key: u, Value: sh})
+			if _, ok := live.get(u); !ok {
+				edits = append(edits, edit{user: u, shard: sh})
 				missing++
 			}
 		})
 	})
-	setDel = deletes + changed
-	if err := t.guard(ctx, deletes, len(live), n); err != nil {
+	if err := t.guard(ctx, deletes, live.len(), n); err != nil {
 		return err
 	}
 	how := "diff"
+	var seq uint64
+	var logID string
 	switch {
-	case lines != len(live) || len(ops) > s.cfg.ReplaceAbove: // duplicates: only a swap removes them
-		how = "swap"
-		seq, logID, err = t.swap(ctx)
-	case len(ops) > 0:
-		err = t.applyOps(ctx, ops)
+	case live.duplicates() || len(live.delta) > 0 && !t.useDelta || t.tooMuch(len(edits), baseDels, len(live.delta)+missing):
+		how = "fold"
+		why := reasonLargeBatch
+		if live.duplicates() {
+			why = reasonDuplicates
+		}
+		t.deltaKeys = live.deltaKeys()
+		seq, logID, err = t.fold(ctx, why)
+	default:
+		s.state.read(func(v view) { seq, logID = v.seq(), v.logID() })
+		t.deltaKeys = live.deltaKeys()
+		err = t.send(ctx, edits)
 	}
 	if err != nil {
 		return fail(kindHAProxy, err)
 	}
-	if how == "swap" {
-		why := reasonLargeBatch
-		if lines != len(live) {
-			why = reasonDuplicates
-		}
-		s.cfg.Metrics.swapped(t.addr, why, nil)
-	}
 	s.cfg.Metrics.fullSynced(t.addr)
-	_ = setDel
 	t.seq, t.applied, t.needFull, t.gen = seq, logID, false, gen
 	t.inSync.Store(true)
 	t.haproxy, t.lastCheck, t.lastLive = info, time.Now(), time.Now()
@@ -243,19 +263,20 @@ func (t *target) fullSync(ctx context.Context) error {
 		st.FullSyncs++
 		st.HAProxyPid = info.Pid
 		st.Applied, st.Entries, st.seq = logID, n, seq
+		st.Layout, st.DeltaEntries = t.layoutName(), len(t.deltaKeys)
 	})
-	t.log.Info("full sync", "entries", n, "how", how, "missing", missing, "extra", extra,
+	t.log.Info("full sync", "entries", n, "how", how, "layout", t.layoutName(), "missing", missing, "extra", extra,
 		"changed", changed, "log_id", logID, "haproxy_pid", info.Pid,
 		"haproxy_version", info.Version, "took", time.Since(start).Round(time.Millisecond))
 	s.report(ctx, true)
 	return nil
 }
 
-// dumpLive reads the live map; of duplicated keys the first, which HAProxy
+// dumpMap reads a live map; of duplicated keys the first, which HAProxy
 // serves, counts. lines is the number of entries HAProxy listed.
-func (t *target) dumpLive(ctx context.Context) (live map[string]string, lines int, err error) {
+func (t *target) dumpMap(ctx context.Context, name string) (live map[string]string, lines int, err error) {
 	live = map[string]string{}
-	err = t.dump(ctx, func(k, v string) {
+	err = t.dump(ctx, name, func(k, v string) {
 		lines++
 		if _, dup := live[k]; !dup {
 			live[k] = v
@@ -264,12 +285,12 @@ func (t *target) dumpLive(ctx context.Context) (live map[string]string, lines in
 	return live, lines, err
 }
 
-// dump streams the live map to fn and checks that HAProxy listed as many
+// dump streams a live map to fn and checks that HAProxy listed as many
 // entries as it counts: a concurrent "clear map" can cut a dump that still
 // ends as a whole one does. Uncommitted versions must have been cleared.
-func (t *target) dump(ctx context.Context, fn func(k, v string)) error {
+func (t *target) dump(ctx context.Context, name string, fn func(k, v string)) error {
 	lines := 0
-	err := t.rt.Dump(ctx, t.s.cfg.MapName, func(k, v string) error {
+	err := t.rt.Dump(ctx, name, func(k, v string) error {
 		lines++
 		fn(k, v)
 		return nil
@@ -277,13 +298,13 @@ func (t *target) dump(ctx context.Context, fn func(k, v string)) error {
 	if err != nil {
 		return err
 	}
-	cnt, err := t.rt.MapEntryCount(ctx, t.s.cfg.MapName)
+	cnt, err := t.rt.MapEntryCount(ctx, name)
 	if err != nil {
 		return err
 	}
 	if cnt != lines {
 		return fmt.Errorf("dump of %s listed %d entries, HAProxy counts %d (changed during the dump, or a version pending): %w",
-			t.s.cfg.MapName, lines, cnt, runtime.ErrTruncated)
+			name, lines, cnt, runtime.ErrTruncated)
 	}
 	t.contact()
 	return nil
@@ -396,10 +417,10 @@ func (t *target) checkHAProxy(ctx context.Context) error {
 
 // apply brings the live map from the target's position to the end of bs:
 // per user, from the value before the first batch to the value after the
-// last (what the live map holds and must hold), with add for a new key, set
-// for a changed one and del for a gone one. A set of batches with many
-// set/del, which scan the whole map in HAProxy 2.6, goes as one versioned
-// swap of the whole state instead.
+// last (what the live map routes to and must route to). The edits go out as
+// the layout says (layout.go): single commands, or a fold when they are
+// many (set and del walk the whole map in HAProxy 2.6) or the delta grew
+// past DeltaMax.
 func (t *target) apply(ctx context.Context, bs []*batch) error {
 	s := t.s
 	type span struct{ from, to int32 }
@@ -418,34 +439,37 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 		}
 	}
 	last := bs[len(bs)-1]
-	var ops []runtime.Op
-	setDel := 0
+	var edits []edit
+	baseDels, adds := 0, 0
 	s.state.read(func(v view) {
 		for _, u := range order {
 			sp := spans[u]
-			switch {
-			case sp.from == sp.to:
-			case sp.to == none:
-				ops = append(ops, runtime.Op{Kind: runtime.Del, Key: u})
-				setDel++
-			case sp.from == none:
-				ops = append(ops, runtime.Op{Kind: runtime.Add, Key: u, Value: v.shard(sp.to)})
-			default:
-				ops = append(ops, runtime.Op{Kind: runtime.Set, Key: u, Value: v.shard(sp.to)})
-				setDel++
+			if sp.from == sp.to {
+				continue
 			}
+			// A user that had a value may be in the base (in a delta
+			// layout, under its delta entry too): a del looks there.
+			_, inDelta := t.deltaKeys[u]
+			e := edit{user: u, inBase: sp.from != none, inDelta: inDelta}
+			if sp.to != none {
+				e.shard = v.shard(sp.to)
+				if !inDelta {
+					adds++
+				}
+			} else if e.inBase {
+				baseDels++
+			}
+			edits = append(edits, e)
 		}
 	})
 	seq, logID := last.seq, last.logID
-	if setDel > s.cfg.ReplaceAbove {
+	if t.tooMuch(len(edits), baseDels, len(t.deltaKeys)+adds) {
 		var err error
-		seq, logID, err = t.swap(ctx)
-		s.cfg.Metrics.swapped(t.addr, reasonLargeBatch, err)
-		if err != nil {
+		if seq, logID, err = t.fold(ctx, reasonLargeBatch); err != nil {
 			return err
 		}
-	} else if len(ops) > 0 {
-		if err := t.applyOps(ctx, ops); err != nil {
+	} else if len(edits) > 0 {
+		if err := t.send(ctx, edits); err != nil {
 			return err
 		}
 	}
@@ -459,19 +483,23 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 	s.updateTarget(t, func(st *TargetStatus) {
 		st.Changes += int64(changes)
 		st.Applied, st.Entries, st.seq = logID, n, seq
+		st.DeltaEntries = len(t.deltaKeys)
 	})
-	t.log.Debug("applied", "changes", changes, "ops", len(ops), "log_id", logID)
+	t.log.Debug("applied", "changes", changes, "edits", len(edits), "log_id", logID)
 	return nil
 }
 
-// applyOps sends ops one by one, pipelined. A set whose key is missing
-// (someone deleted it by hand) is retried as an add, an add whose key is
-// there already as a set; a del whose key is missing is already done.
-func (t *target) applyOps(ctx context.Context, ops []runtime.Op) error {
+// applyOps sends ops to the map name one by one, pipelined. A set whose key
+// is missing (someone deleted it by hand) is retried as an add; a del whose
+// key is missing is already done.
+func (t *target) applyOps(ctx context.Context, name string, ops []runtime.Op) error {
+	if len(ops) == 0 {
+		return nil
+	}
 	if !t.leaseValid() {
 		return errLeaseLost
 	}
-	results, err := t.rt.Apply(ctx, t.s.cfg.MapName, ops)
+	results, err := t.rt.Apply(ctx, name, ops)
 	if err != nil {
 		return err
 	}
@@ -481,21 +509,21 @@ func (t *target) applyOps(ctx context.Context, ops []runtime.Op) error {
 		switch {
 		case r == nil:
 		case errors.Is(r, runtime.ErrNotFound) && ops[i].Kind == runtime.Set:
-			t.log.Warn("drift: key missing from live map, adding it", "user", ops[i].Key)
+			t.log.Warn("drift: key missing from live map, adding it", "map", name, "user", ops[i].Key)
 			retry = append(retry, runtime.Op{Kind: runtime.Add, Key: ops[i].Key, Value: ops[i].Value})
 		case errors.Is(r, runtime.ErrNotFound) && ops[i].Kind == runtime.Del:
-			t.log.Warn("drift: key already gone from live map", "user", ops[i].Key)
+			// Gone already: a del of a key that may be in the base, or drift.
 		default:
 			return r
 		}
 	}
 	if len(retry) > 0 {
-		return t.applyOps(ctx, retry)
+		return t.applyOps(ctx, name, retry)
 	}
 	return nil
 }
 
-// swap replaces the whole live map with the state as it is now, and
+// swap replaces the whole base map with the state as it is now, and
 // returns the position it holds then.
 func (t *target) swap(ctx context.Context) (uint64, string, error) {
 	if !t.leaseValid() {
@@ -516,10 +544,10 @@ func (t *target) swap(ctx context.Context) (uint64, string, error) {
 }
 
 // checkLive looks for drift in the live map every ReconcileEvery (or at
-// once on SIGHUP): it reads it and compares it with the state entry by entry
-// at any size, skipping users changed since the target's position (the
-// loop applies those next). A value that differs is set back; a key
-// missing, extra or duplicated makes a full sync.
+// once on SIGHUP): it reads it and compares what it routes to with the state
+// entry by entry at any size, skipping users changed since the target's
+// position (the loop applies those next). A value that differs is set back;
+// a key missing, extra or duplicated makes a full sync.
 func (t *target) checkLive(ctx context.Context) error {
 	s := t.s
 	if !t.forceLive.Swap(false) && time.Since(t.lastLive) < s.cfg.ReconcileEvery {
@@ -527,12 +555,12 @@ func (t *target) checkLive(ctx context.Context) error {
 	}
 	start := time.Now()
 	t.lastLive = start
-	live, lines, err := t.dumpLive(ctx)
+	live, err := t.readLive(ctx)
 	if err != nil {
 		return fail(kindHAProxy, err)
 	}
 	var (
-		wrong            []runtime.Op
+		wrong            []edit
 		unknown, missing int
 		reach            bool
 	)
@@ -541,20 +569,23 @@ func (t *target) checkLive(ctx context.Context) error {
 		if touched, reach = v.touchedAfter(t.seq); !reach {
 			return
 		}
-		for k, cur := range live {
+		for k := range live.keys() {
 			if touched[k] {
 				continue
 			}
 			want, has := v.get(k)
+			cur, _ := live.get(k)
+			_, inBase := live.base[k]
+			_, inDelta := live.delta[k]
 			switch {
 			case !has:
 				unknown++
 			case want != cur:
-				wrong = append(wrong, runtime.Op{Kind: runtime.Set, Key: k, Value: want})
+				wrong = append(wrong, edit{user: k, shard: want, inBase: inBase, inDelta: inDelta})
 			}
 		}
 		v.each(func(u, _ string) {
-			if _, ok := live[u]; !ok && !touched[u] {
+			if _, ok := live.get(u); !ok && !touched[u] {
 				missing++
 			}
 		})
@@ -565,14 +596,15 @@ func (t *target) checkLive(ctx context.Context) error {
 		t.doubt(reasonBehind)
 		return nil
 	}
-	if unknown == 0 && missing == 0 && lines == len(live) && len(wrong) == 0 {
+	sameKeys := unknown == 0 && missing == 0 && !live.duplicates() && keysEqual(t.deltaKeys, live.delta)
+	if sameKeys && len(wrong) == 0 {
 		return nil
 	}
 	t.log.Warn("drift: live map edited outside shardmap, putting it back", "wrong_value", len(wrong), "unknown_keys", unknown,
-		"missing_keys", missing, "duplicates", lines-len(live))
+		"missing_keys", missing, "duplicates", live.duplicates())
 	s.updateTarget(t, func(st *TargetStatus) { st.Drift += int64(max(len(wrong)+unknown+missing, 1)) })
-	if unknown == 0 && missing == 0 && lines == len(live) && len(wrong) <= s.cfg.ReplaceAbove {
-		if err := t.applyOps(ctx, wrong); err != nil {
+	if sameKeys && len(wrong) <= s.cfg.ReplaceAbove {
+		if err := t.send(ctx, wrong); err != nil {
 			t.doubt(reasonDoubt)
 			return fail(kindHAProxy, err)
 		}

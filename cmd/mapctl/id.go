@@ -12,6 +12,7 @@ import (
 
 	"github.com/shardmap/shardmap/haproxy"
 	"github.com/shardmap/shardmap/ids"
+	"github.com/shardmap/shardmap/maps"
 )
 
 func (a *app) idCmd() *cobra.Command {
@@ -195,6 +196,11 @@ logical map "shard" and "logical_map"}.`,
 // it), and says so on stderr. An existing one is kept: logical shards may
 // have moved since it was created.
 func createLogicalMap(cmd *cobra.Command, t *haproxy.Topology) error {
+	if created, err := haproxy.CreateDeltaMap(t); err != nil {
+		return err
+	} else if created {
+		fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: wrote an empty delta map %s\n", maps.DeltaPath(t.Map))
+	}
 	if t.EffectiveRouting() != haproxy.RoutingIDs {
 		return nil
 	}

@@ -80,7 +80,7 @@ type options struct {
 	mapName, mapFile                      string
 	redisCA, redisCert, redisKey          string // from the configuration file only, for now
 	flush, reconcileEvery, runtimeTimeout time.Duration
-	replaceAbove                          int
+	replaceAbove, deltaMax                int
 	maxDeleteShare                        float64
 	fileMode, logFormat, logLevel         string
 	verbose                               bool
@@ -143,6 +143,7 @@ or another live syncer already uses --name.`,
 	f.StringVar(&o.listen, "listen", "", "address for /healthz, /readyz, /metrics and the status page at /, e.g. 127.0.0.1:9477 (off when empty)")
 	f.DurationVar(&o.flush, "flush-delay", 200*time.Millisecond, "longest the map file lags the live map")
 	f.IntVar(&o.replaceAbove, "replace-above", 64, "apply a batch with more set/del than this as one versioned swap")
+	f.IntVar(&o.deltaMax, "delta-max", 5000, "with a delta map (topology delta_map, HAProxy before 2.9), fold it into the map past this many entries")
 	f.Float64Var(&o.maxDeleteShare, "max-delete-share", syncer.DefaultMaxDeleteShare, "refuse a full reconcile that would delete more than this share of the live map (0 to 1; 0 refuses any that deletes more than 5 entries)")
 	f.DurationVar(&o.reconcileEvery, "reconcile-every", time.Minute, "how often to look for drift in Redis, the live map and the file")
 	f.DurationVar(&o.runtimeTimeout, "runtime-timeout", 3*time.Second, "longest to wait for HAProxy to answer one Runtime API command before reporting it not answering")
@@ -229,6 +230,7 @@ func (o *options) applyFile(changed func(flag string) bool, c *haproxy.SyncerCon
 	take("listen", "", c.Listen != "", func() { o.listen = c.Listen })
 	take("flush-delay", "", c.FlushDelay != 0, func() { o.flush = c.FlushDelay })
 	take("replace-above", "", c.ReplaceAbove != 0, func() { o.replaceAbove = c.ReplaceAbove })
+	take("delta-max", "", c.DeltaMax != 0, func() { o.deltaMax = c.DeltaMax })
 	take("max-delete-share", "", c.MaxDeleteShare != nil, func() { o.maxDeleteShare = *c.MaxDeleteShare })
 	take("reconcile-every", "", c.ReconcileEvery != 0, func() { o.reconcileEvery = c.ReconcileEvery })
 	take("runtime-timeout", "", c.RuntimeTimeout != 0, func() { o.runtimeTimeout = c.RuntimeTimeout })
@@ -249,7 +251,7 @@ func syncerConfig(o options) (syncer.Config, error) {
 		return syncer.Config{}, fmt.Errorf("redis_ca, redis_cert, redis_key: %w", errNotYet)
 	}
 	return syncer.Config{
-		Name: o.name, MapName: o.mapName, MapFile: o.mapFile, Targets: o.targets, FlushDelay: o.flush, ReplaceAbove: o.replaceAbove, Logger: o.log,
+		Name: o.name, MapName: o.mapName, MapFile: o.mapFile, Targets: o.targets, FlushDelay: o.flush, ReplaceAbove: o.replaceAbove, DeltaMax: o.deltaMax, Logger: o.log,
 		MaxDeleteShare: o.maxDeleteShare, ReconcileEvery: o.reconcileEvery, FileMode: o.mode,
 	}, nil
 }

@@ -1,0 +1,132 @@
+package syncer
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/shardmap/shardmap/maps"
+)
+
+func TestTreeMaps(t *testing.T) {
+	for v, want := range map[string]bool{
+		"2.6.12-1+deb12u4": false, "2.8.5-1ubuntu3": false, "2.9.0": true, "3.0.11-1": true, "3.2.0": true,
+		"": false, "dev": false, "10.0": true,
+	} {
+		if got := treeMaps(v); got != want {
+			t.Errorf("treeMaps(%q) = %v, want %v", v, got, want)
+		}
+	}
+}
+
+// routes is what the fake's maps route each user to: the delta first.
+func routes(rt *fakeRuntime) map[string]string {
+	out := map[string]string{}
+	for k, v := range rt.live {
+		out[k] = v
+	}
+	for k, v := range rt.delta {
+		out[k] = v
+	}
+	return out
+}
+
+// With a delta map loaded on HAProxy before 2.9, changes go to the delta
+// and the base stays as loaded; a delete goes to both; past DeltaMax the
+// delta is folded into the base.
+func TestDeltaLayout(t *testing.T) {
+	s, st, rt, _ := newLoop(t, users(1000, "s1"), nil)
+	rt.delta = map[string]string{}
+	s.cfg.DeltaMax = 20
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tg := s.targets[0]
+	if !tg.useDelta || len(rt.live) != 1000 || len(rt.delta) != 0 {
+		t.Fatalf("after the full sync: delta layout %v, base %d, delta %d", tg.useDelta, len(rt.live), len(rt.delta))
+	}
+	swaps, folds := rt.replaced, s.Status().Targets[0].Folds // the full sync into an empty base folded
+	next := func() {
+		t.Helper()
+		_, applied, _ := s.state.position()
+		changes, _, err := st.ReadLog(ctx, applied, 1000, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.publish(changes)
+		follow(t, s)
+		if !equalMaps(routes(rt), stateMap(s)) {
+			t.Fatal("the live maps do not route as the state says")
+		}
+	}
+	st.set("u1", "s2")   // a change: to the delta
+	st.set("new1", "s3") // a new user: to the delta
+	st.del("u2")         // a delete: from the base
+	next()
+	if rt.live["u1"] != "s1" || rt.delta["u1"] != "s2" || rt.delta["new1"] != "s3" {
+		t.Fatalf("sets did not go to the delta: base u1=%q delta %v", rt.live["u1"], rt.delta)
+	}
+	if _, ok := rt.live["u2"]; ok {
+		t.Fatal("u2 deleted in Redis is still in the base")
+	}
+	if rt.replaced != swaps {
+		t.Fatal("a small batch swapped the base")
+	}
+	st.del("u1") // in the base and the delta
+	next()
+	if _, ok := routes(rt)["u1"]; ok {
+		t.Fatal("u1 still routed after its delete")
+	}
+	for i := 0; i < 25; i++ { // past DeltaMax: a fold
+		st.set(fmt.Sprintf("u%d", 100+i), "s4")
+	}
+	next()
+	if rt.replaced != swaps+1 || len(rt.delta) != 0 || len(tg.deltaKeys) != 0 || s.Status().Targets[0].Folds != folds+1 {
+		t.Fatalf("no fold past DeltaMax: swaps %d, delta %d entries, folds %d", rt.replaced-swaps, len(rt.delta), s.Status().Targets[0].Folds-folds)
+	}
+	if rt.live["u110"] != "s4" {
+		t.Fatalf("the fold's base lacks u110: %q", rt.live["u110"])
+	}
+}
+
+// HAProxy 2.9 and later set and delete by key cheaply: a delta map it has
+// is emptied (folded) at the full sync and changes go to the single map.
+func TestDeltaMapOnTreeVersionIsEmptied(t *testing.T) {
+	s, st, rt, _ := newLoop(t, users(10, "s1"), users(10, "s1"))
+	rt.version = "3.0.11-1"
+	rt.delta = map[string]string{"u3": "s9"} // left over from a 2.6 process
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s.targets[0].useDelta || len(rt.delta) != 0 || rt.live["u3"] != "s1" {
+		t.Fatalf("delta layout %v, delta %v, base u3 %q", s.targets[0].useDelta, rt.delta, rt.live["u3"])
+	}
+	st.set("u4", "s2")
+	_, applied, _ := s.state.position()
+	changes, _, _ := st.ReadLog(ctx, applied, 10, 0)
+	s.publish(changes)
+	follow(t, s)
+	if rt.live["u4"] != "s2" || len(rt.delta) != 0 {
+		t.Fatalf("single layout: base u4 %q, delta %v", rt.live["u4"], rt.delta)
+	}
+}
+
+// A restarted HAProxy that loaded a stale delta file: the full sync diffs
+// what both maps route against the state and writes the difference into
+// the delta.
+func TestDeltaFullSyncRepairsStaleDelta(t *testing.T) {
+	s, _, rt, _ := newLoop(t, users(100, "s1"), users(100, "s1"))
+	rt.delta = map[string]string{"u5": "s7", "ghost": "s2"}
+	if err := s.fullSync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !equalMaps(routes(rt), stateMap(s)) || rt.replaced != 0 {
+		t.Fatalf("routes differ from the state, or a swap (%d) for 2 edits", rt.replaced)
+	}
+	if _, ok := rt.delta["ghost"]; ok {
+		t.Fatal("ghost still in the delta")
+	}
+	_ = maps.ZeroID
+}
