@@ -65,12 +65,13 @@ func (l loggedError) Unwrap() error { return l.error }
 
 // options are the syncer's flags.
 type options struct {
-	redisURL, prefix, socket, mapPath, name, listen string
-	flush, reconcileEvery, runtimeTimeout           time.Duration
-	replaceAbove                                    int
-	maxDeleteShare                                  float64
-	fileMode, logFormat, logLevel                   string
-	verbose                                         bool
+	redis                                 *cli.RedisFlags
+	prefix, socket, mapPath, name, listen string
+	flush, reconcileEvery, runtimeTimeout time.Duration
+	replaceAbove                          int
+	maxDeleteShare                        float64
+	fileMode, logFormat, logLevel         string
+	verbose                               bool
 }
 
 // newRoot builds the syncer command: flags, their defaults (from the
@@ -96,10 +97,7 @@ or another live syncer already uses --name.`,
 	}
 	f := root.Flags()
 	f.SortFlags = false
-	f.StringVar(&o.redisURL, "redis", cli.Env(cli.EnvRedis, cli.DefaultRedis), "Redis URL (env "+cli.EnvRedis+")")
-	// The default shown by --help must not carry the password that
-	// SHARDMAP_REDIS may hold: show it redacted, keep the real value.
-	f.Lookup("redis").DefValue = cli.RedactURL(f.Lookup("redis").DefValue)
+	o.redis = cli.AddRedisFlags(f)
 	f.StringVar(&o.prefix, "prefix", cli.Env(cli.EnvPrefix, maps.DefaultPrefix), "Redis key prefix (env "+cli.EnvPrefix+")")
 	f.StringVar(&o.socket, "socket", cli.Env(cli.EnvSocket, ""), "HAProxy stats socket at level admin (env "+cli.EnvSocket+")")
 	f.StringVar(&o.mapPath, "map", cli.Env(cli.EnvMap, ""), "map path exactly as in haproxy.cfg; also the file written (env "+cli.EnvMap+")")
@@ -163,9 +161,9 @@ func (o *options) serve(cmd *cobra.Command) error {
 		host, _ := os.Hostname()
 		o.name = host + ":" + o.mapPath
 	}
-	rdb, err := cli.Redis(o.redisURL, false)
-	if err != nil { // cli.Redis's errors carry the URL redacted
-		return cli.UsageError{Err: err}
+	rdb, store, err := o.redis.Store(false, o.prefix)
+	if err != nil { // a UsageError, the URL redacted
+		return err
 	}
 	defer rdb.Close()
 	rt, err := runtime.New(o.socket, o.runtimeTimeout)
@@ -176,7 +174,7 @@ func (o *options) serve(cmd *cobra.Command) error {
 	s, err := syncer.New(syncer.Config{
 		Name: o.name, MapPath: o.mapPath, Socket: o.socket, FlushDelay: o.flush, ReplaceAbove: o.replaceAbove, Logger: log,
 		MaxDeleteShare: o.maxDeleteShare, ReconcileEvery: o.reconcileEvery, FileMode: os.FileMode(mode),
-	}, maps.NewStore(rdb, o.prefix), rt)
+	}, store, rt)
 	if err != nil {
 		return cli.UsageError{Err: err}
 	}
@@ -204,7 +202,7 @@ func (o *options) serve(cmd *cobra.Command) error {
 		go srv.Serve(ln)
 		defer srv.Close()
 	}
-	log.Info("syncer starting", "name", o.name, "socket", o.socket, "map", o.mapPath, "prefix", o.prefix, "redis", cli.RedactURL(o.redisURL))
+	log.Info("syncer starting", "name", o.name, "socket", o.socket, "map", o.mapPath, "prefix", o.prefix, "redis", cli.RedactURL(o.redis.URL))
 	if err := s.Run(ctx); err != nil {
 		log.Error("syncer failed", "err", err)
 		return loggedError{err}
