@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -86,70 +87,49 @@ func openRedis(rawURL string, failFast bool, files TLSFiles) (redis.UniversalCli
 	if failFast {
 		dial, retries = time.Second, -1
 	}
-	tlsScheme := false
-	switch u.Scheme {
-	case SchemeSentinel, SchemeSentinelTLS:
-		tlsScheme = u.Scheme == SchemeSentinelTLS
-		o, err := sentinelOptions(u)
+	q := u.Query()
+	switch {
+	case u.Scheme == SchemeSentinel || u.Scheme == SchemeSentinelTLS ||
+		(u.Scheme == "redis" || u.Scheme == "rediss") && q.Has("master_name"):
+		var o *redis.FailoverOptions
+		if strings.HasSuffix(u.Scheme, "-sentinel") {
+			o, err = sentinelOptions(u, u.Scheme == SchemeSentinelTLS)
+		} else {
+			o, err = redis.ParseFailoverURL(rawURL)
+		}
 		if err != nil {
 			return nil, err
 		}
-		if err := setTLS(&o.TLSConfig, tlsScheme, files); err != nil {
+		o.DialTimeout, o.MaxRetries = pick(dial, o.DialTimeout), pick(retries, o.MaxRetries)
+		if o.TLSConfig, o.Dialer, err = secure(o.TLSConfig, true, files, o.DialTimeout); err != nil {
 			return nil, err
 		}
-		o.DialTimeout, o.MaxRetries = pick(dial, o.DialTimeout), pick(retries, o.MaxRetries)
 		return redis.NewFailoverClient(o), nil
-	case SchemeCluster, SchemeClusterTLS:
-		tlsScheme = u.Scheme == SchemeClusterTLS
-		o, err := clusterOptions(u)
+	case u.Scheme == SchemeCluster || u.Scheme == SchemeClusterTLS ||
+		(u.Scheme == "redis" || u.Scheme == "rediss") && q.Has("addr"):
+		var o *redis.ClusterOptions
+		if strings.HasSuffix(u.Scheme, "-cluster") {
+			o, err = clusterOptions(u, u.Scheme == SchemeClusterTLS)
+		} else {
+			o, err = redis.ParseClusterURL(rawURL)
+		}
 		if err != nil {
 			return nil, err
 		}
-		if err := setTLS(&o.TLSConfig, tlsScheme, files); err != nil {
+		o.DialTimeout, o.MaxRetries = pick(dial, o.DialTimeout), pick(retries, o.MaxRetries)
+		if o.TLSConfig, o.Dialer, err = secure(o.TLSConfig, true, files, o.DialTimeout); err != nil {
 			return nil, err
 		}
-		o.DialTimeout, o.MaxRetries = pick(dial, o.DialTimeout), pick(retries, o.MaxRetries)
 		return redis.NewClusterClient(o), nil
-	case "redis", "rediss":
-		tlsScheme = u.Scheme == "rediss"
-		q := u.Query()
-		switch {
-		case q.Has("master_name"):
-			o, err := redis.ParseFailoverURL(rawURL)
-			if err != nil {
-				return nil, err
-			}
-			o.TLSConfig = nil // set below, for every node alike
-			if err := setTLS(&o.TLSConfig, tlsScheme, files); err != nil {
-				return nil, err
-			}
-			o.DialTimeout, o.MaxRetries = pick(dial, o.DialTimeout), pick(retries, o.MaxRetries)
-			return redis.NewFailoverClient(o), nil
-		case q.Has("addr"):
-			o, err := redis.ParseClusterURL(rawURL)
-			if err != nil {
-				return nil, err
-			}
-			o.TLSConfig = nil
-			if err := setTLS(&o.TLSConfig, tlsScheme, files); err != nil {
-				return nil, err
-			}
-			o.DialTimeout, o.MaxRetries = pick(dial, o.DialTimeout), pick(retries, o.MaxRetries)
-			return redis.NewClusterClient(o), nil
-		}
 	}
 	o, err := redis.ParseURL(rawURL)
 	if err != nil {
 		return nil, err
 	}
-	if o.TLSConfig != nil {
-		if err := addTLSFiles(o.TLSConfig, files); err != nil {
-			return nil, err
-		}
-	} else if !files.empty() {
-		return nil, errTLSFiles
-	}
 	o.DialTimeout, o.MaxRetries = pick(dial, o.DialTimeout), pick(retries, o.MaxRetries)
+	if o.TLSConfig, o.Dialer, err = secure(o.TLSConfig, false, files, o.DialTimeout); err != nil {
+		return nil, err
+	}
 	return redis.NewClient(o), nil
 }
 
@@ -164,45 +144,71 @@ func pick[T comparable](v, def T) T {
 	return def
 }
 
-// setTLS sets *c for a TLS scheme (no fixed server name: each node's
-// certificate is checked against the address it is dialled at) and adds
-// files; files without a TLS scheme are an error.
-func setTLS(c **tls.Config, tlsScheme bool, files TLSFiles) error {
-	if !tlsScheme {
-		*c = nil
+// secure finishes the TLS config c that go-redis parsed from the URL (nil:
+// no TLS, and then files are an error): at least TLS 1.2, files added, and
+// for several nodes (multi) no fixed server name, so that each node's
+// certificate is checked against the address it is dialled at. It returns
+// a dialer for it whose handshake errors name the address and the files.
+func secure(c *tls.Config, multi bool, files TLSFiles, timeout time.Duration) (*tls.Config, func(context.Context, string, string) (net.Conn, error), error) {
+	if c == nil {
 		if !files.empty() {
-			return errTLSFiles
+			return nil, nil, errTLSFiles
 		}
-		return nil
+		return nil, nil, nil
 	}
-	*c = &tls.Config{MinVersion: tls.VersionTLS12}
-	return addTLSFiles(*c, files)
-}
-
-func addTLSFiles(c *tls.Config, files TLSFiles) error {
+	c = c.Clone()
+	if multi {
+		c.ServerName = ""
+	}
 	c.MinVersion = max(c.MinVersion, tls.VersionTLS12)
 	if files.CA != "" {
 		pem, err := os.ReadFile(files.CA)
 		if err != nil {
-			return fmt.Errorf("--redis-ca: %w", err)
+			return nil, nil, fmt.Errorf("--redis-ca: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("--redis-ca %s: no PEM certificate in it", files.CA)
+			return nil, nil, fmt.Errorf("--redis-ca %s: no PEM certificate in it", files.CA)
 		}
 		c.RootCAs = pool
 	}
 	if (files.Cert == "") != (files.Key == "") {
-		return errors.New("--redis-cert and --redis-key go together: a client certificate needs its key")
+		return nil, nil, errors.New("--redis-cert and --redis-key go together: a client certificate needs its key")
 	}
 	if files.Cert != "" {
 		cert, err := tls.LoadX509KeyPair(files.Cert, files.Key)
 		if err != nil {
-			return fmt.Errorf("--redis-cert %s, --redis-key %s: %w", files.Cert, files.Key, err)
+			return nil, nil, fmt.Errorf("--redis-cert %s, --redis-key %s: %w", files.Cert, files.Key, err)
 		}
 		c.Certificates = []tls.Certificate{cert}
 	}
-	return nil
+	if timeout <= 0 {
+		timeout = 5 * time.Second // go-redis's default
+	}
+	ca := "the system's CAs (no --redis-ca)"
+	if files.CA != "" {
+		ca = "--redis-ca " + files.CA
+	}
+	client := "no client certificate (no --redis-cert)"
+	if files.Cert != "" {
+		client = "--redis-cert " + files.Cert
+	}
+	return c, func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}, Config: c}
+		conn, err := d.DialContext(ctx, network, addr)
+		if err == nil {
+			return conn, nil
+		}
+		var ve *tls.CertificateVerificationError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("TLS to Redis at %s: its certificate does not verify against %s: %w", addr, ca, err)
+		}
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "dial" {
+			return nil, err // not TLS's doing
+		}
+		return nil, fmt.Errorf("TLS to Redis at %s (%s, %s): %w", addr, ca, client, err)
+	}, nil
 }
 
 // hosts splits the host part of a multi-host URL, "H1:PORT,H2:PORT", and
@@ -220,6 +226,13 @@ func hosts(u *url.URL, q url.Values) ([]string, error) {
 	return out, nil
 }
 
+func scheme(useTLS bool) string {
+	if useTLS {
+		return "rediss"
+	}
+	return "redis"
+}
+
 // goRedisURL rebuilds u as go-redis's multi-address form: the first address
 // as host, the others as ?addr=, and q as the other options.
 func goRedisURL(scheme string, addrs []string, q url.Values) string {
@@ -230,7 +243,7 @@ func goRedisURL(scheme string, addrs []string, q url.Values) string {
 }
 
 // sentinelOptions parses redis-sentinel://[USER:PASS@]S1:PORT,S2:PORT/MASTER[/DB][?OPTIONS].
-func sentinelOptions(u *url.URL) (*redis.FailoverOptions, error) {
+func sentinelOptions(u *url.URL, useTLS bool) (*redis.FailoverOptions, error) {
 	q := u.Query()
 	addrs, err := hosts(u, q)
 	if err != nil {
@@ -253,7 +266,7 @@ func sentinelOptions(u *url.URL) (*redis.FailoverOptions, error) {
 	su, sp := q.Get("sentinel_username"), q.Get("sentinel_password")
 	q.Del("sentinel_username")
 	q.Del("sentinel_password")
-	o, err := redis.ParseFailoverURL(goRedisURL("redis", addrs, q))
+	o, err := redis.ParseFailoverURL(goRedisURL(scheme(useTLS), addrs, q))
 	if err != nil {
 		return nil, err
 	}
@@ -266,7 +279,7 @@ func sentinelOptions(u *url.URL) (*redis.FailoverOptions, error) {
 }
 
 // clusterOptions parses redis-cluster://[USER:PASS@]H1:PORT,H2:PORT[?OPTIONS].
-func clusterOptions(u *url.URL) (*redis.ClusterOptions, error) {
+func clusterOptions(u *url.URL, useTLS bool) (*redis.ClusterOptions, error) {
 	q := u.Query()
 	addrs, err := hosts(u, q)
 	if err != nil {
@@ -278,7 +291,7 @@ func clusterOptions(u *url.URL) (*redis.ClusterOptions, error) {
 	if q.Has("db") {
 		return nil, errors.New("?db=: Redis Cluster has database 0 only")
 	}
-	o, err := redis.ParseClusterURL(goRedisURL("redis", addrs, q))
+	o, err := redis.ParseClusterURL(goRedisURL(scheme(useTLS), addrs, q))
 	if err != nil {
 		return nil, err
 	}

@@ -52,6 +52,12 @@ func TestRedisURLForms(t *testing.T) {
 			t.Errorf("%s: %#v", u, c.Options())
 		}
 	}
+	if c, ok := open("rediss-sentinel://127.0.0.1:26379/m?skip_verify=true").(*redis.Client); !ok || !c.Options().TLSConfig.InsecureSkipVerify {
+		t.Errorf("rediss-sentinel:// ?skip_verify=true lost")
+	}
+	if c, ok := open("rediss://127.0.0.1:6380/0").(*redis.Client); !ok || c.Options().TLSConfig.ServerName != "127.0.0.1" || c.Options().Dialer == nil {
+		t.Errorf("rediss:// server name or dialer: %#v", c.Options())
+	}
 	if c, ok := open("redis://127.0.0.1:26379?master_name=mymaster&addr=127.0.0.1:26380").(*redis.Client); !ok || c.Options().Addr != "FailoverClient" {
 		t.Errorf("go-redis sentinel form: %#v", c.Options())
 	}
