@@ -128,3 +128,103 @@ func TestRedisCluster(t *testing.T) {
 		t.Errorf("untagged prefix on a cluster: exit %d, %q; want 2 naming the hash tag", code, errs)
 	}
 }
+
+// TestRedisSentinelFailover: with a primary, a replica and three sentinels,
+// the syncer and mapctl reach Redis through the sentinels
+// (redis-sentinel://); mapctl sets (with --redis-wait-replicas 1) run while
+// SENTINEL FAILOVER promotes the replica, and every set mapctl acknowledged
+// ends up in HAProxy's live map. (Without --redis-wait-replicas, sets
+// acknowledged by the old primary after the promotion are lost: seen.)
+func TestRedisSentinelFailover(t *testing.T) {
+	ctx := context.Background()
+	primary := testenv.StartRedis(t)
+	replica := testenv.StartRedis(t, "--replicaof", "127.0.0.1", fmt.Sprint(primary.Port))
+	rc := replica.Client(t)
+	testenv.WaitFor(t, 20*time.Second, "the replica in sync", func() error {
+		if info := rc.Info(ctx, "replication").Val(); !strings.Contains(info, "master_link_status:up") {
+			return fmt.Errorf("replica: %s", info)
+		}
+		return nil
+	})
+	var addrs []string
+	var sentinels []*testenv.Sentinel
+	for range 3 {
+		sn := testenv.StartSentinel(t, "mymaster", primary.Port, 2)
+		sentinels = append(sentinels, sn)
+		addrs = append(addrs, fmt.Sprintf("127.0.0.1:%d", sn.Port))
+	}
+	for _, sn := range sentinels {
+		sc := sn.Client(t)
+		testenv.WaitFor(t, 30*time.Second, "sentinels to know the replica and each other", func() error {
+			reps, err := sc.Replicas(ctx, "mymaster").Result()
+			if err != nil || len(reps) != 1 || reps[0]["flags"] != "slave" {
+				return fmt.Errorf("replicas %v %v", reps, err)
+			}
+			others, err := sc.Sentinels(ctx, "mymaster").Result()
+			if err != nil || len(others) != 2 {
+				return fmt.Errorf("sentinels %v %v", others, err)
+			}
+			return nil
+		})
+	}
+	url := "redis-sentinel://" + strings.Join(addrs, ",") + "/mymaster/0"
+	rdb, err := cli.Redis(url, false, cli.TLSFiles{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	s := newStack(t)
+	s.useRedis(nil, url, rdb)
+	s.startSyncer()
+
+	sc := sentinels[0].Client(t)
+	promoted := func() bool {
+		a, err := sc.GetMasterAddrByName(ctx, "mymaster").Result()
+		return err == nil && len(a) == 2 && a[1] == fmt.Sprint(replica.Port)
+	}
+	acked := map[string]string{}
+	const maxSets, before, after = 300, 10, 20
+	deadline := time.Now().Add(90 * time.Second)
+	failedOver, ackedAfter, failed := false, 0, 0
+	for i := 0; i < maxSets && time.Now().Before(deadline) && ackedAfter < after; i++ {
+		if i == before {
+			if err := sc.Failover(ctx, "mymaster").Err(); err != nil {
+				t.Fatalf("SENTINEL FAILOVER: %v", err)
+			}
+		}
+		if !failedOver && i >= before && promoted() {
+			failedOver = true
+			t.Logf("failover seen after %d sets", i)
+		}
+		u, sh := fmt.Sprintf("churn%d", i), shards[1+i%3]
+		_, errs, code := s.mapctl("set", u, sh, "--force", "--redis-wait-replicas", "1", "--timeout", "5s")
+		switch {
+		case code == 0:
+			acked[u] = sh
+			if failedOver {
+				ackedAfter++
+			}
+		case code == 1:
+			failed++
+			t.Logf("set %s: %s", u, strings.TrimSpace(errs))
+		default:
+			t.Fatalf("set %s: exit %d: %s", u, code, errs)
+		}
+	}
+	if !failedOver || ackedAfter < after {
+		t.Fatalf("failover seen %v, %d sets acknowledged after it (want %d), %d failed", failedOver, ackedAfter, after, failed)
+	}
+	t.Logf("%d sets acknowledged, %d failed", len(acked), failed)
+	testenv.WaitFor(t, 60*time.Second, "every acknowledged set in HAProxy's live map", func() error {
+		live, err := s.live()
+		if err != nil {
+			return err
+		}
+		for u, sh := range acked {
+			if live[u] != sh {
+				return fmt.Errorf("%s: live map has %q, mapctl acknowledged %q", u, live[u], sh)
+			}
+		}
+		return nil
+	})
+}
