@@ -228,3 +228,92 @@ func TestRedisSentinelFailover(t *testing.T) {
 		return nil
 	})
 }
+
+// The least-privilege ACL users, ACL file lines exactly as the README gives
+// them (PASSWORD replaced). mapctl writes assignments (the hash and the log,
+// and DEL of the log only in a script's undo) and reads the rest; the
+// syncer reads the hash and the log and writes only its own keys.
+const (
+	aclMapctl = "user shardmap-mapctl on >PASSWORD resetchannels -@all +hello +auth +ping +select " +
+		"+evalsha +eval +wait +type +hget +hscan +hgetall +xrange +xrevrange +xread +sismember +smembers +time +xadd +xdel +xtrim +hset +hdel " +
+		"~{shardmap}:users ~{shardmap}:log %R~{shardmap}:syncers %R~{shardmap}:shards (+del ~{shardmap}:log) (+set %W~{shardmap}:force-reconcile)"
+	aclSyncer = "user shardmap-syncer on >PASSWORD resetchannels -@all +hello +auth +ping +select " +
+		"+evalsha +eval +type +hlen +hscan +xrange +xrevrange +xread +hset +sadd " +
+		"%R~{shardmap}:users %R~{shardmap}:log ~{shardmap}:syncers ~{shardmap}:shards " +
+		"(+evalsha +eval +type +get +set +pexpire +pttl +del ~{shardmap}:name:* ~{shardmap}:lease:* ~{shardmap}:force-reconcile)"
+)
+
+// TestRedisACL: with the README's least-privilege users, mapctl (set, import,
+// del, get, list, status, syncers, reconcile --force, set --wait) and the
+// syncer do their jobs, and nothing more: the mapctl user cannot FLUSHALL,
+// CONFIG or touch the syncers' keys; the syncer user cannot change the
+// assignments or the log.
+func TestRedisACL(t *testing.T) {
+	ctx := context.Background()
+	acl := filepath.Join(t.TempDir(), "users.acl")
+	lines := "user default on nopass ~* &* +@all\n" + strings.ReplaceAll(aclMapctl, "PASSWORD", "m-secret") + "\n" +
+		strings.ReplaceAll(aclSyncer, "PASSWORD", "s-secret") + "\n"
+	if err := os.WriteFile(acl, []byte(lines), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := testenv.StartRedis(t, "--aclfile", acl)
+	s := newStack(t)
+	admin := r.Client(t)
+	s.useRedis(r, r.URL, admin)
+	mu, su := "shardmap-mapctl", "shardmap-syncer"
+	mapctlURL := strings.Replace(r.URL, "redis://", "redis://"+mu+":m-secret@", 1)
+	syncerURL := strings.Replace(r.URL, "redis://", "redis://"+su+":s-secret@", 1)
+	t.Cleanup(func() {
+		if t.Failed() {
+			log, _ := admin.Do(ctx, "ACL", "LOG").Result()
+			t.Logf("ACL LOG: %v", log)
+		}
+	})
+	s.redis.URL = syncerURL
+	s.startSyncer()
+	s.redis.URL = mapctlURL
+	s.mustMapctl("set", "alice", "shard1", "--wait")
+	file, _ := writeUsers(t, 50)
+	s.mustMapctl("import", file, "--wait")
+	s.mustMapctl("del", "u1", "--wait")
+	if out := s.mustMapctl("get", "alice"); !strings.Contains(out, "shard1") {
+		t.Errorf("get: %q", out)
+	}
+	s.mustMapctl("list")
+	s.mustMapctl("export")
+	s.mustMapctl("syncers")
+	s.mustMapctl("status")
+	s.mustMapctl("reconcile", "--force")
+	s.mustRoute("alice", "shard1")
+	s.waitConverged(30 * time.Second)
+	if n, err := admin.Do(ctx, "ACL", "LOG").Slice(); err != nil || len(n) != 0 {
+		t.Errorf("ACL LOG after the jobs: %v %v, want no denial", n, err)
+	}
+
+	as := func(user, pw string) *redis.Client {
+		c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", s.redis.Port), Username: user, Password: pw})
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	denied := func(who string, cmd *redis.Cmd) {
+		t.Helper()
+		if err := cmd.Err(); err == nil || !strings.HasPrefix(err.Error(), "NOPERM") {
+			t.Errorf("%s %v: %v, want NOPERM", who, cmd.Args(), err)
+		}
+	}
+	m, sy := as(mu, "m-secret"), as(su, "s-secret")
+	denied(mu, m.Do(ctx, "FLUSHALL"))
+	denied(mu, m.Do(ctx, "CONFIG", "GET", "*"))
+	denied(mu, m.Do(ctx, "KEYS", "*"))
+	denied(mu, m.Do(ctx, "HSET", s.store.SyncersKey(), "e2e", "{}"))
+	denied(mu, m.Do(ctx, "SET", "other", "1"))
+	denied(mu, m.Do(ctx, "SET", s.store.UsersKey(), "1"))
+	denied(mu, m.Do(ctx, "DEL", s.store.UsersKey()))
+	denied(su, sy.Do(ctx, "HSET", s.store.UsersKey(), "mallory", "shard1"))
+	denied(su, sy.Do(ctx, "XADD", s.store.LogKey(), "*", "op", "set", "user", "mallory", "shard", "shard1"))
+	denied(su, sy.Do(ctx, "DEL", s.store.UsersKey()))
+	denied(su, sy.Do(ctx, "FLUSHALL"))
+	// A script cannot do more than its caller: the syncer user's EVAL of
+	// an HSET on the hash is refused too.
+	denied(su, sy.Do(ctx, "EVAL", "return redis.call('HSET', KEYS[1], 'mallory', 'shard1')", 1, s.store.UsersKey()))
+}
