@@ -229,21 +229,25 @@ func TestRedisSentinelFailover(t *testing.T) {
 	})
 }
 
-// The least-privilege ACL users, ACL file lines exactly as the README gives
-// them (PASSWORD replaced). mapctl writes assignments (the hash and the log,
-// and DEL of the log only in a script's undo) and reads the rest; the
-// syncer reads the hash and the log and writes only its own keys.
-const (
-	aclMapctl = "user shardmap-mapctl on >PASSWORD resetchannels -@all +hello +auth +ping +select " +
-		"+evalsha +eval +wait +type +hget +hscan +hgetall +xrange +xrevrange +xread +sismember +smembers +time +xadd +xdel +xtrim +hset +hdel " +
-		"~{shardmap}:users ~{shardmap}:log %R~{shardmap}:syncers %R~{shardmap}:shards (+del ~{shardmap}:log) (+set %W~{shardmap}:force-reconcile)"
-	aclSyncer = "user shardmap-syncer on >PASSWORD resetchannels -@all +hello +auth +ping +select " +
-		"+evalsha +eval +type +hlen +hscan +xrange +xrevrange +xread +hset +sadd " +
-		"%R~{shardmap}:users %R~{shardmap}:log ~{shardmap}:syncers ~{shardmap}:shards " +
-		"(+evalsha +eval +type +get +set +pexpire +pttl +del ~{shardmap}:name:* ~{shardmap}:lease:* ~{shardmap}:force-reconcile)"
-)
+// readmeACL returns the README's ACL file line for user, so that the test
+// checks exactly what the README tells users to run.
+func readmeACL(t *testing.T, user string) string {
+	t.Helper()
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); strings.HasPrefix(l, "user "+user+" ") {
+			return l
+		}
+	}
+	t.Fatalf("README.md has no ACL line for %s", user)
+	return ""
+}
 
-// TestRedisACL: with the README's least-privilege users, mapctl (set, import,
+// TestRedisACL: with the README's least-privilege users (its ACL file
+// lines, loaded with --aclfile), mapctl (set, import,
 // del, get, list, status, syncers, reconcile --force, set --wait) and the
 // syncer do their jobs, and nothing more: the mapctl user cannot FLUSHALL,
 // CONFIG or touch the syncers' keys; the syncer user cannot change the
@@ -251,8 +255,9 @@ const (
 func TestRedisACL(t *testing.T) {
 	ctx := context.Background()
 	acl := filepath.Join(t.TempDir(), "users.acl")
-	lines := "user default on nopass ~* &* +@all\n" + strings.ReplaceAll(aclMapctl, "PASSWORD", "m-secret") + "\n" +
-		strings.ReplaceAll(aclSyncer, "PASSWORD", "s-secret") + "\n"
+	mu, su := "shardmap-mapctl", "shardmap-syncer"
+	lines := "user default on nopass ~* &* +@all\n" + strings.ReplaceAll(readmeACL(t, mu), "PASSWORD", "m-secret") + "\n" +
+		strings.ReplaceAll(readmeACL(t, su), "PASSWORD", "s-secret") + "\n"
 	if err := os.WriteFile(acl, []byte(lines), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +265,6 @@ func TestRedisACL(t *testing.T) {
 	s := newStack(t)
 	admin := r.Client(t)
 	s.useRedis(r, r.URL, admin)
-	mu, su := "shardmap-mapctl", "shardmap-syncer"
 	mapctlURL := strings.Replace(r.URL, "redis://", "redis://"+mu+":m-secret@", 1)
 	syncerURL := strings.Replace(r.URL, "redis://", "redis://"+su+":s-secret@", 1)
 	t.Cleanup(func() {
