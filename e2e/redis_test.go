@@ -124,8 +124,10 @@ func TestRedisCluster(t *testing.T) {
 	if total != len(keys) {
 		t.Errorf("%d keys in the cluster, %d on the tag's node: some key is elsewhere", total, len(keys))
 	}
-	if _, errs, code := s.mapctl("--prefix", "shardmap", "get", "bob"); code != 2 || !strings.Contains(errs, "hash tag") {
-		t.Errorf("untagged prefix on a cluster: exit %d, %q; want 2 naming the hash tag", code, errs)
+	for _, args := range [][]string{{"get", "bob"}, {"set", "bob", "shard1", "--force"}} {
+		if _, errs, code := s.mapctl(append([]string{"--prefix", "shardmap"}, args...)...); code != 2 || !strings.Contains(errs, "hash tag") {
+			t.Errorf("untagged prefix on a cluster, %v: exit %d, %q; want 2 naming the hash tag", args, code, errs)
+		}
 	}
 }
 
