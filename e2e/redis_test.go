@@ -98,8 +98,16 @@ func TestRedisCluster(t *testing.T) {
 		t.Errorf("mapctl list on a cluster: %d lines, want %d", strings.Count(out, "\n"), len(want))
 	}
 	s.mustMapctl("del", "alice", "--wait")
-
 	ctx := context.Background()
+	// --redis-wait-replicas runs the script and WAIT on one connection to
+	// the tag's primary, which has no replica here.
+	if _, errs, code := s.mapctl("set", "carol", "shard1", "--force", "--redis-wait-replicas", "1", "--redis-wait-timeout", "100ms"); code != 1 || !strings.Contains(errs, "only 0 of 1 replicas") {
+		t.Errorf("set with a replica wait on a cluster without replicas: exit %d, %q", code, errs)
+	}
+	if sh, _, err := s.store.Get(ctx, "carol"); err != nil || sh != "shard1" {
+		t.Errorf("the set is on the primary all the same: %q %v", sh, err)
+	}
+
 	home, err := cc.MasterForKey(ctx, s.store.UsersKey())
 	if err != nil {
 		t.Fatal(err)
