@@ -194,7 +194,9 @@ func secure(c *tls.Config, multi bool, files TLSFiles, timeout time.Duration) (*
 		client = "--redis-cert " + files.Cert
 	}
 	return c, func(ctx context.Context, network, addr string) (net.Conn, error) {
-		d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}, Config: c}
+		// The TCP keep-alive go-redis's own dialer uses.
+		keep := net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 5 * time.Second, Count: 3}
+		d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout, KeepAliveConfig: keep}, Config: c}
 		conn, err := d.DialContext(ctx, network, addr)
 		if err == nil {
 			return conn, nil
