@@ -46,6 +46,9 @@ type Store struct {
 	rdb    redis.UniversalClient
 	prefix string
 	maxLen int64
+
+	waitN       int // WithReplicaWait
+	waitTimeout time.Duration
 }
 
 // NewStore returns a store under prefix (DefaultPrefix when empty).
@@ -203,9 +206,17 @@ func (s *Store) SetMany(ctx context.Context, as []Assignment) (string, error) {
 		}
 		args = append(args, a.User, a.Shard)
 	}
-	id, err := setScript.Run(ctx, s.rdb, []string{s.UsersKey(), s.LogKey()}, args...).Text()
+	w, wait, release, err := s.pin(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer release()
+	id, err := setScript.Run(ctx, w, []string{s.UsersKey(), s.LogKey()}, args...).Text()
 	if err != nil {
 		return "", fmt.Errorf("redis set %d assignments: %w", len(as), err)
+	}
+	if err := wait(ctx); err != nil {
+		return id, fmt.Errorf("redis set %d assignments: %w", len(as), err)
 	}
 	return id, nil
 }
@@ -216,7 +227,12 @@ func (s *Store) Del(ctx context.Context, user string) (id string, found bool, er
 	if err := ValidateUser(user); err != nil {
 		return "", false, err
 	}
-	res, err := delScript.Run(ctx, s.rdb, []string{s.UsersKey(), s.LogKey()}, s.maxLen, user).Slice()
+	w, wait, release, err := s.pin(ctx)
+	if err != nil {
+		return "", false, err
+	}
+	defer release()
+	res, err := delScript.Run(ctx, w, []string{s.UsersKey(), s.LogKey()}, s.maxLen, user).Slice()
 	if err != nil {
 		return "", false, fmt.Errorf("redis del %q: %w", user, err)
 	}
@@ -225,6 +241,9 @@ func (s *Store) Del(ctx context.Context, user string) (id string, found bool, er
 	}
 	n, _ := res[0].(int64)
 	id, _ = res[1].(string)
+	if err := wait(ctx); err != nil {
+		return id, n == 1, fmt.Errorf("redis del %q: %w", user, err)
+	}
 	return id, n == 1, nil
 }
 
@@ -455,7 +474,9 @@ func splitID(id string) (ms, seq uint64) {
 // the pairs of the batches that succeeded, even those sent in the same round
 // trip after the failed one. When Unknown is true the connection failed and
 // the batches of the last round trip may or may not have been written:
-// Done does not count them.
+// Done does not count them. With WithReplicaWait, a round trip whose WAIT
+// fell short stops the run with Err a *ReplicaWaitError, and Done counts
+// that trip's batches: they are written on the primary.
 type BatchError struct {
 	What    string // "import" or "fill"
 	Done    int
@@ -491,9 +512,14 @@ func (s *Store) batches(ctx context.Context, what string, script *redis.Script, 
 	}
 	const perTrip = 8
 	keys := []string{s.UsersKey(), s.LogKey()}
+	w, wait, release, err := s.pin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer release()
 	done := 0
 	for next := 0; next < len(as); {
-		pipe := s.rdb.Pipeline()
+		pipe := w.Pipeline()
 		var cmds []*redis.Cmd
 		var sizes []int
 		for t := 0; t < perTrip && next < len(as); t++ {
@@ -523,6 +549,9 @@ func (s *Store) batches(ctx context.Context, what string, script *redis.Script, 
 			}
 			done += sizes[i]
 			reply(sizes[i], c)
+		}
+		if first == nil {
+			first = wait(ctx)
 		}
 		if first != nil {
 			return done, &BatchError{What: what, Done: done, Total: len(as), Batch: batch, Unknown: unknown, Err: first}

@@ -173,7 +173,11 @@ func (s *Store) LagAfter(ctx context.Context, id string) (Lag, error) {
 
 // Now returns Redis's clock (TIME), the clock of the change-log IDs.
 func (s *Store) Now(ctx context.Context) (time.Time, error) {
-	t, err := s.rdb.Time(ctx).Result()
+	node, err := s.tagNode(ctx) // on a Cluster, the clock of the log's node
+	if err != nil {
+		return time.Time{}, err
+	}
+	t, err := node.Time(ctx).Result()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("redis time: %w", err)
 	}

@@ -20,11 +20,11 @@ import (
 
 // app holds the global flags and the connections they open.
 type app struct {
-	redisURL string
-	prefix   string
-	timeout  time.Duration
-	rdb      *redis.Client
-	store    *maps.Store
+	redis   *cli.RedisFlags
+	prefix  string
+	timeout time.Duration
+	rdb     redis.UniversalClient
+	store   *maps.Store
 }
 
 // newRoot builds the command tree; the caller closes the app after Execute.
@@ -41,19 +41,14 @@ func newRoot() (*cobra.Command, *app) {
 			if cli.Housekeeping(cmd) { // version, help, completion: no Redis
 				return nil
 			}
-			rdb, err := cli.Redis(a.redisURL, true)
-			if err != nil {
-				return usageError{Err: err}
-			}
-			a.rdb, a.store = rdb, maps.NewStore(rdb, a.prefix)
-			return nil
+			var err error
+			a.rdb, a.store, err = a.redis.Store(true, a.prefix)
+			return err
 		},
 	}
 	pf := root.PersistentFlags()
-	pf.StringVar(&a.redisURL, "redis", cli.Env(cli.EnvRedis, cli.DefaultRedis), "Redis URL (env "+cli.EnvRedis+")")
-	// --help shows the default, which may come from the environment with a
-	// password in it: show it redacted, keep the real value.
-	pf.Lookup("redis").DefValue = cli.RedactURL(pf.Lookup("redis").DefValue)
+	a.redis = cli.AddRedisFlags(pf)
+	a.redis.AddWaitFlags(pf)
 	pf.StringVar(&a.prefix, "prefix", cli.Env(cli.EnvPrefix, maps.DefaultPrefix), "Redis key prefix (env "+cli.EnvPrefix+")")
 	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "how long a command, or --wait, may take")
 	root.AddCommand(a.setCmd(), a.getCmd(), a.delCmd(), a.listCmd(), a.importCmd(), a.exportCmd(), a.statusCmd(), a.configCmd(), a.shardCmd(), a.restoreCmd(), a.reconcileCmd(), a.syncersCmd(), a.idCmd())

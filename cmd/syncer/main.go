@@ -75,10 +75,10 @@ const (
 // the configuration file (resolve merges them).
 type options struct {
 	config                                string
-	redisURL, prefix, name, listen        string
+	redis                                 *cli.RedisFlags
+	prefix, name, listen                  string
 	targets                               []string
 	mapName, mapFile                      string
-	redisCA, redisCert, redisKey          string // from the configuration file only, for now
 	flush, reconcileEvery, runtimeTimeout time.Duration
 	replaceAbove, deltaMax                int
 	maxDeleteShare                        float64
@@ -131,10 +131,7 @@ or another live syncer already uses --name.`,
 	f := root.Flags()
 	f.SortFlags = false
 	f.StringVar(&o.config, "config", cli.Env(envConfig, ""), "configuration file: a topology (its syncer: section) or a file of syncer keys; flags and environment override it (env "+envConfig+")")
-	f.StringVar(&o.redisURL, "redis", cli.Env(cli.EnvRedis, cli.DefaultRedis), "Redis URL (env "+cli.EnvRedis+")")
-	// The default shown by --help must not carry the password that
-	// SHARDMAP_REDIS may hold: show it redacted, keep the real value.
-	f.Lookup("redis").DefValue = cli.RedactURL(f.Lookup("redis").DefValue)
+	o.redis = cli.AddRedisFlags(f)
 	f.StringVar(&o.prefix, "prefix", cli.Env(cli.EnvPrefix, maps.DefaultPrefix), "Redis key prefix (env "+cli.EnvPrefix+")")
 	f.StringSliceVar(&o.targets, "socket", envList(cli.EnvSocket), "HAProxy Runtime API address at level admin: a unix socket path, unix@PATH, ipv4@HOST:PORT, ipv6@[HOST]:PORT or HOST:PORT; repeat or comma-separate for several (env "+cli.EnvSocket+", comma-separated)")
 	f.StringVar(&o.mapName, "map", cli.Env(cli.EnvMap, ""), "the map's path exactly as in haproxy.cfg (env "+cli.EnvMap+")")
@@ -221,7 +218,10 @@ func (o *options) applyFile(changed func(flag string) bool, c *haproxy.SyncerCon
 			apply()
 		}
 	}
-	take("redis", cli.EnvRedis, c.Redis != "", func() { o.redisURL = c.Redis })
+	take("redis", cli.EnvRedis, c.Redis != "", func() { o.redis.URL = c.Redis })
+	take("redis-ca", cli.EnvRedisCA, c.RedisCA != "", func() { o.redis.TLS.CA = c.RedisCA })
+	take("redis-cert", cli.EnvRedisCert, c.RedisCert != "", func() { o.redis.TLS.Cert = c.RedisCert })
+	take("redis-key", cli.EnvRedisKey, c.RedisKey != "", func() { o.redis.TLS.Key = c.RedisKey })
 	take("prefix", cli.EnvPrefix, c.Prefix != "", func() { o.prefix = c.Prefix })
 	take("socket", cli.EnvSocket, len(c.Targets) > 0, func() { o.targets = append([]string(nil), c.Targets...) })
 	take("map", cli.EnvMap, c.Map != "", func() { o.mapName = c.Map })
@@ -238,18 +238,10 @@ func (o *options) applyFile(changed func(flag string) bool, c *haproxy.SyncerCon
 	take("log-format", cli.EnvLogFormat, c.LogFormat != "", func() { o.logFormat = c.LogFormat })
 	// -v is --log-level debug: it beats the file too.
 	take("log-level", cli.EnvLogLevel, c.LogLevel != "" && !o.verbose, func() { o.logLevel = c.LogLevel })
-	// The Redis TLS files have no flags in this build: the file alone sets them.
-	o.redisCA, o.redisCert, o.redisKey = c.RedisCA, c.RedisCert, c.RedisKey
 }
-
-// errNotYet marks settings the syncer of this build cannot honour yet.
-var errNotYet = errors.New("not yet supported by this build")
 
 // syncerConfig maps the resolved options onto syncer.Config.
 func syncerConfig(o options) (syncer.Config, error) {
-	if o.redisCA != "" || o.redisCert != "" || o.redisKey != "" {
-		return syncer.Config{}, fmt.Errorf("redis_ca, redis_cert, redis_key: %w", errNotYet)
-	}
 	return syncer.Config{
 		Name: o.name, MapName: o.mapName, MapFile: o.mapFile, Targets: o.targets, FlushDelay: o.flush, ReplaceAbove: o.replaceAbove, DeltaMax: o.deltaMax, Logger: o.log,
 		MaxDeleteShare: o.maxDeleteShare, ReconcileEvery: o.reconcileEvery, FileMode: o.mode,
@@ -287,9 +279,9 @@ func (o *options) serve(cmd *cobra.Command) error {
 	if err != nil {
 		return cli.UsageError{Err: err}
 	}
-	rdb, err := cli.Redis(o.redisURL, false)
-	if err != nil { // cli.Redis's errors carry the URL redacted
-		return cli.UsageError{Err: err}
+	rdb, store, err := o.redis.Store(false, o.prefix)
+	if err != nil { // a UsageError, the URL redacted
+		return err
 	}
 	defer rdb.Close()
 	// Metrics only when they are served.
@@ -300,7 +292,6 @@ func (o *options) serve(cmd *cobra.Command) error {
 			return fmt.Errorf("metrics: %w", err)
 		}
 	}
-	store := maps.NewStore(rdb, o.prefix)
 	dial := func(addr string) (syncer.Runtime, error) { return runtime.New(addr, o.runtimeTimeout) }
 	s, err := syncer.New(cfg, store, dial)
 	if err != nil {
@@ -332,7 +323,7 @@ func (o *options) serve(cmd *cobra.Command) error {
 		go srv.Serve(ln)
 		defer srv.Close()
 	}
-	log.Info("syncer starting", "name", o.name, "targets", o.targets, "map", o.mapName, "map_file", o.mapFile, "config", o.config, "prefix", o.prefix, "redis", cli.RedactURL(o.redisURL))
+	log.Info("syncer starting", "name", o.name, "targets", o.targets, "map", o.mapName, "map_file", o.mapFile, "config", o.config, "prefix", o.prefix, "redis", cli.RedactURL(o.redis.URL))
 	if err := s.Run(ctx); err != nil {
 		log.Error("syncer failed", "err", err)
 		return loggedError{err}

@@ -169,7 +169,7 @@ log_level: warn
 		LogFormat, LogLevel                       string
 	}
 	see := func(o *options) view {
-		return view{o.targets, o.mapName, o.mapFile, o.redisURL, o.prefix, o.listen, o.name, o.flush, o.reconcileEvery,
+		return view{o.targets, o.mapName, o.mapFile, o.redis.URL, o.prefix, o.listen, o.name, o.flush, o.reconcileEvery,
 			o.runtimeTimeout, o.replaceAbove, o.maxDeleteShare, o.mode, o.logFormat, o.logLevel}
 	}
 	fromFile := view{[]string{"/file.sock"}, "/file/users.map", "/file/written.map", "redis://file:6379/0", "{file}", "127.0.0.1:1111", "file",
@@ -268,7 +268,8 @@ func TestConfigErrors(t *testing.T) {
 }
 
 // Several targets, TCP targets and a map file apart from the map reach the
-// syncer as given; what this build cannot do yet is refused, not ignored.
+// syncer as given; the file's Redis TLS files reach the Redis flags unless
+// a flag says otherwise.
 func TestSyncerConfigTargets(t *testing.T) {
 	o, err := resolved(t, nil, "--socket", "/a", "--socket", "ipv4@127.0.0.1:9999", "--map", "/m", "--map-file", "/f")
 	if err != nil {
@@ -278,12 +279,12 @@ func TestSyncerConfigTargets(t *testing.T) {
 	if err != nil || !slices.Equal(c.Targets, []string{"/a", "ipv4@127.0.0.1:9999"}) || c.MapName != "/m" || c.MapFile != "/f" {
 		t.Errorf("two targets and a map file: %+v, %v", c, err)
 	}
-	tls := writeFile(t, "tls.yaml", "redis_ca: /ca.pem\n")
-	o, err = resolved(t, nil, "--config", tls, "--socket", "/a", "--map", "/m")
+	tls := writeFile(t, "tls.yaml", "redis_ca: /ca.pem\nredis_cert: /c.pem\nredis_key: /k.pem\n")
+	o, err = resolved(t, nil, "--config", tls, "--socket", "/a", "--map", "/m", "--redis-cert", "/flag.pem")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := syncerConfig(*o); !errors.Is(err, errNotYet) {
-		t.Errorf("redis_ca: err = %v, want errNotYet", err)
+	if o.redis.TLS.CA != "/ca.pem" || o.redis.TLS.Cert != "/flag.pem" || o.redis.TLS.Key != "/k.pem" {
+		t.Errorf("TLS files %+v, want the file's CA and the flag's cert", o.redis.TLS)
 	}
 }

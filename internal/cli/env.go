@@ -4,14 +4,9 @@ package cli
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net/url"
 	"os"
 	"strings"
-	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // Defaults and the environment variables that override them.
@@ -73,27 +68,4 @@ func RedactURL(u string) string {
 	}
 	p.Fragment, p.RawFragment = "", ""
 	return p.Redacted()
-}
-
-// Redis opens a client for a redis:// URL. It does not connect yet. With
-// failFast, a Redis that is down fails the first command within about a
-// second instead of being retried (for one-shot commands). Its errors show
-// the URL redacted.
-func Redis(rawURL string, failFast bool) (*redis.Client, error) {
-	opt, err := redis.ParseURL(rawURL)
-	if err != nil {
-		// url.Parse's error quotes the whole URL, password included: keep
-		// only its reason.
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return nil, fmt.Errorf("--redis %q: %w", RedactURL(rawURL), err)
-	}
-	redis.SetLogger(quiet{})
-	if failFast {
-		opt.DialTimeout = time.Second
-		opt.MaxRetries = -1
-	}
-	return redis.NewClient(opt), nil
 }

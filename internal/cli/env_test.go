@@ -35,7 +35,7 @@ func TestRedisErrorHidesPassword(t *testing.T) {
 		"redis://:s3cret@[::1:6379/0",
 		"http://:s3cret@127.0.0.1:1/0",
 	} {
-		_, err := Redis(u, true)
+		_, err := Redis(u, true, TLSFiles{})
 		if err == nil {
 			t.Errorf("Redis(%q) accepted a malformed URL", u)
 			continue

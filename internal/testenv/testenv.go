@@ -6,6 +6,7 @@ package testenv
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -257,18 +258,26 @@ type Redis struct {
 	Port int
 	Dir  string
 	URL  string
+	// TLS, when not nil, is how Client reaches a TLS-only server.
+	TLS *tls.Config
 }
 
 // StartRedis starts redis-server on a free loopback port with its data in a
 // temp dir, no persistence, and waits until it answers PING.
 func StartRedis(t testing.TB, extra ...string) *Redis {
 	t.Helper()
-	bin := Need(t, "redis-server")
-	dir := t.TempDir()
 	port := FreePort(t)
-	r := &Redis{Port: port, Dir: dir, URL: fmt.Sprintf("redis://127.0.0.1:%d/0", port)}
-	r.Proc = Start(t, "redis-server", append([]string{bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--dir", dir, "--save", "", "--appendonly", "no", "--protected-mode", "yes"}, extra...))
+	r := &Redis{Port: port, Dir: t.TempDir(), URL: fmt.Sprintf("redis://127.0.0.1:%d/0", port)}
+	return r.start(t, append([]string{"--port", strconv.Itoa(port)}, extra...))
+}
+
+// start runs redis-server in r.Dir with args and the test defaults, and
+// waits until it answers PING.
+func (r *Redis) start(t testing.TB, args []string) *Redis {
+	t.Helper()
+	bin := Need(t, "redis-server")
+	r.Proc = Start(t, "redis-server", append([]string{bin, "--bind", "127.0.0.1",
+		"--dir", r.Dir, "--save", "", "--appendonly", "no", "--protected-mode", "yes"}, args...))
 	c := r.Client(t)
 	WaitFor(t, 10*time.Second, "redis-server to answer", func() error {
 		if r.Exited() {
@@ -283,7 +292,7 @@ func StartRedis(t testing.TB, extra ...string) *Redis {
 // and waits for the process to end.
 func (r *Redis) Stop(t testing.TB) {
 	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", r.Port)})
+	c := redis.NewClient(r.options())
 	defer c.Close()
 	c.ShutdownSave(context.Background()) // the connection drops: no reply to check
 	if _, done := r.Wait(10 * time.Second); !done {
@@ -305,9 +314,13 @@ func (r *Redis) Restart(t testing.TB) {
 	})
 }
 
+func (r *Redis) options() *redis.Options {
+	return &redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", r.Port), TLSConfig: r.TLS}
+}
+
 // Client returns a client for r, closed when the test ends.
 func (r *Redis) Client(t testing.TB) *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", r.Port)})
+	c := redis.NewClient(r.options())
 	t.Cleanup(func() { c.Close() })
 	return c
 }
