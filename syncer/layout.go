@@ -249,10 +249,12 @@ func (t *target) fold(ctx context.Context, why string) (uint64, string, error) {
 			return 0, "", fmt.Errorf("fold: empty the delta map: %w", err)
 		}
 	}
+	folded := len(t.deltaKeys)
 	clear(t.deltaKeys)
 	if t.deltaKeys == nil {
 		t.deltaKeys = map[string]struct{}{}
 	}
 	t.s.updateTarget(t, func(st *TargetStatus) { st.Folds++; st.DeltaEntries = 0 })
+	t.log.Info("folded into the map", "why", why, "delta_entries", folded, "log_id", logID)
 	return seq, logID, nil
 }

@@ -234,11 +234,17 @@ func (t *target) fullSync(ctx context.Context) error {
 	if err := t.guard(ctx, deletes, live.len(), n); err != nil {
 		return err
 	}
+	deltaAfter := len(live.delta)
+	for _, e := range edits {
+		if _, in := live.delta[e.user]; !in && e.shard != "" {
+			deltaAfter++
+		}
+	}
 	how := "diff"
 	var seq uint64
 	var logID string
 	switch {
-	case live.duplicates() || len(live.delta) > 0 && !t.useDelta || t.tooMuch(len(edits), baseDels, len(live.delta)+missing):
+	case live.duplicates() || len(live.delta) > 0 && !t.useDelta || t.tooMuch(len(edits), baseDels, deltaAfter):
 		how = "fold"
 		why := reasonLargeBatch
 		if live.duplicates() {

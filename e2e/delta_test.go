@@ -1,0 +1,278 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/shardmap/shardmap/haproxy"
+	"github.com/shardmap/shardmap/internal/testenv"
+	"github.com/shardmap/shardmap/maps"
+	"github.com/shardmap/shardmap/runtime"
+)
+
+// The delta+base layout under churn, on real HAProxy: every user only ever
+// moves forward (shard0 -> shard1 -> shard2 -> shard3), and a checker that
+// records every response asserts that no request is routed to a shard
+// before one it was already routed to, while the delta is folded into the
+// base again and again (--delta-max 20) and while the syncer is killed and
+// restarted. A restarted HAProxy starts from the map files (which lag by
+// the flush delay) and is not held to that; in the end every user routes
+// as Redis says. On HAProxy 2.9 and later the syncer keeps the single map
+// (the delta stays empty), and the same holds.
+func TestDeltaLayoutNeverRoutesBackwards(t *testing.T) {
+	dir := t.TempDir()
+	redis := testenv.StartRedis(t)
+	store := maps.NewStore(redis.Client(t), "")
+	ctx := context.Background()
+	mapPath := filepath.Join(dir, "users.map")
+	socket := filepath.Join(dir, "admin.sock")
+	port := testenv.FreePort(t)
+	front := fmt.Sprintf("http://127.0.0.1:%d", port)
+	topo := &haproxy.Topology{
+		Cookie: "user", DefaultShard: "shard0", Map: mapPath, DeltaMap: true,
+		Frontend: fmt.Sprintf("127.0.0.1:%d", port), Stats: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		Socket: socket, StatsTimeout: 10 * time.Second, Shards: map[string]haproxy.Shard{},
+	}
+	for _, sh := range shards {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, sh) }))
+		t.Cleanup(srv.Close)
+		topo.Shards[sh] = haproxy.Shard{Servers: []haproxy.Server{{Addr: strings.TrimPrefix(srv.URL, "http://")}}}
+	}
+	os.WriteFile(mapPath, nil, 0o644)
+	if _, err := haproxy.CreateDeltaMap(topo); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := haproxy.Render(topo, "e2e delta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hap := testenv.StartHAProxy(t, dir, string(cfg), socket)
+	rt, err := runtime.New(socket, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+
+	const nUsers = 400
+	user := func(i int) string { return fmt.Sprintf("d%04d", i) }
+	var seed []maps.Assignment
+	for i := range nUsers {
+		seed = append(seed, maps.Assignment{User: user(i), Shard: "shard0"})
+	}
+	if _, err := store.Import(ctx, seed, 1000, nil); err != nil {
+		t.Fatal(err)
+	}
+	health := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	startSyncer := func() *testenv.Proc {
+		return testenv.Start(t, "syncer", []string{filepath.Join(binDir, "syncer"), "--redis", redis.URL, "--socket", socket,
+			"--map", mapPath, "--name", "delta", "--delta-max", "20", "--listen", health})
+	}
+	syncerProc := startSyncer()
+	readyz := func() (ready bool, layout string, folds int) {
+		resp, err := http.Get("http://" + health + "/readyz")
+		if err != nil {
+			return false, "", 0
+		}
+		defer resp.Body.Close()
+		var st struct {
+			Ready   bool `json:"ready"`
+			Standby bool `json:"standby"`
+			Targets []struct {
+				Layout string `json:"layout"`
+				Folds  int    `json:"folds"`
+			} `json:"targets"`
+		}
+		if json.NewDecoder(resp.Body).Decode(&st) != nil || len(st.Targets) != 1 {
+			return false, "", 0
+		}
+		return st.Ready && !st.Standby, st.Targets[0].Layout, st.Targets[0].Folds
+	}
+	testenv.WaitFor(t, 60*time.Second, "syncer ready", func() error {
+		if ok, _, _ := readyz(); !ok {
+			return fmt.Errorf("not ready")
+		}
+		return nil
+	})
+	info, err := rt.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, layout, _ := readyz()
+	wantLayout := "delta+base"
+	if v := info.Version; strings.HasPrefix(v, "2.9") || !strings.HasPrefix(v, "2.") {
+		wantLayout = "single"
+	}
+	if layout != wantLayout {
+		t.Fatalf("layout %q on HAProxy %s, want %q", layout, info.Version, wantLayout)
+	}
+
+	// The checker: requests for random users, each response's shard index
+	// must never go below the last one seen for that user (reset when
+	// HAProxy restarts).
+	// Most requests are for recently changed users: the ones in the delta
+	// map, whose base entries are older, where a wrong fold would show.
+	var recentMu sync.Mutex
+	var recent []string
+	pick := func() string {
+		recentMu.Lock()
+		defer recentMu.Unlock()
+		if len(recent) == 0 || rand.N(5) == 0 {
+			return user(rand.N(nUsers))
+		}
+		return recent[rand.N(len(recent))]
+	}
+	var (
+		mu        sync.Mutex
+		seen      = map[string]int{}
+		epoch     atomic.Int64 // bumped at a HAProxy restart
+		requests  atomic.Int64
+		backwards []string
+	)
+	checkCtx, stopCheck := context.WithCancel(ctx)
+	var checkers sync.WaitGroup
+	for range 2 {
+		checkers.Add(1)
+		go func() {
+			defer checkers.Done()
+			c := &http.Client{Timeout: 2 * time.Second}
+			for checkCtx.Err() == nil {
+				u := pick()
+				ep := epoch.Load()
+				req, _ := http.NewRequestWithContext(checkCtx, "GET", front+"/", nil)
+				req.AddCookie(&http.Cookie{Name: "user", Value: u})
+				resp, err := c.Do(req)
+				if err != nil {
+					continue // HAProxy restarting
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				idx := strings.Index("shard0shard1shard2shard3", string(body)) / 6
+				requests.Add(1)
+				mu.Lock()
+				if ep == epoch.Load() {
+					key := fmt.Sprintf("%d/%s", ep, u)
+					if last, ok := seen[key]; ok && idx < last {
+						backwards = append(backwards, fmt.Sprintf("%s: shard%d after shard%d", u, idx, last))
+					}
+					seen[key] = max(seen[key], idx)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+
+	// Churn: each step moves a random user one shard forward, in batches,
+	// bounded by count (3 steps a user) and time.
+	level := make([]int, nUsers)
+	churnStep := func(n int) {
+		var batch []maps.Assignment
+		for range n {
+			i := rand.N(nUsers)
+			if level[i] < 3 {
+				level[i]++
+				batch = append(batch, maps.Assignment{User: user(i), Shard: fmt.Sprintf("shard%d", level[i])})
+			}
+		}
+		if len(batch) > 0 {
+			if _, err := store.SetMany(ctx, batch); err != nil {
+				t.Fatal(err)
+			}
+		}
+		recentMu.Lock()
+		for _, a := range batch {
+			recent = append(recent, a.User)
+		}
+		recent = recent[max(0, len(recent)-20):]
+		recentMu.Unlock()
+	}
+	var outputs []string // of syncers gone
+	waitReady := func() {
+		t.Helper()
+		testenv.WaitFor(t, 60*time.Second, "syncer ready", func() error {
+			if syncerProc.Exited() {
+				t.Fatalf("syncer exited: %s", syncerProc.Output())
+			}
+			if ok, _, _ := readyz(); !ok {
+				return fmt.Errorf("not ready")
+			}
+			return nil
+		})
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for round := 0; round < 30 && time.Now().Before(deadline); round++ {
+		churnStep(12)
+		switch round {
+		case 10: // the syncer killed, maybe mid-fold, and restarted
+			syncerProc.Signal(syscall.SIGKILL)
+			syncerProc.Wait(10 * time.Second)
+			outputs = append(outputs, syncerProc.Output())
+			syncerProc = startSyncer()
+			waitReady() // after the old one's lease ran out
+		case 20: // HAProxy restarted: it starts from the files
+			epoch.Add(1)
+			hap.Signal(syscall.SIGTERM)
+			if _, ok := hap.Wait(10 * time.Second); !ok {
+				t.Fatal("haproxy did not stop")
+			}
+			epoch.Add(1)
+			hap = hap.Again(t)
+			epoch.Add(1)
+			waitReady()
+		}
+		// Let the checker see this round's state before the next one.
+		n := requests.Load()
+		testenv.WaitFor(t, 10*time.Second, "checker requests", func() error {
+			if requests.Load() < n+200 {
+				return fmt.Errorf("%d requests", requests.Load()-n)
+			}
+			return nil
+		})
+	}
+	// Everything ends where Redis says.
+	snap, err := store.Snapshot(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &http.Client{Timeout: 2 * time.Second}
+	testenv.WaitFor(t, 30*time.Second, "every user routed as Redis says", func() error {
+		for u, sh := range snap.Entries {
+			req, _ := http.NewRequest("GET", front+"/", nil)
+			req.AddCookie(&http.Cookie{Name: "user", Value: u})
+			resp, err := c.Do(req)
+			if err != nil {
+				return err
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(body) != sh {
+				return fmt.Errorf("%s routed to %s, redis says %s", u, body, sh)
+			}
+		}
+		return nil
+	})
+	stopCheck()
+	checkers.Wait()
+	folds := strings.Count(strings.Join(append(outputs, syncerProc.Output()), ""), "folded into the map")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(backwards) > 0 {
+		t.Fatalf("%d requests routed backwards, e.g. %v", len(backwards), backwards[:min(5, len(backwards))])
+	}
+	if wantLayout == "delta+base" && folds == 0 {
+		t.Fatal("no fold happened: the test did not exercise one")
+	}
+	t.Logf("HAProxy %s, layout %s: %d requests checked, %d folds", info.Version, layout, requests.Load(), folds)
+}
