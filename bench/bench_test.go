@@ -32,7 +32,10 @@ type rig struct {
 }
 
 // newRig starts HAProxy (one map, no traffic) and Redis.
-func newRig(b *testing.B) *rig {
+func newRig(b *testing.B) *rig { return newRigWith(b, nil) }
+
+// newRigWith is newRig with the topology changed by edit first (nil: none).
+func newRigWith(b *testing.B, edit func(*haproxy.Topology)) *rig {
 	dir := b.TempDir()
 	r := &rig{mapPath: filepath.Join(dir, "users.map")}
 	socket := filepath.Join(dir, "admin.sock")
@@ -51,6 +54,12 @@ func newRig(b *testing.B) *rig {
 			"shard0": {Servers: []haproxy.Server{{Addr: "127.0.0.1:9"}}},
 			"shard1": {Servers: []haproxy.Server{{Addr: "127.0.0.1:10"}}},
 		},
+	}
+	if edit != nil {
+		edit(topo)
+	}
+	if _, err := haproxy.CreateDeltaMap(topo); err != nil {
+		b.Fatal(err)
 	}
 	cfg, err := haproxy.Render(topo, "bench newRig")
 	if err != nil {
