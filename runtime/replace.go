@@ -42,8 +42,11 @@ func (c *Client) Replace(ctx context.Context, mapPath string, entries []Entry) e
 	if err := checkPath(mapPath); err != nil {
 		return err
 	}
-	var payloads []string
-	var b strings.Builder
+	// Payloads are cut here (entries[starts[i]:starts[i+1]]) and built one
+	// at a time when sent: at 1M entries the whole text would be ~20 MB held
+	// at once.
+	starts := []int{0}
+	size := 0
 	for i, e := range entries {
 		if err := CheckWord(e.Key); err != nil {
 			return fmt.Errorf("runtime replace %s: entry %d key: %w", mapPath, i, err)
@@ -51,17 +54,27 @@ func (c *Client) Replace(ctx context.Context, mapPath string, entries []Entry) e
 		if err := CheckWord(e.Value); err != nil {
 			return fmt.Errorf("runtime replace %s: entry %d (%s) value: %w", mapPath, i, e.Key, err)
 		}
-		if b.Len()+len(e.Key)+len(e.Value)+2 > payloadChunk {
-			payloads = append(payloads, b.String())
-			b.Reset()
+		n := len(e.Key) + len(e.Value) + 2
+		if size > 0 && size+n > payloadChunk {
+			starts = append(starts, i)
+			size = 0
 		}
-		b.WriteString(e.Key)
-		b.WriteByte(' ')
-		b.WriteString(e.Value)
-		b.WriteByte('\n')
+		size += n
 	}
-	if b.Len() > 0 {
-		payloads = append(payloads, b.String())
+	if size > 0 {
+		starts = append(starts, len(entries))
+	}
+	payloads := len(starts) - 1
+	var b strings.Builder
+	payload := func(i int) string {
+		b.Reset()
+		for _, e := range entries[starts[i]:starts[i+1]] {
+			b.WriteString(e.Key)
+			b.WriteByte(' ')
+			b.WriteString(e.Value)
+			b.WriteByte('\n')
+		}
+		return b.String()
 	}
 
 	ctx, cancel := c.bound(ctx, time.Duration(len(entries))*perEntry)
@@ -92,13 +105,13 @@ func (c *Client) Replace(ctx context.Context, mapPath string, entries []Entry) e
 		}
 		return err
 	}
-	for i, p := range payloads {
+	for i := range payloads {
 		if err := c.allowed(); err != nil {
-			return fail(fmt.Errorf("runtime replace %s: before payload %d/%d: %w", mapPath, i+1, len(payloads), err))
+			return fail(fmt.Errorf("runtime replace %s: before payload %d/%d: %w", mapPath, i+1, payloads, err))
 		}
-		cmd := fmt.Sprintf("add map @%d %s <<\n%s", version, mapPath, p)
+		cmd := fmt.Sprintf("add map @%d %s <<\n%s", version, mapPath, payload(i))
 		if err := c.expectEmpty(ctx, cmd, mapPath); err != nil {
-			return fail(fmt.Errorf("runtime replace %s: payload %d/%d: %w", mapPath, i+1, len(payloads), err))
+			return fail(fmt.Errorf("runtime replace %s: payload %d/%d: %w", mapPath, i+1, payloads, err))
 		}
 	}
 	// A payload HAProxy dropped has no reply (a timeout above), but check

@@ -65,14 +65,28 @@ func (f *fakeStore) del(u string) {
 	f.log = append(f.log, maps.Change{ID: fmt.Sprintf("%d-0", len(f.log)+1), Op: maps.OpDel, User: u})
 }
 
-func (f *fakeStore) Snapshot(context.Context, func(maps.BadEntry)) (maps.Snapshot, error) {
+func (f *fakeStore) Scan(_ context.Context, fn func(maps.Assignment) error, bad func(maps.BadEntry)) (int, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	snap := maps.Snapshot{LogID: f.lastID(), Entries: map[string]string{}}
+	hash := make(map[string]string, len(f.hash))
 	for k, v := range f.hash {
-		snap.Entries[k] = v
+		hash[k] = v
 	}
-	return snap, nil
+	f.mu.Unlock()
+	skipped := 0
+	for k, v := range hash {
+		a := maps.Assignment{User: k, Shard: v}
+		if err := a.Validate(); err != nil {
+			skipped++
+			if bad != nil {
+				bad(maps.BadEntry{User: k, Err: err})
+			}
+			continue
+		}
+		if err := fn(a); err != nil {
+			return skipped, err
+		}
+	}
+	return skipped, nil
 }
 func (f *fakeStore) LastLogID(context.Context) (string, error) {
 	f.mu.Lock()

@@ -381,10 +381,10 @@ type countingStore struct {
 	m *Metrics
 }
 
-func (s *countingStore) Snapshot(ctx context.Context, bad func(maps.BadEntry)) (maps.Snapshot, error) {
-	snap, err := s.Store.Snapshot(ctx, bad)
-	s.m.redisError("snapshot", err)
-	return snap, err
+func (s *countingStore) Scan(ctx context.Context, fn func(maps.Assignment) error, bad func(maps.BadEntry)) (int, error) {
+	n, err := s.Store.Scan(ctx, fn, bad)
+	s.m.redisError("scan", err)
+	return n, err
 }
 
 func (s *countingStore) LastLogID(ctx context.Context) (string, error) {

@@ -72,18 +72,54 @@ func (st *state) broadcast() {
 	st.notify = make(chan struct{})
 }
 
-// reload replaces the whole state with a snapshot of Redis. The ring is
-// emptied: every target reconciles its whole map against the new state.
-func (st *state) reload(entries map[string]string, logID string) {
+// loading is a snapshot of Redis being read into the state's form, with
+// shard indexes of its own until it is installed.
+type loading struct {
+	users map[string]int32
+	names []string
+	index map[string]int32
+}
+
+func newLoading(hint int) *loading {
+	return &loading{users: make(map[string]int32, hint), index: map[string]int32{}}
+}
+
+func (l *loading) add(user, shard string) {
+	i, ok := l.index[shard]
+	if !ok {
+		i = int32(len(l.names))
+		l.names = append(l.names, shard)
+		l.index[shard] = i
+	}
+	l.users[user] = i
+}
+
+// install replaces the whole state with what l read, at logID, as reload
+// does. The shard indexes are translated to the state's table outside the
+// write lock but one short lock to intern the names.
+func (st *state) install(l *loading, logID string) {
+	st.mu.Lock()
+	remap := make([]int32, len(l.names))
+	for i, name := range l.names {
+		remap[i] = st.shardIndex(name)
+	}
+	st.mu.Unlock()
+	same := true
+	for i, j := range remap {
+		same = same && int32(i) == j
+	}
+	if !same {
+		for u, i := range l.users {
+			l.users[u] = remap[i]
+		}
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	st.users = make(map[string]int32, len(entries))
+	st.users = l.users
 	for i := range st.counts {
 		st.counts[i] = 0
 	}
-	for u, sh := range entries {
-		i := st.shardIndex(sh)
-		st.users[u] = i
+	for _, i := range st.users {
 		st.counts[i]++
 	}
 	st.loaded = true

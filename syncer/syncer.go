@@ -61,7 +61,9 @@ type Dialer func(addr string) (Runtime, error)
 // Store is the part of the Redis store the syncer needs. *maps.Store
 // implements it.
 type Store interface {
-	Snapshot(ctx context.Context, bad func(maps.BadEntry)) (maps.Snapshot, error)
+	// Scan calls fn for each valid assignment, bad for each invalid one, and
+	// returns how many were invalid (see maps.Store.Scan).
+	Scan(ctx context.Context, fn func(maps.Assignment) error, bad func(maps.BadEntry)) (int, error)
 	LastLogID(ctx context.Context) (string, error)
 	LogHas(ctx context.Context, id string) (bool, error)
 	ReadLog(ctx context.Context, after string, count int64, block time.Duration) ([]maps.Change, []maps.BadEntry, error)
@@ -304,17 +306,33 @@ func (s *Syncer) read(ctx context.Context) error {
 // live map with it. It runs at start and after any doubt about the log (a
 // gap, the hash's count differing).
 func (s *Syncer) load(ctx context.Context) error {
-	snap, err := s.store.Snapshot(ctx, s.skipBad)
+	start := time.Now()
+	// The log's last ID first: the hash read after it may hold newer
+	// changes, which replaying the log from the ID applies again, harmlessly.
+	logID, err := s.store.LastLogID(ctx)
+	if err != nil {
+		return fail(kindRedis, err)
+	}
+	hint, err := s.store.Count(ctx)
+	if err != nil {
+		return fail(kindRedis, err)
+	}
+	// Streamed into the state's compact form: no copy of the hash as strings.
+	l := newLoading(int(min(hint, 1<<26)))
+	skipped, err := s.store.Scan(ctx, func(a maps.Assignment) error {
+		l.add(a.User, a.Shard)
+		return nil
+	}, s.skipBad)
 	if err != nil {
 		return fail(kindRedis, err)
 	}
 	s.gen.Add(1)
-	s.state.reload(snap.Entries, snap.LogID)
-	s.badInHash = snap.Skipped
+	s.state.install(l, logID)
+	s.badInHash = skipped
 	s.needLoad = false
 	s.drift.reset()
 	s.file.markDirty()
-	s.log.Info("loaded redis", "entries", len(snap.Entries), "skipped", snap.Skipped, "log_id", snap.LogID)
+	s.log.Info("loaded redis", "entries", len(l.users), "skipped", skipped, "log_id", logID, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
