@@ -362,3 +362,52 @@ func syncersOf(t *testing.T, store *maps.Store) []maps.SyncerState {
 	}
 	return all
 }
+
+// mapctl logical init puts the topology's spread in Redis only where Redis
+// has none (a moved logical shard stays moved); before it, Redis is not in
+// ids mode and set takes any user; after it, set takes only IDs.
+func TestIDsLogicalInit(t *testing.T) {
+	s := &stack{t: t, dir: t.TempDir()}
+	s.redis = testenv.StartRedis(t)
+	s.store = maps.NewStore(s.redis.Client(t), "")
+	topo := filepath.Join(s.dir, "topology.yaml")
+	os.WriteFile(topo, []byte(`routing: ids
+default_shard: a
+map: /tmp/x/moved.map
+frontend: 127.0.0.1:7000
+stats: 127.0.0.1:8404
+socket: /tmp/x/admin.sock
+shards:
+  a: {servers: [{addr: "127.0.0.1:8000"}]}
+  b: {servers: [{addr: "127.0.0.1:8001"}]}
+`), 0o644)
+	if _, errs, code := s.mapctl("logical", "list"); code != 2 || !strings.Contains(errs, "no logical map in Redis") {
+		t.Fatalf("logical list before init: exit %d: %s", code, errs)
+	}
+	s.mustMapctl("set", "alice", "a", "--force") // not ids mode yet
+	if _, errs, code := s.mapctl("logical", "init", "--topology", topo); code != 0 || !strings.Contains(errs, "8192 logical shards written, 0 already there") {
+		t.Fatalf("logical init: exit %d: %s", code, errs)
+	}
+	if got := s.mustMapctl("logical", "list"); got != "0-4095 a\n4096-8191 b\n" {
+		t.Fatalf("logical list after init:\n%s", got)
+	}
+	s.mustMapctl("logical", "set", "5", "b", "--force")
+	if _, errs, code := s.mapctl("logical", "init", "--topology", topo); code != 0 || !strings.Contains(errs, "0 logical shards written, 8192 already there") {
+		t.Fatalf("logical init again: exit %d: %s", code, errs)
+	}
+	var ranges []struct {
+		From, To int
+		Shard    string
+	}
+	if err := json.Unmarshal([]byte(s.mustMapctl("logical", "list", "-o", "json")), &ranges); err != nil || len(ranges) != 4 ||
+		ranges[1].From != 5 || ranges[1].To != 5 || ranges[1].Shard != "b" {
+		t.Fatalf("logical list -o json after moving 5 and init again: %+v %v", ranges, err)
+	}
+	if _, errs, code := s.mapctl("set", "bob", "a", "--force"); code != 2 || !strings.Contains(errs, `ID "bob": not a decimal number`) {
+		t.Fatalf("set bob in ids mode: exit %d: %s", code, errs)
+	}
+	out := s.mustMapctl("id", "parse", strconv.Itoa(5<<10), "-o", "json") // logical 5, time 0, sequence 0
+	if !strings.Contains(out, `"shard": "b"`) || !strings.Contains(out, `"routed_by": "logical map"`) {
+		t.Fatalf("id parse of an ID on logical 5:\n%s", out)
+	}
+}
