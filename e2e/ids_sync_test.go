@@ -352,6 +352,36 @@ shards:
 		t.Errorf("live logical map vs Redis after the restarts: %s", d)
 	}
 	m.check(t)
+
+	// SIGHUP kicks both syncers: hand edits of either live map are put
+	// back now, not at the next reconcile (a minute away).
+	if res, err := rt.Apply(context.Background(), logicalPath, []runtime.Op{{Kind: runtime.Set, Key: "9", Value: "shard2"}}); err != nil || res[0] != nil {
+		t.Fatalf("set map logical.map 9 shard2: %v %v", res, err)
+	}
+	if res, err := rt.Apply(context.Background(), s.mapPath, []runtime.Op{{Kind: runtime.Add, Key: "12345", Value: "shard2"}}); err != nil || res[0] != nil {
+		t.Fatalf("add map moved.map 12345 shard2: %v %v", res, err)
+	}
+	if err := s.syncer.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "both live maps put back after SIGHUP", func() error {
+		var l9, moved string
+		if err := rt.Dump(context.Background(), logicalPath, func(k, v string) error {
+			if k == "9" {
+				l9 = v
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := rt.Dump(context.Background(), s.mapPath, func(k, v string) error { moved += k + " "; return nil }); err != nil {
+			return err
+		}
+		if l9 != "shard0" || moved != "" {
+			return fmt.Errorf("logical 9 on %q, moved map %q", l9, moved)
+		}
+		return nil
+	})
 }
 
 func syncersOf(t *testing.T, store *maps.Store) []maps.SyncerState {
