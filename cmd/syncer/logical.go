@@ -22,7 +22,7 @@ type health struct {
 
 // pair is the two syncers of routing: ids as the status page and the health
 // checks read them: the moved map's (main) and the logical map's.
-type pair struct{ main, logical *syncer.Syncer }
+type pair struct{ main, logical statusSource }
 
 // Status is main's status, except that it is ready only when both are; when
 // main is ready and the logical syncer is not, State is the logical one's
