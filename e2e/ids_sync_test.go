@@ -164,13 +164,17 @@ shards:
 	s.rt = rt
 	s.http = &http.Client{Timeout: 5 * time.Second}
 
-	startSyncer := func() {
-		t.Helper()
+	instances := func() map[string]bool {
 		before := map[string]bool{}
 		for _, st := range append(syncersOf(t, s.store), syncersOf(t, logicalStore)...) {
 			before[st.Instance] = true
 		}
-		s.syncer = testenv.Start(t, "syncer", []string{filepath.Join(binDir, "syncer"), "--config", topo})
+		return before
+	}
+	// waitBoth waits until both syncers of a process started after before
+	// report ready.
+	waitBoth := func(before map[string]bool) {
+		t.Helper()
 		for _, w := range []struct {
 			store *maps.Store
 			name  string
@@ -187,6 +191,12 @@ shards:
 				return errors.New("not ready")
 			})
 		}
+	}
+	startSyncer := func() {
+		t.Helper()
+		before := instances()
+		s.syncer = testenv.Start(t, "syncer", []string{filepath.Join(binDir, "syncer"), "--config", topo})
+		waitBoth(before)
 	}
 	startSyncer()
 
@@ -382,6 +392,26 @@ shards:
 		}
 		return nil
 	})
+	// Redis away when the syncer starts, and back empty: the syncer waits
+	// for it, then seeds the logical map from its file, which holds the
+	// moves made above; every ID still routes as it did.
+	s.stopSyncer()
+	if err := rdb.FlushAll(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	before := instances()
+	s.redis.Stop(t)
+	s.syncer = testenv.Start(t, "syncer", []string{filepath.Join(binDir, "syncer"), "--config", topo})
+	s.waitLog(20*time.Second, "logical map not seeded yet")
+	s.redis.Restart(t)
+	waitBoth(before)
+	s.waitLog(10*time.Second, "logical map seeded in Redis from its file")
+	if got := s.mustMapctl("logical", "list"); !strings.Contains(got, "\n5 shard3\n") || !strings.Contains(got, "\n7 shard1\n") {
+		t.Errorf("logical list after seeding from the file:\n%s", got)
+	}
+	for id, seq := range want {
+		s.mustRoute(id, seq[len(seq)-1])
+	}
 }
 
 func syncersOf(t *testing.T, store *maps.Store) []maps.SyncerState {

@@ -41,8 +41,12 @@ func (p pair) Status() syncer.Status {
 func (p pair) ShardCounts() map[string]int { return p.main.ShardCounts() }
 
 // runBoth runs both syncers until ctx is done or one of them fails; a
-// failure stops the other one too. It returns the first error.
-func runBoth(ctx context.Context, main, logical *syncer.Syncer) error {
+// failure stops the other one too. It returns the first error. Before the
+// logical syncer starts, seed fills an empty logical map in Redis; it is
+// retried (with a capped backoff, each failure logged) until it succeeds
+// or ctx is done, so a Redis that is away at start delays only the logical
+// map, as it delays the syncer itself.
+func runBoth(ctx context.Context, main, logical *syncer.Syncer, seed func(context.Context) error, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errs := make(chan error, 2)
@@ -54,7 +58,26 @@ func runBoth(ctx context.Context, main, logical *syncer.Syncer) error {
 		errs <- err
 	}
 	go run(main, "moved map")
-	go run(logical, "logical map")
+	go func() {
+		wait := 100 * time.Millisecond
+		for {
+			err := seed(ctx)
+			if err == nil {
+				break
+			}
+			log.Warn("logical map not seeded yet; trying again", "err", err, "in", wait)
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				errs <- nil
+				return
+			case <-t.C:
+			}
+			wait = min(2*wait, 5*time.Second)
+		}
+		run(logical, "logical map")
+	}()
 	first := <-errs
 	cancel()
 	second := <-errs

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -389,11 +390,8 @@ func (o *options) serve(cmd *cobra.Command) error {
 		}
 		return nil
 	}
-	if err := seedLogical(ctx, lstore, o.logicalMapFile, log); err != nil {
-		log.Error("syncer failed", "err", err)
-		return loggedError{err}
-	}
-	if err := runBoth(ctx, s, ls); err != nil {
+	seed := func(ctx context.Context) error { return seedLogical(ctx, lstore, o.logicalMapFile, log) }
+	if err := runBoth(ctx, s, ls, seed, log); err != nil {
 		log.Error("syncer failed", "err", err)
 		return loggedError{err}
 	}
