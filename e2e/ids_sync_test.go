@@ -210,6 +210,15 @@ shards:
 		t.Fatalf("logical init on a seeded Redis: exit %d: %s", code, errs)
 	}
 
+	// mapctl syncers lists both.
+	var listed struct {
+		Syncers []struct{ Name, State, Map string }
+	}
+	if err := json.Unmarshal([]byte(s.mustMapctl("syncers", "-o", "json")), &listed); err != nil || len(listed.Syncers) != 2 ||
+		listed.Syncers[0].Name != "e2e" || listed.Syncers[1].Name != "e2e:logical" || listed.Syncers[1].State != "ready" || listed.Syncers[1].Map != logicalPath {
+		t.Errorf("mapctl syncers: %+v %v", listed, err)
+	}
+
 	// /readyz covers both syncers.
 	var health struct {
 		Ready   bool `json:"ready"`
