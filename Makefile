@@ -67,8 +67,10 @@ lint:
 	$(GO) vet $(PKGS)
 
 ## demo: Redis, HAProxy with a generated config, demo backends and the syncer on loopback.
+## ROUTING=ids runs it in routing: ids (users get real IDs; docs/IDS.md).
+ROUTING ?= users
 demo: deps build
-	@bash scripts/demo.sh
+	@ROUTING=$(ROUTING) bash scripts/demo.sh
 
 clean:
 	rm -rf $(BIN)

@@ -133,3 +133,84 @@ func TestDemoInBrowser(t *testing.T) {
 	shot("user3-shard1.png")
 	t.Logf("screenshots in %s", shots)
 }
+
+// make demo ROUTING=ids, in the browser: user 3 logs in and gets a real ID
+// on a logical shard of shard3, which the page shows with its parts;
+// mapctl set ID moves that one ID, mapctl del ID brings it back.
+func TestDemoInBrowserIDs(t *testing.T) {
+	browser := chromium(t)
+	demo := testenv.Start(t, "demo", []string{"bash", "../scripts/demo.sh"}, "SHARDMAP_BIN="+binDir, "ROUTING=ids")
+	t.Cleanup(func() {
+		demo.Signal(syscall.SIGTERM)
+		if _, done := demo.Wait(20 * time.Second); !done {
+			t.Error("demo did not stop within 20 s of SIGTERM")
+		}
+	})
+	testenv.WaitFor(t, 30*time.Second, "make demo ROUTING=ids to come up", func() error {
+		if demo.Exited() {
+			t.Fatalf("demo exited:\n%s", demo.Output())
+		}
+		if !strings.Contains(demo.Output(), "shardmap demo is up in routing: ids") {
+			return fmt.Errorf("not up yet")
+		}
+		return nil
+	})
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true), chromedp.Flag("disable-quic", true),
+	)
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancel()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	step, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	text := func(id string) string {
+		t.Helper()
+		s, err := chromedp.Run(step, chromedp.Text(chromedp.ID(id)))
+		if err != nil {
+			t.Fatalf("read #%s: %v\ndemo output:\n%s", id, err, demo.Output())
+		}
+		return s
+	}
+	err := chromedp.Do(step,
+		chromedp.Navigate("http://127.0.0.1:7000/"),
+		chromedp.SendKeys(chromedp.ID("user"), "3"),
+		chromedp.SendKeys(chromedp.ID("password"), "sam"),
+		chromedp.Click(chromedp.ID("login")),
+		chromedp.WaitVisible(chromedp.ID("logout")),
+	)
+	if err != nil {
+		t.Fatalf("log in: %v\ndemo output:\n%s", err, demo.Output())
+	}
+	// "ID 5027...: made 2026-..., logical shard 4778, sequence 0"
+	parts := text("id")
+	id, _, ok := strings.Cut(strings.TrimPrefix(parts, "ID "), ":")
+	if !ok || !strings.Contains(parts, "logical shard 4778") {
+		t.Fatalf("#id %q: want the ID and logical shard 4778 (the middle of shard3's block)", parts)
+	}
+	if got := text("served"); !strings.HasPrefix(got, "user "+id+" on shard3") {
+		t.Fatalf("after login: %q, want user %s on shard3", got, id)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"set", id, "shard1", "--wait"}, "shard1"},
+		{[]string{"del", id, "--wait"}, "shard3"},
+	} {
+		if out, err := exec.Command(filepath.Join(binDir, "mapctl"), c.args...).CombinedOutput(); err != nil {
+			t.Fatalf("mapctl %v: %v %s", c.args, err, out)
+		}
+		if err := chromedp.Do(step, chromedp.Reload(), chromedp.WaitVisible(chromedp.ID("logout"))); err != nil {
+			t.Fatalf("reload: %v", err)
+		}
+		if got := text("served"); !strings.HasPrefix(got, "user "+id+" on "+c.want) {
+			t.Fatalf("after mapctl %v and a reload: %q, want on %s", c.args, got, c.want)
+		}
+	}
+}

@@ -43,14 +43,23 @@ type SyncerConfig struct {
 	// MapFile is the file the syncer writes; unset means Map. It differs
 	// from Map when the syncer sees HAProxy's file under another path (a
 	// container, a chroot).
-	MapFile   string `yaml:"map_file,omitempty"`
-	Redis     string `yaml:"redis,omitempty"`      // Redis URL; may hold a password
-	RedisCA   string `yaml:"redis_ca,omitempty"`   // PEM file of the CA that signed Redis's certificate
-	RedisCert string `yaml:"redis_cert,omitempty"` // PEM client certificate for Redis
-	RedisKey  string `yaml:"redis_key,omitempty"`  // PEM key of RedisCert
-	Prefix    string `yaml:"prefix,omitempty"`     // Redis key prefix
-	Listen    string `yaml:"listen,omitempty"`     // HOST:PORT for /healthz, /readyz and /metrics
-	Name      string `yaml:"name,omitempty"`       // how the syncer reports itself in Redis
+	MapFile string `yaml:"map_file,omitempty"`
+	// LogicalMap is the logical map of routing: ids as HAProxy knows it:
+	// when set, the syncer also keeps it equal to the logical map in Redis
+	// (maps.LogicalPrefix), with a second syncer. In a topology with
+	// routing: ids, unset means the topology's logical map, and a different
+	// value is an error; with routing: users it must be unset.
+	LogicalMap string `yaml:"logical_map,omitempty"`
+	// LogicalMapFile is the logical map file the syncer writes; unset means
+	// LogicalMap (as MapFile is to Map).
+	LogicalMapFile string `yaml:"logical_map_file,omitempty"`
+	Redis          string `yaml:"redis,omitempty"`      // Redis URL; may hold a password
+	RedisCA        string `yaml:"redis_ca,omitempty"`   // PEM file of the CA that signed Redis's certificate
+	RedisCert      string `yaml:"redis_cert,omitempty"` // PEM client certificate for Redis
+	RedisKey       string `yaml:"redis_key,omitempty"`  // PEM key of RedisCert
+	Prefix         string `yaml:"prefix,omitempty"`     // Redis key prefix
+	Listen         string `yaml:"listen,omitempty"`     // HOST:PORT for /healthz, /readyz and /metrics
+	Name           string `yaml:"name,omitempty"`       // how the syncer reports itself in Redis
 
 	FlushDelay     time.Duration `yaml:"flush_delay,omitempty"`
 	ReconcileEvery time.Duration `yaml:"reconcile_every,omitempty"`
@@ -79,7 +88,7 @@ func (c *SyncerConfig) Validate() error {
 		}
 		seen[a] = true
 	}
-	for _, p := range []struct{ name, v string }{{"map", c.Map}, {"map_file", c.MapFile}} {
+	for _, p := range []struct{ name, v string }{{"map", c.Map}, {"map_file", c.MapFile}, {"logical_map", c.LogicalMap}, {"logical_map_file", c.LogicalMapFile}} {
 		if p.v != "" && !cfgPath(p.v) {
 			return fmt.Errorf("%s %q: want an absolute path without blanks, quotes, '#', ',', ';', '(' or ')'", p.name, p.v)
 		}
@@ -88,6 +97,12 @@ func (c *SyncerConfig) Validate() error {
 		if p.v != "" && strings.ContainsAny(p.v, "\x00\r\n") {
 			return fmt.Errorf("%s %q: want a file path", p.name, p.v)
 		}
+	}
+	if c.LogicalMapFile != "" && c.LogicalMap == "" {
+		return errors.New("logical_map_file needs logical_map")
+	}
+	if c.LogicalMap != "" && c.LogicalMap == c.Map {
+		return fmt.Errorf("logical_map %q: must differ from map", c.LogicalMap)
 	}
 	if (c.RedisCert == "") != (c.RedisKey == "") {
 		return errors.New("redis_cert and redis_key go together: set both or neither")
@@ -373,6 +388,18 @@ func (t *Topology) resolveSyncer(dir string) error {
 	}
 	if len(s.Targets) == 0 && t.Socket != "" {
 		s.Targets = []string{t.Socket}
+	}
+	if t.Routing != RoutingIDs {
+		if s.LogicalMap != "" {
+			return bad("syncer logical_map %q: only for routing: ids (routing is %s)", s.LogicalMap, t.EffectiveRouting())
+		}
+		return nil
+	}
+	switch lm := t.EffectiveLogicalMap(); {
+	case s.LogicalMap == "":
+		s.LogicalMap = lm
+	case s.LogicalMap != lm:
+		return bad("syncer logical_map %q differs from the topology's logical map %q: haproxy.cfg and the syncer must name the same map (logical_map_file sets the file the syncer writes)", s.LogicalMap, lm)
 	}
 	return nil
 }

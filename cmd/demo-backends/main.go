@@ -4,12 +4,19 @@
 //
 // Server i listens on base-port+i and belongs to shard i/servers, as server
 // i%servers: with the defaults, shard0 is ports 8000-8002, shard5 8015-8017.
+//
+// With --ids (make demo ROUTING=ids) a user who logs in gets a real ID
+// (docs/IDS.md), made once by the generator script in Redis and kept there
+// (hash PREFIX:demo:ids, demo user -> ID): user u's ID is on a logical shard
+// in the middle of shard u%shards' block of the topology's spread, and the
+// cookie carries the ID. The page shows the ID and its parts.
 package main
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
 	"html/template"
@@ -21,6 +28,11 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/shardmap/shardmap/ids"
+	"github.com/shardmap/shardmap/maps"
 )
 
 const password = "sam"
@@ -30,6 +42,7 @@ var page = template.Must(template.New("page").Parse(`<!doctype html>
 {{if .User}}
 <h1>Hello, user {{.User}}</h1>
 <p id="served">user {{.User}} on {{.Shard}}, server {{.Server}}</p>
+{{with .ID}}<p id="id">ID {{.ID}}: made {{.Time}}, logical shard {{.Logical}}, sequence {{.Sequence}}</p>{{end}}
 <form method="post" action="/logout"><button id="logout">Log out</button></form>
 {{else}}
 <h1>shardmap demo: log in</h1>
@@ -48,6 +61,44 @@ type server struct {
 	shard   string
 	index   int
 	maxUser int
+	ids     *demoIDs // nil: the cookie is the user number
+}
+
+// demoIDs gives each demo user one real ID, kept in Redis.
+type demoIDs struct {
+	rdb    *redis.Client
+	gen    *ids.Generator
+	key    string // hash: demo user -> ID
+	shards int
+}
+
+// idFor returns user u's ID, making it on first use. Concurrent first
+// logins keep the first ID stored (HSETNX).
+func (d *demoIDs) idFor(ctx context.Context, u int) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	field := strconv.Itoa(u)
+	if id, err := d.rdb.HGet(ctx, d.key, field).Result(); err == nil {
+		return id, nil
+	} else if !errors.Is(err, redis.Nil) {
+		return "", fmt.Errorf("redis get the ID of user %d: %w", u, err)
+	}
+	n := d.gen.Layout().LogicalShards()
+	logical := (2*(u%d.shards) + 1) * n / (2 * d.shards) // the middle of shard u%shards' block
+	id, err := d.gen.New(ctx, logical)
+	if err != nil {
+		return "", fmt.Errorf("make an ID for user %d: %w", u, err)
+	}
+	if err := d.rdb.HSetNX(ctx, d.key, field, strconv.FormatInt(id, 10)).Err(); err != nil {
+		return "", fmt.Errorf("redis keep the ID of user %d: %w", u, err)
+	}
+	return d.rdb.HGet(ctx, d.key, field).Result()
+}
+
+// idParts is what the page shows of an ID.
+type idParts struct {
+	ID, Time          string
+	Logical, Sequence int
 }
 
 func (s server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -64,9 +115,17 @@ func (s server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			page.Execute(w, data)
 			return
 		}
+		value := strconv.Itoa(u)
+		if s.ids != nil {
+			if value, err = s.ids.idFor(r.Context(), u); err != nil {
+				slog.Error("demo login", "user", u, "err", err)
+				http.Error(w, "cannot make an ID: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
 		var sid [16]byte
 		rand.Read(sid[:])
-		http.SetCookie(w, &http.Cookie{Name: "user", Value: strconv.Itoa(u), Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode})
+		http.SetCookie(w, &http.Cookie{Name: "user", Value: value, Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode})
 		http.SetCookie(w, &http.Cookie{Name: "session", Value: hex.EncodeToString(sid[:]), Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode})
 		http.Redirect(w, r, "/", http.StatusSeeOther)
 		return
@@ -79,6 +138,11 @@ func (s server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if c, err := r.Cookie("user"); err == nil {
 		data["User"] = c.Value
+		if s.ids != nil {
+			if _, p, err := ids.Parse(c.Value); err == nil {
+				data["ID"] = idParts{ID: c.Value, Time: p.Time(ids.Default).Format(time.RFC3339Nano), Logical: p.Logical, Sequence: p.Sequence}
+			}
+		}
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("X-Served-By", fmt.Sprintf("%s/%d", s.shard, s.index))
@@ -93,9 +157,28 @@ func main() {
 		servers  = flag.Int("servers", 3, "servers per shard")
 		users    = flag.Int("users", 6, "users 0..N-1 may log in")
 		spare    = flag.String("spare", "", "also run one spare server, on the next port, for this shard (to try add-server)")
+		withIDs  = flag.Bool("ids", false, "routing: ids: give each user a real ID (made in Redis, docs/IDS.md) and put it in the cookie")
+		redisURL = flag.String("redis", "redis://127.0.0.1:6379/0", "Redis URL, with --ids")
+		prefix   = flag.String("prefix", maps.DefaultPrefix, "Redis key prefix, with --ids")
 	)
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	var demo *demoIDs
+	if *withIDs {
+		opt, err := redis.ParseURL(*redisURL)
+		if err != nil {
+			log.Error("demo backends: --redis", "err", err)
+			os.Exit(2)
+		}
+		rdb := redis.NewClient(opt)
+		defer rdb.Close()
+		gen, err := ids.NewGenerator(rdb, *prefix, ids.Default)
+		if err != nil {
+			log.Error("demo backends: ID generator", "err", err)
+			os.Exit(2)
+		}
+		demo = &demoIDs{rdb: rdb, gen: gen, key: *prefix + ":demo:ids", shards: *shards}
+	}
 	var srvs []*http.Server
 	n := *shards * *servers
 	if *spare != "" {
@@ -108,7 +191,7 @@ func main() {
 			log.Error("demo backend cannot listen", "addr", addr, "err", err)
 			os.Exit(1)
 		}
-		h := server{shard: fmt.Sprintf("shard%d", i / *servers), index: i % *servers, maxUser: *users - 1}
+		h := server{shard: fmt.Sprintf("shard%d", i / *servers), index: i % *servers, maxUser: *users - 1, ids: demo}
 		if i == *shards**servers { // the spare
 			h.shard, h.index = *spare, *servers
 		}

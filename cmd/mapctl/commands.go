@@ -25,6 +25,7 @@ type app struct {
 	timeout time.Duration
 	rdb     redis.UniversalClient
 	store   *maps.Store
+	logical *maps.Store // routing: ids' logical map (maps.LogicalPrefix)
 }
 
 // newRoot builds the command tree; the caller closes the app after Execute.
@@ -41,9 +42,17 @@ func newRoot() (*cobra.Command, *app) {
 			if cli.Housekeeping(cmd) { // version, help, completion: no Redis
 				return nil
 			}
+			if strings.HasSuffix(a.prefix, maps.LogicalSuffix) {
+				// The logical map's keys: only mapctl logical changes them,
+				// so that no entry is ever deleted.
+				return usagef("--prefix %q names the logical map's keys (it ends in %q); use mapctl logical, with the store's own prefix", a.prefix, maps.LogicalSuffix)
+			}
 			var err error
-			a.rdb, a.store, err = a.redis.Store(true, a.prefix)
-			return err
+			if a.rdb, a.store, err = a.redis.Store(true, a.prefix); err != nil {
+				return err
+			}
+			a.logical = maps.NewStore(a.rdb, maps.LogicalPrefix(a.prefix)).WithReplicaWait(a.redis.WaitReplicas, a.redis.WaitTimeout)
+			return nil
 		},
 	}
 	pf := root.PersistentFlags()
@@ -51,7 +60,7 @@ func newRoot() (*cobra.Command, *app) {
 	a.redis.AddWaitFlags(pf)
 	pf.StringVar(&a.prefix, "prefix", cli.Env(cli.EnvPrefix, maps.DefaultPrefix), "Redis key prefix (env "+cli.EnvPrefix+")")
 	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "how long a command, or --wait, may take")
-	root.AddCommand(a.setCmd(), a.getCmd(), a.delCmd(), a.listCmd(), a.importCmd(), a.exportCmd(), a.statusCmd(), a.configCmd(), a.shardCmd(), a.restoreCmd(), a.reconcileCmd(), a.syncersCmd(), a.idCmd())
+	root.AddCommand(a.setCmd(), a.getCmd(), a.delCmd(), a.listCmd(), a.importCmd(), a.exportCmd(), a.statusCmd(), a.configCmd(), a.shardCmd(), a.restoreCmd(), a.reconcileCmd(), a.syncersCmd(), a.idCmd(), a.logicalCmd())
 	cli.Conventions(root)
 	return root, a
 }
@@ -82,7 +91,10 @@ func (a *app) setCmd() *cobra.Command {
 	var wait, force bool
 	c := &cobra.Command{
 		Use:   "set USER SHARD",
-		Short: "Assign USER to SHARD (an HAProxy backend)",
+		Short: "Assign USER to SHARD (an HAProxy backend); in routing: ids, move the ID USER to SHARD",
+		Long: `set assigns USER to SHARD. In routing: ids (the logical map is in Redis, see
+mapctl logical), USER must be an ID (docs/IDS.md) and set moves it out of its
+logical shard to SHARD; mapctl del ID moves it back.`,
 		Example: `  mapctl set alice shard1
   mapctl set alice shard1 --wait --timeout 5s
   mapctl set bob shard9 --force`,
@@ -94,6 +106,9 @@ func (a *app) setCmd() *cobra.Command {
 			}
 			ctx, cancel := a.ctx(cmd)
 			defer cancel()
+			if err := a.checkKey(ctx, as[0]); err != nil {
+				return err
+			}
 			if !force {
 				if err := a.checkShards(ctx, []string{asg.Shard}); err != nil {
 					return err
@@ -141,7 +156,12 @@ func (a *app) checkShards(ctx context.Context, shards []string) error {
 // heartbeat lately: the change is stored but reaches no HAProxy for now. It
 // never fails the command (a failure to look is not reported either).
 func (a *app) warnNoSyncer(ctx context.Context, cmd *cobra.Command) {
-	all, err := a.store.Syncers(ctx)
+	a.warnNoSyncerIn(ctx, cmd, a.store)
+}
+
+// warnNoSyncerIn is warnNoSyncer for the syncers that report in store.
+func (a *app) warnNoSyncerIn(ctx context.Context, cmd *cobra.Command, store *maps.Store) {
+	all, err := store.Syncers(ctx)
 	if err != nil {
 		return
 	}
@@ -159,12 +179,19 @@ func (a *app) warnNoSyncer(ctx context.Context, cmd *cobra.Command) {
 // timeout its error names each syncer that lacks it, where it is and the
 // problem it reports.
 func (a *app) waitApplied(ctx context.Context, id string) error {
+	return a.waitAppliedIn(ctx, a.store, id)
+}
+
+// waitAppliedIn is waitApplied for the change-log ID id of store: it waits
+// for the syncers that report in store (each map's syncers report in its
+// own store, so a wait for one map never waits on the other's syncers).
+func (a *app) waitAppliedIn(ctx context.Context, store *maps.Store, id string) error {
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		all, err := a.store.Syncers(ctx)
+		all, err := store.Syncers(ctx)
 		if err != nil {
 			return err
 		}
@@ -257,13 +284,16 @@ func (a *app) delCmd() *cobra.Command {
 	var wait bool
 	c := &cobra.Command{
 		Use:   "del USER",
-		Short: "Remove USER's assignment (HAProxy then sends it to the default shard)",
+		Short: "Remove USER's assignment (HAProxy then sends it to the default shard; in routing: ids, an ID back to its logical shard's)",
 		Example: `  mapctl del alice
   mapctl del alice --wait`,
 		Args: args(1, "USER"),
 		RunE: func(cmd *cobra.Command, as []string) error {
 			ctx, cancel := a.ctx(cmd)
 			defer cancel()
+			if err := a.checkKey(ctx, as[0]); err != nil {
+				return err
+			}
 			id, found, err := a.store.Del(ctx, as[0])
 			if err != nil {
 				return err

@@ -52,6 +52,10 @@ type idJSON struct {
 	Sequence   int    `json:"sequence"`
 	Shard      string `json:"shard,omitempty"`
 	LogicalMap string `json:"logical_map,omitempty"`
+	// RoutedBy says where Shard comes from: "moved map" (the ID's own
+	// entry in Redis), "logical map" (its logical shard's entry in Redis)
+	// or "file" (LogicalMap).
+	RoutedBy string `json:"routed_by,omitempty"`
 }
 
 const idTime = "2006-01-02T15:04:05.000Z07:00"
@@ -125,14 +129,18 @@ func (a *app) idParseCmd() *cobra.Command {
 	)
 	c := &cobra.Command{
 		Use:   "parse ID",
-		Short: "Print an ID's time, logical shard and sequence, and with a logical map where it routes",
+		Short: "Print an ID's time, logical shard and sequence, and where it routes now",
 		Long: `parse prints what ID carries: when it was made, its logical shard and its
-sequence number. With --logical-map FILE (or --topology, whose logical map it
-reads) it also prints the shard that logical shard routes to in FILE; an ID
-moved on its own (an entry in the moved map) is not looked up. A string that
-is not an ID exits 2, naming the rule it breaks. Needs no Redis. With -o json
-it prints {"id" (a string), "time", "millis", "logical", "sequence", and with a
-logical map "shard" and "logical_map"}.`,
+sequence number, and where it routes now: its own entry in the moved map in
+Redis if it was moved, else its logical shard's entry in the logical map in
+Redis. With --logical-map FILE it reads the logical shard's shard from FILE
+instead (no Redis; moved IDs are not looked up); with --topology (the ID
+layout), from the topology's logical map file when Redis has no logical map.
+When Redis cannot be reached, the route is left out with a warning. A string
+that is not an ID exits 2, naming the rule it breaks. With -o json it prints
+{"id" (a string), "time", "millis", "logical", "sequence", and when known
+"shard", "routed_by" ("moved map", "logical map" or "file") and with a file
+"logical_map"}.`,
 		Example: `  mapctl id parse 1234567890123456789
   mapctl id parse 1234567890123456789 --logical-map /etc/haproxy/logical.map
   mapctl id parse 1234567890123456789 --topology /etc/shardmap/topology.yaml -o json`,
@@ -150,8 +158,14 @@ logical map "shard" and "logical_map"}.`,
 			if err != nil {
 				return usageError{Err: err}
 			}
-			if logicalMap == "" && topo != nil {
-				logicalMap = topo.EffectiveLogicalMap()
+			if logicalMap == "" {
+				ok, err := a.routeFromRedis(cmd, &d)
+				if err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: where it routes now is unknown: %v\n", err)
+				}
+				if !ok && topo != nil {
+					logicalMap = topo.EffectiveLogicalMap()
+				}
 			}
 			if logicalMap != "" {
 				m, err := haproxy.ReadLogicalMap(logicalMap, l.LogicalShards())
@@ -162,6 +176,7 @@ logical map "shard" and "logical_map"}.`,
 				}
 				d.LogicalMap = logicalMap
 				d.Shard = m[d.Logical] // "" when not listed: the default shard
+				d.RoutedBy = "file"
 			}
 			if *out == outJSON {
 				return writeJSON(cmd.OutOrStdout(), d)
@@ -176,6 +191,10 @@ logical map "shard" and "logical_map"}.`,
 			fmt.Fprintf(w, "logical\t%d\n", d.Logical)
 			fmt.Fprintf(w, "sequence\t%d\n", d.Sequence)
 			switch {
+			case d.RoutedBy == "moved map":
+				fmt.Fprintf(w, "routes to\t%s (moved on its own: its entry in the moved map in Redis)\n", d.Shard)
+			case d.RoutedBy == "logical map":
+				fmt.Fprintf(w, "routes to\t%s (logical shard %d in the logical map in Redis)\n", d.Shard, d.Logical)
 			case logicalMap == "":
 			case d.Shard == "":
 				fmt.Fprintf(w, "routes to\tthe default shard (logical shard %d is not in %s)\n", d.Logical, logicalMap)
@@ -212,4 +231,31 @@ func createLogicalMap(cmd *cobra.Command, t *haproxy.Topology) error {
 		fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: wrote %s: %d logical shards spread over %d shards\n", t.EffectiveLogicalMap(), t.IDLayout().LogicalShards(), len(t.Shards))
 	}
 	return nil
+}
+
+// routeFromRedis sets d's shard from Redis: the ID's own entry in the moved
+// map, else its logical shard's in the logical map. It reports false (and
+// no error) when Redis holds no logical map.
+func (a *app) routeFromRedis(cmd *cobra.Command, d *idJSON) (bool, error) {
+	ctx, cancel := a.ctx(cmd)
+	defer cancel()
+	on, err := a.idsMode(ctx)
+	if err != nil || !on {
+		return false, err
+	}
+	if sh, ok, err := a.store.Get(ctx, d.ID); err != nil {
+		return false, err
+	} else if ok {
+		d.Shard, d.RoutedBy = sh, "moved map"
+		return true, nil
+	}
+	sh, ok, err := a.logical.Get(ctx, strconv.Itoa(d.Logical))
+	if err != nil {
+		return false, err
+	}
+	if !ok {
+		return false, fmt.Errorf("logical shard %d is not in the logical map in Redis (prefix %s)", d.Logical, maps.LogicalPrefix(a.prefix))
+	}
+	d.Shard, d.RoutedBy = sh, "logical map"
+	return true, nil
 }

@@ -36,7 +36,13 @@ type syncerView struct {
 // problem; a standby syncer is none of these. It also returns how many
 // syncers were left out for being gone longer than retention.
 func (a *app) viewSyncers(ctx context.Context, lastID string, maxLag, retention time.Duration) ([]syncerView, int, error) {
-	all, err := a.store.Syncers(ctx)
+	return a.viewSyncersIn(ctx, a.store, lastID, maxLag, retention)
+}
+
+// viewSyncersIn is viewSyncers for the syncers that report in store,
+// judged against store's log (whose last ID is lastID).
+func (a *app) viewSyncersIn(ctx context.Context, store *maps.Store, lastID string, maxLag, retention time.Duration) ([]syncerView, int, error) {
+	all, err := store.Syncers(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -51,12 +57,12 @@ func (a *app) viewSyncers(ctx context.Context, lastID string, maxLag, retention 
 		}
 		var lagErr error
 		if !st.Standby && maps.CompareIDs(st.Applied, lastID) < 0 { // a standby applies nothing: no lag
-			v.Lag, lagErr = a.store.LagAfter(ctx, st.Applied)
+			v.Lag, lagErr = store.LagAfter(ctx, st.Applied)
 		}
 		for _, tg := range st.Targets {
 			var l maps.Lag
 			if !tg.Standby && maps.CompareIDs(tg.Applied, lastID) < 0 {
-				l, _ = a.store.LagAfter(ctx, tg.Applied) // unreadable: shown as not behind; the syncer's own lag says it
+				l, _ = store.LagAfter(ctx, tg.Applied) // unreadable: shown as not behind; the syncer's own lag says it
 			}
 			v.TargetLags = append(v.TargetLags, l)
 		}
@@ -211,7 +217,9 @@ func (a *app) syncersCmd() *cobra.Command {
 		Long: `syncers lists every syncer that reported to Redis within --retention: its name,
 state (ready, catching-up, standby, not-ready, behind, gone, unreadable), the
 last change it applied, how far behind the log it is, when it last reported,
-and the problem it reports. With -o json: {"syncers": [...], "hidden": N}.`,
+and the problem it reports. In routing: ids the logical map's syncers
+(NAME:logical) are listed too, judged against the logical map's log. With
+-o json: {"syncers": [...], "hidden": N}.`,
 		Example: `  mapctl syncers
   mapctl syncers --max-lag 2s -o json
   mapctl syncers prune --older-than 1h`,
@@ -227,6 +235,15 @@ and the problem it reports. With -o json: {"syncers": [...], "hidden": N}.`,
 			if err != nil {
 				return err
 			}
+			lastLogical, err := a.logical.LastLogID(ctx)
+			if err != nil {
+				return err
+			}
+			lvs, lhidden, err := a.viewSyncersIn(ctx, a.logical, lastLogical, maxLag, retention)
+			if err != nil {
+				return err
+			}
+			vs, hidden = append(vs, lvs...), hidden+lhidden
 			if hidden > 0 {
 				defer fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: %d syncers gone for over %s not listed; mapctl syncers prune deletes them\n", hidden, retention)
 			}

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -79,6 +80,7 @@ type options struct {
 	prefix, name, listen                  string
 	targets                               []string
 	mapName, mapFile                      string
+	logicalMap, logicalMapFile            string // routing: ids; empty: off
 	flush, reconcileEvery, runtimeTimeout time.Duration
 	replaceAbove, deltaMax                int
 	maxDeleteShare                        float64
@@ -136,6 +138,8 @@ or another live syncer already uses --name.`,
 	f.StringSliceVar(&o.targets, "socket", envList(cli.EnvSocket), "HAProxy Runtime API address at level admin: a unix socket path, unix@PATH, ipv4@HOST:PORT, ipv6@[HOST]:PORT or HOST:PORT; repeat or comma-separate for several (env "+cli.EnvSocket+", comma-separated)")
 	f.StringVar(&o.mapName, "map", cli.Env(cli.EnvMap, ""), "the map's path exactly as in haproxy.cfg (env "+cli.EnvMap+")")
 	f.StringVar(&o.mapFile, "map-file", cli.Env(envMapFile, ""), "the map file to write, where the syncer sees it (default: --map) (env "+envMapFile+")")
+	f.StringVar(&o.logicalMap, "logical-map", "", "routing: ids: also keep this logical map (its path as in haproxy.cfg) equal to the logical map in Redis, with a second syncer named NAME:logical (a routing: ids topology in --config sets it)")
+	f.StringVar(&o.logicalMapFile, "logical-map-file", "", "the logical map file to write, where the syncer sees it (default: --logical-map)")
 	f.StringVar(&o.name, "name", "", "name this syncer reports in Redis (default HOST:MAP)")
 	f.StringVar(&o.listen, "listen", "", "address for /healthz, /readyz, /metrics and the status page at /, e.g. 127.0.0.1:9477 (off when empty)")
 	f.DurationVar(&o.flush, "flush-delay", 200*time.Millisecond, "longest the map file lags the live map")
@@ -203,6 +207,20 @@ func (o *options) resolve(cmd *cobra.Command) error {
 	if o.mapFile == "" {
 		o.mapFile = o.mapName
 	}
+	if o.logicalMapFile != "" && o.logicalMap == "" {
+		return cli.Usagef("--logical-map-file needs --logical-map")
+	}
+	if o.logicalMap != "" {
+		if o.logicalMap == o.mapName {
+			return cli.Usagef("--logical-map %q: must differ from --map", o.logicalMap)
+		}
+		if o.logicalMapFile == "" {
+			o.logicalMapFile = o.logicalMap
+		}
+		if o.logicalMapFile == o.mapFile {
+			return cli.Usagef("--logical-map-file %q: must differ from the map file", o.logicalMapFile)
+		}
+	}
 	if o.name == "" {
 		host, _ := os.Hostname()
 		o.name = host + ":" + o.mapName
@@ -226,6 +244,8 @@ func (o *options) applyFile(changed func(flag string) bool, c *haproxy.SyncerCon
 	take("socket", cli.EnvSocket, len(c.Targets) > 0, func() { o.targets = append([]string(nil), c.Targets...) })
 	take("map", cli.EnvMap, c.Map != "", func() { o.mapName = c.Map })
 	take("map-file", envMapFile, c.MapFile != "", func() { o.mapFile = c.MapFile })
+	take("logical-map", "", c.LogicalMap != "", func() { o.logicalMap = c.LogicalMap })
+	take("logical-map-file", "", c.LogicalMapFile != "", func() { o.logicalMapFile = c.LogicalMapFile })
 	take("name", "", c.Name != "", func() { o.name = c.Name })
 	take("listen", "", c.Listen != "", func() { o.listen = c.Listen })
 	take("flush-delay", "", c.FlushDelay != 0, func() { o.flush = c.FlushDelay })
@@ -246,6 +266,17 @@ func syncerConfig(o options) (syncer.Config, error) {
 		Name: o.name, MapName: o.mapName, MapFile: o.mapFile, Targets: o.targets, FlushDelay: o.flush, ReplaceAbove: o.replaceAbove, DeltaMax: o.deltaMax, Logger: o.log,
 		MaxDeleteShare: o.maxDeleteShare, ReconcileEvery: o.reconcileEvery, FileMode: o.mode,
 	}, nil
+}
+
+// logicalConfig is the configuration of the second syncer of routing: ids,
+// which keeps the logical map: cfg's with the logical map's name and file,
+// the name NAME:logical, and no metrics (the Metrics series are per target,
+// which both syncers share; its status is exported by its own collector).
+func logicalConfig(o options, cfg syncer.Config) syncer.Config {
+	cfg.Name = o.name + maps.LogicalSuffix
+	cfg.MapName, cfg.MapFile = o.logicalMap, o.logicalMapFile
+	cfg.Metrics = nil
+	return cfg
 }
 
 // singleDashLong rewrites "-flag" and "-flag=value", which the standard flag
@@ -297,6 +328,19 @@ func (o *options) serve(cmd *cobra.Command) error {
 	if err != nil {
 		return cli.UsageError{Err: err}
 	}
+	// routing: ids: a second syncer keeps the logical map.
+	var ls *syncer.Syncer
+	var lstore *maps.Store
+	if o.logicalMap != "" {
+		lstore = maps.NewStore(rdb, maps.LogicalPrefix(o.prefix))
+		if ls, err = syncer.New(logicalConfig(*o, cfg), lstore, dial); err != nil {
+			return cli.UsageError{Err: fmt.Errorf("logical map: %w", err)}
+		}
+	}
+	src := statusSource(s)
+	if ls != nil {
+		src = pair{main: s, logical: ls}
+	}
 
 	ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -308,6 +352,9 @@ func (o *options) serve(cmd *cobra.Command) error {
 		for range hup {
 			log.Info("SIGHUP: checking HAProxy and looking for drift now")
 			s.Kick()
+			if ls != nil {
+				ls.Kick()
+			}
 		}
 	}()
 	if o.listen != "" {
@@ -318,13 +365,26 @@ func (o *options) serve(cmd *cobra.Command) error {
 		if err := registerCollectors(reg, s, o.mapName); err != nil {
 			return fmt.Errorf("metrics: %w", err)
 		}
-		page := &statusPage{name: o.name, mapPath: o.mapName, targets: o.targets, s: s, log: store, logger: log, build: cli.ReadBuild()}
-		srv := &http.Server{Handler: handler(s, reg, page), ReadHeaderTimeout: 5 * time.Second}
+		if ls != nil {
+			if err := reg.Register(newStatusCollector(ls, o.logicalMap)); err != nil {
+				return fmt.Errorf("metrics: %w", err)
+			}
+		}
+		page := &statusPage{name: o.name, mapPath: o.mapName, targets: o.targets, s: src, log: store, logger: log, build: cli.ReadBuild()}
+		srv := &http.Server{Handler: handler(src, reg, page), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(ln)
 		defer srv.Close()
 	}
-	log.Info("syncer starting", "name", o.name, "targets", o.targets, "map", o.mapName, "map_file", o.mapFile, "config", o.config, "prefix", o.prefix, "redis", cli.RedactURL(o.redis.URL))
-	if err := s.Run(ctx); err != nil {
+	log.Info("syncer starting", "name", o.name, "targets", o.targets, "map", o.mapName, "map_file", o.mapFile, "logical_map", o.logicalMap, "logical_map_file", o.logicalMapFile, "config", o.config, "prefix", o.prefix, "redis", cli.RedactURL(o.redis.URL))
+	if ls == nil {
+		if err := s.Run(ctx); err != nil {
+			log.Error("syncer failed", "err", err)
+			return loggedError{err}
+		}
+		return nil
+	}
+	seed := func(ctx context.Context) error { return seedLogical(ctx, lstore, o.logicalMapFile, log) }
+	if err := runBoth(ctx, s, ls, seed, log); err != nil {
 		log.Error("syncer failed", "err", err)
 		return loggedError{err}
 	}
@@ -335,6 +395,10 @@ func (o *options) serve(cmd *cobra.Command) error {
 // loaded and the last step succeeded), both with the status as JSON
 // (syncer.Status's snake_case fields), /metrics for Prometheus from reg,
 // and the status page at /.
+//
+// In routing: ids (s a pair) the JSON also has the logical map syncer's
+// status under "logical", and the top level's ready, state and problem
+// cover both syncers (see pair.Status).
 func handler(s statusSource, reg *prometheus.Registry, page http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -344,7 +408,12 @@ func handler(s statusSource, reg *prometheus.Registry, page http.Handler) http.H
 		if !ok {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
-		json.NewEncoder(w).Encode(s.Status())
+		h := health{Status: s.Status()}
+		if p, ok := s.(pair); ok {
+			l := p.logical.Status()
+			h.Logical = &l
+		}
+		json.NewEncoder(w).Encode(h)
 	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { write(w, true) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { write(w, s.Status().Ready) })

@@ -288,3 +288,53 @@ func TestSyncerConfigTargets(t *testing.T) {
 		t.Errorf("TLS files %+v, want the file's CA and the flag's cert", o.redis.TLS)
 	}
 }
+
+// A routing: ids topology as --config runs the second syncer: the logical
+// map (the topology's) as its map and file, named NAME:logical, with the
+// same targets; --logical-map does it without a topology. Without either,
+// there is no second syncer.
+func TestLogicalSyncerFromTopology(t *testing.T) {
+	topo := writeFile(t, "topology.yaml", `default_shard: s0
+routing: ids
+map: /etc/haproxy/moved.map
+frontend: 127.0.0.1:7000
+stats: 127.0.0.1:8404
+socket: /run/haproxy/admin.sock
+shards: {s0: {servers: [{addr: "127.0.0.1:8000"}]}}
+syncer: {name: lb1}
+`)
+	o, err := resolved(t, nil, "--config", topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.logicalMap != "/etc/haproxy/logical.map" || o.logicalMapFile != "/etc/haproxy/logical.map" {
+		t.Fatalf("logical map from the topology: %q, file %q", o.logicalMap, o.logicalMapFile)
+	}
+	cfg, err := syncerConfig(*o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := logicalConfig(*o, cfg)
+	if l.Name != "lb1:logical" || l.MapName != "/etc/haproxy/logical.map" || l.MapFile != "/etc/haproxy/logical.map" ||
+		!slices.Equal(l.Targets, cfg.Targets) || cfg.MapName != "/etc/haproxy/moved.map" {
+		t.Errorf("logical syncer config %+v (main %+v)", l, cfg)
+	}
+	o, err = resolved(t, nil, "--socket", "/s", "--map", "/m/moved.map", "--logical-map", "/m/logical.map", "--logical-map-file", "/f/logical.map")
+	if err != nil || o.logicalMap != "/m/logical.map" || o.logicalMapFile != "/f/logical.map" {
+		t.Errorf("flags: %+v, %v", o, err)
+	}
+	o, err = resolved(t, nil, "--socket", "/s", "--map", "/m/users.map")
+	if err != nil || o.logicalMap != "" {
+		t.Errorf("no logical map: %q, %v", o.logicalMap, err)
+	}
+	for _, args := range [][]string{
+		{"--socket", "/s", "--map", "/m/a.map", "--logical-map", "/m/a.map"},
+		{"--socket", "/s", "--map", "/m/a.map", "--logical-map-file", "/m/l.map"},
+		{"--socket", "/s", "--map", "/m/a.map", "--logical-map", "/m/l.map", "--logical-map-file", "/m/a.map"},
+	} {
+		var u cli.UsageError
+		if _, err := resolved(t, nil, args...); !errors.As(err, &u) {
+			t.Errorf("%v: err = %v, want a usage error", args, err)
+		}
+	}
+}

@@ -182,3 +182,45 @@ func TestMetricsEndpointNames(t *testing.T) {
 		}
 	}
 }
+
+// routing: ids: /readyz is ready only when both syncers are; the logical
+// map syncer's status is under "logical", and the top level says which
+// part of it fails.
+func TestReadyzCoversTheLogicalSyncer(t *testing.T) {
+	ready := syncer.Status{Ready: true, State: "ready"}
+	main := &stubSyncer{st: ready}
+	logical := &stubSyncer{st: syncer.Status{State: "haproxy", Problem: "haproxy: connection refused"}}
+	srv := httptest.NewServer(handler(pair{main: main, logical: logical}, prometheus.NewRegistry(), http.NotFoundHandler()))
+	t.Cleanup(srv.Close)
+	var body struct {
+		Ready   bool   `json:"ready"`
+		State   string `json:"state"`
+		Problem string `json:"problem"`
+		Logical *struct {
+			Ready bool   `json:"ready"`
+			State string `json:"state"`
+		} `json:"logical"`
+	}
+	read := func(wantCode int) {
+		t.Helper()
+		code, _, b := get(t, srv.URL+"/readyz")
+		if code != wantCode {
+			t.Fatalf("/readyz %d, want %d: %s", code, wantCode, b)
+		}
+		body.Logical = nil
+		if err := json.Unmarshal([]byte(b), &body); err != nil || body.Logical == nil {
+			t.Fatalf("/readyz: %v: %s", err, b)
+		}
+	}
+	read(503)
+	if body.Ready || body.State != "haproxy" || body.Problem != "logical map: haproxy: connection refused" || body.Logical.Ready {
+		t.Errorf("logical syncer not ready: %+v %+v", body, *body.Logical)
+	}
+	logical.mu.Lock()
+	logical.st = ready
+	logical.mu.Unlock()
+	read(200)
+	if !body.Ready || !body.Logical.Ready {
+		t.Errorf("both ready: %+v %+v", body, *body.Logical)
+	}
+}
