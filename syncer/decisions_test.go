@@ -219,7 +219,9 @@ func newLoop(t *testing.T, hash, live map[string]string) (*Syncer, *fakeStore, *
 		rt.live[k] = v
 	}
 	logs := &logCapture{}
-	s, err := New(Config{Name: "t", MapName: t.TempDir() + "/users.map", Targets: []string{"/run/test.sock"}, MaxDeleteShare: DefaultMaxDeleteShare,
+	// No heartbeat renews the lease in these tests: a long one outlives them
+	// under -race.
+	s, err := New(Config{Name: "t", MapName: t.TempDir() + "/users.map", Targets: []string{"/run/test.sock"}, MaxDeleteShare: DefaultMaxDeleteShare, ClaimTTL: time.Hour,
 		Logger: slog.New(slog.NewTextHandler(logs, nil))}, st, dialFake(rt))
 	if err != nil {
 		t.Fatal(err)

@@ -3,7 +3,6 @@ package syncer
 import (
 	"context"
 	"fmt"
-	"iter"
 	"strconv"
 	"strings"
 
@@ -89,82 +88,8 @@ func (t *target) mapNames() []string {
 	return []string{t.s.cfg.MapName}
 }
 
-// liveMaps is what a target's live maps hold: the base, and the delta that
-// HAProxy consults first.
-type liveMaps struct {
-	base, delta           map[string]string
-	baseLines, deltaLines int // entries listed, duplicates included
-}
-
-// readLive reads the target's live maps.
-func (t *target) readLive(ctx context.Context) (liveMaps, error) {
-	var l liveMaps
-	var err error
-	if l.base, l.baseLines, err = t.dumpMap(ctx, t.s.cfg.MapName); err != nil {
-		return l, err
-	}
-	l.delta = map[string]string{}
-	if t.hasDelta {
-		if l.delta, l.deltaLines, err = t.dumpMap(ctx, shardmaps.DeltaPath(t.s.cfg.MapName)); err != nil {
-			return l, err
-		}
-	}
-	return l, nil
-}
-
-// get is what a request for user is routed by: the delta's entry, else the
-// base's.
-func (l liveMaps) get(user string) (string, bool) {
-	if v, ok := l.delta[user]; ok {
-		return v, true
-	}
-	v, ok := l.base[user]
-	return v, ok
-}
-
-// keys lists every user either map holds, once.
-func (l liveMaps) keys() iter.Seq[string] {
-	return func(yield func(string) bool) {
-		for k := range l.delta {
-			if !yield(k) {
-				return
-			}
-		}
-		for k := range l.base {
-			if _, dup := l.delta[k]; dup {
-				continue
-			}
-			if !yield(k) {
-				return
-			}
-		}
-	}
-}
-
-// len is the number of users the maps route.
-func (l liveMaps) len() int {
-	n := len(l.base)
-	for k := range l.delta {
-		if _, ok := l.base[k]; !ok {
-			n++
-		}
-	}
-	return n
-}
-
-func (l liveMaps) duplicates() bool {
-	return l.baseLines != len(l.base) || l.deltaLines != len(l.delta)
-}
-
-func (l liveMaps) deltaKeys() map[string]struct{} {
-	out := make(map[string]struct{}, len(l.delta))
-	for k := range l.delta {
-		out[k] = struct{}{}
-	}
-	return out
-}
-
-func keysEqual(a map[string]struct{}, b map[string]string) bool {
+// sameSet reports whether a and b hold the same keys.
+func sameSet(a, b map[string]struct{}) bool {
 	if len(a) != len(b) {
 		return false
 	}

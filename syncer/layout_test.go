@@ -130,3 +130,47 @@ func TestDeltaFullSyncRepairsStaleDelta(t *testing.T) {
 	}
 	_ = maps.ZeroID
 }
+
+// The state moves on while a full sync reads the live map (the reader
+// publishes changes meanwhile): the users it changed are looked at again,
+// so the live map ends as the state says at the end, not at the start.
+func TestFullSyncWhileStateMoves(t *testing.T) {
+	for _, delta := range []bool{false, true} {
+		t.Run(fmt.Sprint("delta=", delta), func(t *testing.T) {
+			hash := users(20_000, "s1")
+			live := users(20_000, "s1")
+			live["u5"] = "s9" // drift the full sync must repair
+			s, st, rt, _ := newLoop(t, hash, live)
+			if delta {
+				rt.delta = map[string]string{"u6": "s8"}
+			}
+			ctx := context.Background()
+			if err := s.load(ctx); err != nil {
+				t.Fatal(err)
+			}
+			rt.midDump = func() {
+				// Compared already or not yet: either way the end must hold.
+				for i := 0; i < 20_000; i += 997 {
+					st.set(fmt.Sprintf("u%d", i), "s2")
+				}
+				st.del("u7")
+				st.set("brand-new", "s3")
+				_, applied, _ := s.state.position()
+				changes, _, err := st.ReadLog(ctx, applied, 1000, 0)
+				if err != nil {
+					t.Error(err)
+				}
+				s.publish(changes)
+			}
+			if err := s.targets[0].fullSync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if !equalMaps(routes(rt), stateMap(s)) {
+				t.Fatalf("live maps differ from the state after a full sync during which it moved")
+			}
+			if s.targets[0].seq != s.state.seq {
+				t.Fatalf("target at seq %d, state at %d", s.targets[0].seq, s.state.seq)
+			}
+		})
+	}
+}

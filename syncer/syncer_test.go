@@ -22,6 +22,7 @@ type fakeRuntime struct {
 	delta    map[string]string // nil: HAProxy has no delta map
 	version  string            // show info's Version ("2.6.12" when empty)
 	mapName  string            // the base map's name, for Maps
+	midDump  func()            // called once, half-way through a dump of the base
 	applied  [][]runtime.Op
 	replaced int
 	failAt   int // Apply fails after this many replies when > 0
@@ -97,7 +98,13 @@ func (f *fakeRuntime) Maps(context.Context) ([]runtime.MapStatus, error) {
 	return ms, nil
 }
 func (f *fakeRuntime) Dump(_ context.Context, name string, fn func(k, v string) error) error {
-	for k, v := range f.mapOf(name) {
+	m := f.mapOf(name)
+	i := 0
+	for k, v := range m {
+		if i++; i == len(m)/2 && f.midDump != nil && !isDelta(name) {
+			f.midDump()
+			f.midDump = nil
+		}
 		if err := fn(k, v); err != nil {
 			return err
 		}

@@ -194,72 +194,35 @@ func (t *target) fullSync(ctx context.Context) error {
 			t.log.Warn("cleared uncommitted map versions left by an interrupted load", "map", m, "entries", n)
 		}
 	}
-	live, err := t.readLive(ctx)
+	maxEdits := s.cfg.ReplaceAbove + 1
+	if t.useDelta {
+		maxEdits += s.cfg.DeltaMax
+	}
+	c, err := t.compare(ctx, maxEdits, true)
 	if err != nil {
 		return fail(kindHAProxy, err)
 	}
-	var (
-		edits                   []edit
-		deletes, n              int
-		missing, extra, changed int
-		baseDels                int
-	)
-	s.state.read(func(v view) {
-		n = v.len()
-		for k := range live.keys() {
-			want, has := v.get(k)
-			cur, _ := live.get(k)
-			_, inBase := live.base[k]
-			_, inDelta := live.delta[k]
-			switch {
-			case !has:
-				edits = append(edits, edit{user: k, inBase: inBase, inDelta: inDelta})
-				deletes++
-				extra++
-				if inBase {
-					baseDels++
-				}
-			case want != cur:
-				edits = append(edits, edit{user: k, shard: want, inBase: inBase, inDelta: inDelta})
-				changed++
-			}
-		}
-		v.each(func(u, sh string) {
-			if _, ok := live.get(u); !ok {
-				edits = append(edits, edit{user: u, shard: sh})
-				missing++
-			}
-		})
-	})
-	if err := t.guard(ctx, deletes, live.len(), n); err != nil {
+	if err := t.guard(ctx, c.extra, c.liveLen, c.n); err != nil {
 		return err
 	}
-	deltaAfter := len(live.delta)
-	for _, e := range edits {
-		if _, in := live.delta[e.user]; !in && e.shard != "" {
-			deltaAfter++
-		}
-	}
 	how := "diff"
-	var seq uint64
-	var logID string
+	seq, logID := c.seq, c.logID
+	t.deltaKeys = c.delta
 	switch {
-	case live.duplicates() || len(live.delta) > 0 && !t.useDelta || t.tooMuch(len(edits), baseDels, deltaAfter):
+	case c.duplicates || len(c.delta) > 0 && !t.useDelta || c.overflow || t.tooMuch(len(c.edits), c.baseDels, c.deltaAfter):
 		how = "fold"
 		why := reasonLargeBatch
-		if live.duplicates() {
+		if c.duplicates {
 			why = reasonDuplicates
 		}
-		t.deltaKeys = live.deltaKeys()
 		seq, logID, err = t.fold(ctx, why)
 	default:
-		s.state.read(func(v view) { seq, logID = v.seq(), v.logID() })
-		t.deltaKeys = live.deltaKeys()
-		err = t.send(ctx, edits)
+		err = t.send(ctx, c.edits)
 	}
 	if err != nil {
 		return fail(kindHAProxy, err)
 	}
+	n, missing, extra, changed := c.n, c.missing, c.extra, c.changed
 	s.cfg.Metrics.fullSynced(t.addr)
 	t.seq, t.applied, t.needFull, t.gen = seq, logID, false, gen
 	t.inSync.Store(true)
@@ -561,56 +524,25 @@ func (t *target) checkLive(ctx context.Context) error {
 	}
 	start := time.Now()
 	t.lastLive = start
-	live, err := t.readLive(ctx)
-	if err != nil {
-		return fail(kindHAProxy, err)
-	}
-	var (
-		wrong            []edit
-		unknown, missing int
-		reach            bool
-	)
-	s.state.read(func(v view) {
-		var touched map[string]bool
-		if touched, reach = v.touchedAfter(t.seq); !reach {
-			return
-		}
-		for k := range live.keys() {
-			if touched[k] {
-				continue
-			}
-			want, has := v.get(k)
-			cur, _ := live.get(k)
-			_, inBase := live.base[k]
-			_, inDelta := live.delta[k]
-			switch {
-			case !has:
-				unknown++
-			case want != cur:
-				wrong = append(wrong, edit{user: k, shard: want, inBase: inBase, inDelta: inDelta})
-			}
-		}
-		v.each(func(u, _ string) {
-			if _, ok := live.get(u); !ok && !touched[u] {
-				missing++
-			}
-		})
-	})
+	c, err := t.compare(ctx, s.cfg.ReplaceAbove+1, false)
 	took := time.Since(start)
-	s.updateTarget(t, func(st *TargetStatus) { st.DriftChecks++; st.DriftLiveTook = took })
-	if !reach {
+	if errors.Is(err, errMovedOn) {
 		t.doubt(reasonBehind)
 		return nil
 	}
-	sameKeys := unknown == 0 && missing == 0 && !live.duplicates() && keysEqual(t.deltaKeys, live.delta)
-	if sameKeys && len(wrong) == 0 {
+	if err != nil {
+		return fail(kindHAProxy, err)
+	}
+	s.updateTarget(t, func(st *TargetStatus) { st.DriftChecks++; st.DriftLiveTook = took })
+	sameKeys := c.extra == 0 && c.missing == 0 && !c.duplicates && sameSet(t.deltaKeys, c.delta)
+	if sameKeys && len(c.edits) == 0 && !c.overflow {
 		return nil
 	}
-	t.log.Warn("drift: live map edited outside shardmap, putting it back", "wrong_value", len(wrong), "unknown_keys", unknown,
-		"missing_keys", missing, "duplicates", live.duplicates())
-	s.updateTarget(t, func(st *TargetStatus) { st.Drift += int64(max(len(wrong)+unknown+missing, 1)) })
-	if sameKeys && len(wrong) <= s.cfg.ReplaceAbove {
-		if err := t.send(ctx, wrong); err != nil {
+	t.log.Warn("drift: live map edited outside shardmap, putting it back", "wrong_value", c.changed, "unknown_keys", c.extra,
+		"missing_keys", c.missing, "duplicates", c.duplicates)
+	s.updateTarget(t, func(st *TargetStatus) { st.Drift += int64(max(c.changed+c.extra+c.missing, 1)) })
+	if sameKeys && !c.overflow && len(c.edits) <= s.cfg.ReplaceAbove {
+		if err := t.send(ctx, c.edits); err != nil {
 			t.doubt(reasonDoubt)
 			return fail(kindHAProxy, err)
 		}
