@@ -31,6 +31,33 @@ func chromium(t *testing.T) string {
 	return ""
 }
 
+// browserStep starts headless Chromium (the binary at path) for the test,
+// stopped at its end, and returns a context of 60 s for the test's steps.
+// The first call, which starts the browser, carries no timeout.
+func browserStep(t *testing.T, path string) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(path),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-quic", true),
+	)
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelCtx := chromedp.NewContext(actx)
+	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
+		cancelCtx()
+		cancelAlloc()
+		t.Fatalf("start chromium: %v", err)
+	}
+	step, cancelStep := context.WithTimeout(ctx, 60*time.Second)
+	t.Cleanup(func() { cancelStep(); cancelCtx(); cancelAlloc() })
+	return step
+}
+
 // The demo, driven as a person would: make demo's script brings the stack up
 // on its fixed loopback ports; headless Chromium logs in as user 3, reads
 // which shard served the page, mapctl moves user 3, a reload shows the new
@@ -60,27 +87,7 @@ func TestDemoInBrowser(t *testing.T) {
 	t.Logf("demo up in %s", time.Since(start).Round(100*time.Millisecond))
 
 	shots := t.TempDir()
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(browser),
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-quic", true),
-	)
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancel()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	// The first call starts the browser; it must not carry a timeout. Each
-	// later step runs under one.
-	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	step, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
+	step := browserStep(t, browser)
 
 	served := func() string {
 		t.Helper()
@@ -155,20 +162,7 @@ func TestDemoInBrowserIDs(t *testing.T) {
 		}
 		return nil
 	})
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
-		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true), chromedp.Flag("disable-quic", true),
-	)
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancel()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	step, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
+	step := browserStep(t, browser)
 	text := func(id string) string {
 		t.Helper()
 		s, err := chromedp.Run(step, chromedp.Text(chromedp.ID(id)))

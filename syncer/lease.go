@@ -308,16 +308,11 @@ func leaseTarget(socket, mapPath string) (string, error) {
 			id = append(id, "boot="+bootID())
 		}
 	} else if socket != "" {
-		dir, name := filepath.Split(filepath.Clean(socket))
-		fi, err := os.Stat(filepath.Clean(dir))
+		dir, name, err := inDir(socket)
 		if err != nil {
 			return "", err
 		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok {
-			return "", fmt.Errorf("stat %s: no device and inode", dir)
-		}
-		id = append(id, "boot="+bootID(), fmt.Sprintf("dir=%d:%d", st.Dev, st.Ino), "socket="+name)
+		id = append(id, dir, "socket="+name)
 	}
 	sum := sha256.Sum256([]byte(strings.Join(id, "\n")))
 	return hex.EncodeToString(sum[:12]), nil
@@ -334,15 +329,26 @@ var bootID = sync.OnceValue(func() string {
 // syncer on the machine that writes it whatever path it uses: the boot ID,
 // the device and inode of its directory and its name.
 func fileIdent(path string) (string, error) {
-	dir, name := filepath.Split(filepath.Clean(path))
-	fi, err := os.Stat(filepath.Clean(dir))
+	dir, name, err := inDir(path)
 	if err != nil {
 		return "", err
 	}
+	sum := sha256.Sum256([]byte(strings.Join([]string{"file=" + name, dir}, "\n")))
+	return "file-" + hex.EncodeToString(sum[:12]), nil
+}
+
+// inDir names the directory of path by the boot ID and its device and
+// inode (stable while the directory exists, whatever path reaches it), and
+// returns path's base name.
+func inDir(path string) (dir, name string, err error) {
+	d, name := filepath.Split(filepath.Clean(path))
+	fi, err := os.Stat(filepath.Clean(d))
+	if err != nil {
+		return "", "", err
+	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
-		return "", fmt.Errorf("stat %s: no device and inode", dir)
+		return "", "", fmt.Errorf("stat %s: no device and inode", d)
 	}
-	sum := sha256.Sum256([]byte(strings.Join([]string{"file=" + name, "boot=" + bootID(), fmt.Sprintf("dir=%d:%d", st.Dev, st.Ino)}, "\n")))
-	return "file-" + hex.EncodeToString(sum[:12]), nil
+	return fmt.Sprintf("boot=%s\ndir=%d:%d", bootID(), st.Dev, st.Ino), name, nil
 }
