@@ -168,29 +168,11 @@ func (m *Metrics) swapped(target, reason string, err error) {
 	m.swaps.WithLabelValues(target, reason).Inc()
 }
 
-// applied observes, for each change (bad entries, without Op, skipped),
-// now minus the time in its ID: Redis's clock when the change was logged
-// against this host's clock when the call that made it live returned. The
-// two clocks differ by their skew (NTP keeps it to milliseconds); a
-// negative difference is observed as 0.
-func (m *Metrics) applied(target string, changes []maps.Change, now time.Time) {
-	if m == nil {
-		return
-	}
-	h := m.applyLatency.WithLabelValues(target)
-	for _, c := range changes {
-		if c.Op == "" {
-			continue
-		}
-		ms, _, ok := maps.ParseID(c.ID)
-		if !ok {
-			continue
-		}
-		h.Observe(max(0, now.Sub(time.UnixMilli(int64(min(ms, 1<<62)))).Seconds()))
-	}
-}
-
-// appliedAt is applied for changes known by their IDs' millisecond times.
+// appliedAt observes, for each change applied from the log (msTimes: the
+// millisecond time in each one's ID, Redis's clock when it was logged), now
+// minus that time: against this host's clock when the call that made it
+// live returned. The two clocks differ by their skew (NTP keeps it to
+// milliseconds); a negative difference is observed as 0.
 func (m *Metrics) appliedAt(target string, msTimes []int64, now time.Time) {
 	if m == nil || len(msTimes) == 0 {
 		return

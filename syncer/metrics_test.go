@@ -302,7 +302,6 @@ func TestNilMetrics(t *testing.T) {
 	m.needFull("t", reasonGap)
 	m.fullSynced("t")
 	m.swapped("t", reasonDrift, nil)
-	m.applied("t", []maps.Change{set("1-0", "u", "s")}, time.Now())
 	m.appliedAt("t", []int64{1}, time.Now())
 	m.measureLag(ctx, "t", newFakeStore(nil), maps.ZeroID, false)
 	m.flushed("f", time.Now())

@@ -1,7 +1,6 @@
 package syncer
 
 import (
-	"sort"
 	"sync"
 
 	"github.com/shardmap/shardmap/maps"
@@ -306,13 +305,4 @@ func (st *state) mapFile() maps.MapFile {
 		mf.Entries = append(mf.Entries, maps.Assignment{User: u, Shard: st.shards[i]})
 	}
 	return mf
-}
-
-// sortedShards is the shard table's names, sorted (for tests and logs).
-func (st *state) sortedShards() []string {
-	st.mu.RLock()
-	defer st.mu.RUnlock()
-	s := append([]string(nil), st.shards...)
-	sort.Strings(s)
-	return s
 }
