@@ -149,7 +149,8 @@ func (st *state) since(seq uint64) (bs []*batch, ok bool, next <-chan struct{}) 
 	if len(st.ring) == 0 || seq+1 < st.ring[0].seq || seq > st.seq {
 		return nil, false, st.notify
 	}
-	return st.ring[seq+1-st.ring[0].seq:], true, st.notify
+	// A copy: publish trims the ring in place while the target applies.
+	return append([]*batch(nil), st.ring[seq+1-st.ring[0].seq:]...), true, st.notify
 }
 
 // pendingAfter counts the changes published after seq, -1 when seq is out
