@@ -203,9 +203,12 @@ func (t *target) fullSync(ctx context.Context) error {
 		deletes, n              int
 		missing, extra, changed int
 		baseDels                int
+		seq                     uint64 // the state's position the diff is against
+		logID                   string
 	)
 	s.state.read(func(v view) {
 		n = v.len()
+		seq, logID = v.seq(), v.logID()
 		for k := range live.keys() {
 			want, has := v.get(k)
 			cur, _ := live.get(k)
@@ -241,8 +244,6 @@ func (t *target) fullSync(ctx context.Context) error {
 		}
 	}
 	how := "diff"
-	var seq uint64
-	var logID string
 	switch {
 	case live.duplicates() || len(live.delta) > 0 && !t.useDelta || t.tooMuch(len(edits), baseDels, deltaAfter):
 		how = "fold"
@@ -253,7 +254,6 @@ func (t *target) fullSync(ctx context.Context) error {
 		t.deltaKeys = live.deltaKeys()
 		seq, logID, err = t.fold(ctx, why)
 	default:
-		s.state.read(func(v view) { seq, logID = v.seq(), v.logID() })
 		t.deltaKeys = live.deltaKeys()
 		err = t.send(ctx, edits)
 	}
