@@ -2,6 +2,7 @@ package syncer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -98,5 +99,83 @@ func TestFullSyncDoesNotSkipBatchPublishedMeanwhile(t *testing.T) {
 	follow(t, s)
 	if rt.live["u1"] != "s2" || !equalMaps(rt.live, stateMap(s)) {
 		t.Fatalf("u1 routes to %q after the full sync and what followed it, state says s2: the batch was lost", rt.live["u1"])
+	}
+}
+
+// A reload of the state while a target reads its live map: the full sync
+// that follows checked the new state, so the map file may be written from
+// it (it was never written again: the target recorded the load before).
+func TestFullSyncDuringReloadAllowsFile(t *testing.T) {
+	fs := newFakeStore(users(10, "s1"))
+	frt := &fakeRuntime{live: users(10, "s1")}
+	rt := &hookRuntime{fakeRuntime: frt}
+	s, err := New(Config{Name: "t", MapName: t.TempDir() + "/users.map", Targets: []string{"/run/test.sock"},
+		MaxDeleteShare: DefaultMaxDeleteShare, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, fs, dialFake(rt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	frt.mapName = s.cfg.MapName
+	ctx := context.Background()
+	tg := s.targets[0]
+	if !tg.holdLease(ctx) {
+		t.Fatal("no lease")
+	}
+	if err := s.load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rt.onDump = func() {
+		rt.onDump = nil
+		fs.set("u1", "s2")
+		if err := s.load(ctx); err != nil { // the reader reloads (a gap, a count drift)
+			t.Fatal(err)
+		}
+	}
+	if err := tg.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if bs, ok, _ := s.state.since(tg.seq); !ok || len(bs) != 0 {
+		t.Fatalf("target not at the state after its full sync: ok %v, %d batches behind", ok, len(bs))
+	}
+	if !s.fileAllowed(ctx) {
+		t.Fatal("the target reconciled with the state's current load, yet the map file may not be written")
+	}
+}
+
+// A large batch folds (a swap of the whole map to the state). If the
+// reader reloaded the state meanwhile (Redis came back empty), the swap must
+// not install the reloaded state: only a full sync, behind the delete
+// guard, may.
+func TestFoldAfterReloadKeepsDeleteGuard(t *testing.T) {
+	s, st, rt, _ := newLoop(t, users(1000, "s1"), users(1000, "s1"))
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tg := s.targets[0]
+	for i := 0; i < 100; i++ { // past ReplaceAbove: a fold
+		st.set(fmt.Sprintf("u%d", i), "s2")
+	}
+	_, applied, _ := s.state.position()
+	changes, _, _ := st.ReadLog(ctx, applied, 1000, 0)
+	s.publish(changes)
+	bs, ok, _ := s.state.since(tg.seq)
+	if !ok || len(bs) == 0 {
+		t.Fatal("nothing to apply")
+	}
+	// Redis loses its data (FLUSHALL) and the reader reloads, while the
+	// target holds the batch.
+	st.mu.Lock()
+	st.hash, st.log = map[string]string{}, nil
+	st.mu.Unlock()
+	if err := s.load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tg.apply(ctx, bs) // an error is fine: the target then doubts and full-syncs behind the guard
+	if len(rt.live) < 1000 {
+		t.Fatalf("the live map went from 1000 to %d entries without the delete guard", len(rt.live))
+	}
+	tg.needFull = true
+	if err := tg.fullSync(ctx); err == nil || !errors.Is(err, errRefused) {
+		t.Fatalf("full sync against an emptied Redis: %v, want refused", err)
 	}
 }

@@ -40,6 +40,7 @@ const ringMax = 200_000
 type state struct {
 	mu      sync.RWMutex
 	loaded  bool
+	gen     uint64 // reloads of the state
 	seq     uint64 // the last batch published (or reload)
 	logID   string
 	users   map[string]int32
@@ -87,6 +88,7 @@ func (st *state) reload(entries map[string]string, logID string) {
 		st.counts[i]++
 	}
 	st.loaded = true
+	st.gen++
 	st.seq++
 	st.logID = logID
 	st.ring, st.ringLen = nil, 0
@@ -190,6 +192,7 @@ func (v view) get(user string) (string, bool) {
 }
 func (v view) len() int             { return len(v.st.users) }
 func (v view) seq() uint64          { return v.st.seq }
+func (v view) gen() uint64          { return v.st.gen }
 func (v view) logID() string        { return v.st.logID }
 func (v view) shard(i int32) string { return v.st.shards[i] }
 
@@ -233,6 +236,13 @@ func (st *state) read(fn func(v view)) {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
 	fn(view{st})
+}
+
+// generation counts the reloads of the state.
+func (st *state) generation() uint64 {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	return st.gen
 }
 
 // isLoaded reports whether a snapshot of Redis was loaded.

@@ -175,8 +175,7 @@ type Syncer struct {
 	fileOK     atomic.Bool // the map file was written once since the start
 
 	shardsWarn atomic.Bool   // the shards key is unusable; warned once
-	gen        atomic.Uint64 // reloads of the state; ...
-	synced     atomic.Uint64 // ... and the last one a target reconciled with
+	synced     atomic.Uint64 // the last reload of the state (state.gen) a target reconciled with
 
 	claims claims // the name (lease.go); shared with the heartbeat
 
@@ -308,7 +307,6 @@ func (s *Syncer) load(ctx context.Context) error {
 	if err != nil {
 		return fail(kindRedis, err)
 	}
-	s.gen.Add(1)
 	s.state.reload(snap.Entries, snap.LogID)
 	s.badInHash = snap.Skipped
 	s.needLoad = false
@@ -349,7 +347,7 @@ func (s *Syncer) targetSynced(gen uint64) {
 // the state's current load (a Redis that came back empty must not empty the
 // file before the delete guard saw it), and only by the file lease's holder.
 func (s *Syncer) fileAllowed(ctx context.Context) bool {
-	return s.synced.Load() == s.gen.Load() && s.holdFileLease(ctx)
+	return s.synced.Load() == s.state.generation() && s.holdFileLease(ctx)
 }
 
 // takeForced takes a human's one-time permission to delete past the guard;
@@ -403,7 +401,7 @@ func (s *Syncer) readStep(ctx context.Context) error {
 	}
 	s.file.collect(s, ctx)
 	wait := s.file.bound(s, s.cfg.Heartbeat)
-	if !s.fileActive.Load() && s.synced.Load() == s.gen.Load() && s.fileLease.holder() == "" {
+	if !s.fileActive.Load() && s.synced.Load() == s.state.generation() && s.fileLease.holder() == "" {
 		wait = min(wait, 10*time.Millisecond) // a target just accepted the state: take the file's lease and write it
 	}
 	if s.drift.scanning() {
