@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"testing"
+	"time"
 
+	"github.com/shardmap/shardmap/internal/testenv"
 	"github.com/shardmap/shardmap/maps"
 )
 
@@ -177,5 +180,88 @@ func TestFoldAfterReloadKeepsDeleteGuard(t *testing.T) {
 	tg.needFull = true
 	if err := tg.fullSync(ctx); err == nil || !errors.Is(err, errRefused) {
 		t.Fatalf("full sync against an emptied Redis: %v, want refused", err)
+	}
+}
+
+// Redis comes back empty: the delete guard refuses to empty the live map,
+// and the map file must not be emptied either, even when the syncer stops
+// meanwhile (its final flush wrote the reloaded, empty state).
+func TestStopAfterRefusedReloadKeepsFile(t *testing.T) {
+	fs := newFakeStore(users(100, "s1"))
+	rt := &fakeRuntime{live: users(100, "s1")}
+	s, err := New(Config{Name: "t", MapName: t.TempDir() + "/users.map", Targets: []string{"/run/test.sock"},
+		Heartbeat: 50 * time.Millisecond, ClaimTTL: 5 * time.Second, FlushDelay: time.Millisecond,
+		MaxDeleteShare: DefaultMaxDeleteShare, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, fs, dialFake(rt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt.mapName = s.cfg.MapName
+	fs.set("u1", "s1") // a log entry, so that emptying Redis makes a gap
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	testenv.WaitFor(t, 10*time.Second, "the syncer ready, the map file written", func() error {
+		if st := s.Status(); !st.Ready || st.FileWritten.IsZero() {
+			return fmt.Errorf("state %s, problem %q", st.State, st.Problem)
+		}
+		return nil
+	})
+	fs.mu.Lock()
+	fs.hash, fs.log = map[string]string{}, nil // FLUSHALL
+	fs.mu.Unlock()
+	testenv.WaitFor(t, 10*time.Second, "the delete guard refusing", func() error {
+		if st := s.Status(); st.Refused == 0 {
+			return fmt.Errorf("refused %d, state %s", st.Refused, st.State)
+		}
+		return nil
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	done <- nil
+	mf, err := maps.ReadMapFile(s.cfg.MapFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mf.Entries) != 100 {
+		t.Fatalf("the map file holds %d entries after the stop, want the 100 the guard kept", len(mf.Entries))
+	}
+}
+
+// The same for the drift check of the map file: a file edited by hand while
+// the guard refuses a reloaded, empty state is not rewritten from it.
+func TestFileDriftAfterRefusedReloadKeepsFile(t *testing.T) {
+	s, st, _, _ := newLoop(t, users(100, "s1"), users(100, "s1"))
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !s.fileActive.Load() {
+		t.Fatal("the map file was not written")
+	}
+	st.mu.Lock()
+	st.hash = map[string]string{} // FLUSHALL
+	st.mu.Unlock()
+	if err := s.load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.targets[0].fullSync(ctx); !errors.Is(err, errRefused) {
+		t.Fatalf("full sync: %v, want refused", err)
+	}
+	f, err := os.OpenFile(s.cfg.MapFile, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("handmade s1\n")
+	f.Close()
+	s.checkFile(ctx)
+	mf, err := maps.ReadMapFile(s.cfg.MapFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mf.Entries) < 100 {
+		t.Fatalf("the map file holds %d entries, want the 100 the guard kept", len(mf.Entries))
 	}
 }

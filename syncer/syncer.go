@@ -260,7 +260,10 @@ func (s *Syncer) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if s.fileActive.Load() {
+	// Only a state a target accepted (the delete guard) is written: a
+	// reload from an emptied Redis that the guard refused must not reach
+	// the file on the way out.
+	if s.fileActive.Load() && s.synced.Load() == s.state.generation() {
 		if err := s.file.flushNow(s); err != nil {
 			return fmt.Errorf("syncer: final flush: %w", err)
 		}
