@@ -267,6 +267,9 @@ func (s *Syncer) Run(ctx context.Context) error {
 		if err := s.file.flushNow(s); err != nil {
 			return fmt.Errorf("syncer: final flush: %w", err)
 		}
+	} else if s.file.writing { // started while allowed: let it end
+		s.file.writing = false
+		s.file.done(s, context.Background(), <-s.file.written)
 	}
 	s.report(context.Background(), true)
 	_, logID, n := s.state.position()
