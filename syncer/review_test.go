@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -263,5 +264,65 @@ func TestFileDriftAfterRefusedReloadKeepsFile(t *testing.T) {
 	}
 	if len(mf.Entries) < 100 {
 		t.Fatalf("the map file holds %d entries, want the 100 the guard kept", len(mf.Entries))
+	}
+}
+
+// A map file in a directory that does not exist (a typo in --map-file):
+// the syncer cannot take the file's lease, so it never writes the file nor
+// becomes ready; its status must say why instead of "starting" forever.
+func TestMapFileDirMissingIsAProblem(t *testing.T) {
+	fs := newFakeStore(users(3, "s1"))
+	rt := &fakeRuntime{live: users(3, "s1")}
+	file := t.TempDir() + "/no/such/dir/users.map"
+	s, err := New(Config{Name: "t", MapName: "/etc/haproxy/users.map", MapFile: file, Targets: []string{"/run/test.sock"},
+		MaxDeleteShare: DefaultMaxDeleteShare, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, fs, dialFake(rt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt.mapName = s.cfg.MapName
+	ctx := context.Background()
+	if !s.targets[0].holdLease(ctx) {
+		t.Fatal("no lease")
+	}
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.setLoopProblem(ctx, nil)
+	st := s.Status()
+	if st.Ready || !strings.Contains(st.Problem, file) {
+		t.Fatalf("status %s, problem %q: want not ready, naming %s", st.State, st.Problem, file)
+	}
+}
+
+// A write of the map file failed, then another syncer took the file's
+// lease and writes it: the old failure is not this syncer's state any more
+// (it was not ready for good, as no write of its own would clear it).
+func TestFileFailureThenLeaseLostIsNotAProblem(t *testing.T) {
+	s, st, _, _ := newLoop(t, users(3, "s1"), nil)
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	good := s.file.path
+	s.file.path = "/nonexistent-dir/users.map"
+	s.file.markDirty()
+	if err := s.file.flushNow(s); err == nil {
+		t.Fatal("write to a missing directory succeeded")
+	}
+	s.file.path = good
+	// This syncer paused past the lease's lifetime; another took the file.
+	s.fileLease.mu.Lock()
+	key := s.fileLease.key
+	s.fileLease.at = time.Time{}
+	s.fileLease.mu.Unlock()
+	st.mu.Lock()
+	st.claims[key] = "other"
+	st.mu.Unlock()
+	if s.fileAllowed(ctx) {
+		t.Fatal("file allowed while another syncer holds its lease")
+	}
+	s.setLoopProblem(ctx, nil)
+	if got := s.Status(); !got.Ready {
+		t.Fatalf("status %s (%q): want ready, another syncer writes the file", got.State, got.Problem)
 	}
 }
