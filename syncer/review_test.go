@@ -326,3 +326,19 @@ func TestFileFailureThenLeaseLostIsNotAProblem(t *testing.T) {
 		t.Fatalf("status %s (%q): want ready, another syncer writes the file", got.State, got.Problem)
 	}
 }
+
+// One HAProxy named twice in two spellings would get two target
+// goroutines of one syncer, both holding its lease (same holder) and both
+// writing its live map: refused like a target given twice.
+func TestSameTargetInTwoSpellingsIsRefused(t *testing.T) {
+	for _, pair := range [][2]string{
+		{"/run/haproxy/admin.sock", "unix@/run/haproxy/admin.sock"},
+		{"127.0.0.1:9999", "ipv4@127.0.0.1:9999"},
+	} {
+		_, err := New(Config{Name: "t", MapName: "/m.map", Targets: pair[:], Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
+			newFakeStore(nil), dialFake(&fakeRuntime{}))
+		if err == nil || !strings.Contains(err.Error(), pair[1]) {
+			t.Errorf("targets %q: err %v, want one naming %q as given twice", pair, err, pair[1])
+		}
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,12 +109,19 @@ func (c *Config) defaults() error {
 	if c.Name == "" || c.MapName == "" || len(c.Targets) == 0 {
 		return errors.New("syncer: Name, MapName and at least one target are required")
 	}
-	seen := map[string]bool{}
+	seen := map[string]string{}
 	for _, a := range c.Targets {
-		if seen[a] {
-			return fmt.Errorf("syncer: target %q given twice", a)
+		key := a // one HAProxy in two spellings (PATH and unix@PATH) is given twice too
+		if network, addr, err := runtime.ParseAddress(a); err == nil {
+			if network == "unix" {
+				addr = filepath.Clean(addr)
+			}
+			key = network + " " + addr
 		}
-		seen[a] = true
+		if first, dup := seen[key]; dup {
+			return fmt.Errorf("syncer: target %q given twice (as %q too)", a, first)
+		}
+		seen[key] = a
 	}
 	if c.MapFile == "" {
 		c.MapFile = c.MapName
