@@ -393,3 +393,38 @@ func TestEmptyTargetAcceptingReloadKeepsFile(t *testing.T) {
 		t.Fatalf("the map file holds %d entries, want the 100 target a's guard kept", len(mf.Entries))
 	}
 }
+
+// A target's state change is logged with its position, which its own
+// goroutine updates meanwhile (go test -race).
+func TestTargetStateLogDoesNotRace(t *testing.T) {
+	fs := newFakeStore(nil)
+	s, err := New(Config{Name: "t", MapName: "/m.map", Targets: []string{"/run/a.sock", "/run/b.sock"},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, fs, dialFake(&fakeRuntime{live: map[string]string{}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	tg := s.targets[0]
+	tg.active.Store(true)
+	tg.inSync.Store(true)
+	done, stop := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			s.updateTarget(tg, func(st *TargetStatus) { st.Applied = fmt.Sprintf("%d-0", i) })
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	for i := range 2000 {
+		if i%2 == 0 {
+			tg.setProblem(ctx, fail(kindHAProxy, errors.New("down")))
+		} else {
+			tg.setProblem(ctx, nil) // "target ready", with its log_id
+		}
+	}
+}
