@@ -428,3 +428,28 @@ func TestTargetStateLogDoesNotRace(t *testing.T) {
 		}
 	}
 }
+
+// A syncer stopped while it waits for its name (held by a running syncer)
+// never held it: it must not report under it (its "starting" report
+// replaced the running one's until that one's next heartbeat).
+func TestStopWhileWaitingForNameDoesNotReport(t *testing.T) {
+	fs := newFakeStore(nil)
+	fs.claims["name:t"] = "other-instance"
+	s, err := New(Config{Name: "t", MapName: "/m.map", Targets: []string{"/run/a.sock"},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, fs, dialFake(&fakeRuntime{live: map[string]string{}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	cancel() // while it waits (or before it starts to)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if len(fs.reports) > 0 {
+		t.Fatalf("reported under a name it never held: %+v", fs.reports[0])
+	}
+}

@@ -251,6 +251,10 @@ func (s *Syncer) Run(ctx context.Context) error {
 	if err := s.claimName(ctx); err != nil {
 		return err
 	}
+	if ctx.Err() != nil {
+		s.releaseClaims() // if it took the name just then
+		return nil        // stopped while waiting for its name: nothing to report under it
+	}
 	hbCtx, stopHB := context.WithCancel(ctx)
 	hbDone := make(chan struct{})
 	go func() { defer close(hbDone); s.heartbeat(hbCtx) }()
