@@ -96,6 +96,29 @@ func ParseMapFile(r io.Reader) (MapFile, error) {
 	return mf, errors.Join(errs...)
 }
 
+// CountMapFile counts the entry lines of the map file at path (lines that
+// are neither blank nor comments), reading it as a stream; 0 and no error
+// when there is no file.
+func CountMapFile(path string) (int, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	n := 0
+	for sc.Scan() {
+		if t := strings.TrimSpace(sc.Text()); t != "" && t[0] != '#' {
+			n++
+		}
+	}
+	return n, sc.Err()
+}
+
 // ReadMapFile parses the map file at path.
 func ReadMapFile(path string) (MapFile, error) {
 	f, err := os.Open(path)

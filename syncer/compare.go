@@ -21,8 +21,8 @@ type comparison struct {
 	missing, extra, changed, baseDels, deltaAfter int
 	duplicates                                    bool // a map lists a key twice
 	delta                                         map[string]struct{}
-	liveLen                                       int // users the live maps route
-	seq                                           uint64
+	liveLen                                       int    // users the live maps route
+	seq, gen                                      uint64 // the state's position and load the result holds at
 	logID                                         string
 	n                                             int // users in the state
 }
@@ -181,7 +181,7 @@ func (t *target) compare(ctx context.Context, maxEdits int, resendTouched bool) 
 			c.missing++
 			addEdit(edit{user: u, shard: sh})
 		})
-		c.seq, c.logID, c.n = v.seq(), v.logID(), v.len()
+		c.seq, c.gen, c.logID, c.n = v.seq(), v.gen(), v.logID(), v.len()
 	})
 	if !reach {
 		return c, errMovedOn

@@ -433,6 +433,9 @@ func TestDriftLiveMap(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, _, rt, _ := newLoop(t, users(200_000, "s1"), nil)
+			// No heartbeat renews the lease here: at 200k entries under -race
+			// on a busy machine the steps outlast its default lifetime.
+			s.cfg.ClaimTTL = time.Hour
 			ctx := context.Background()
 			if err := s.fullSync(ctx); err != nil {
 				t.Fatal(err)

@@ -173,8 +173,8 @@ func (s *Syncer) checkFile(ctx context.Context) {
 	s.mu.Lock()
 	failing := s.fileErr != nil
 	s.mu.Unlock()
-	if failing || !s.fileActive.Load() {
-		return // the file's own state retries it, with backoff
+	if failing || !s.fileActive.Load() || !s.loadAccepted(ctx) {
+		return // the file's own state retries it, with backoff; or no target accepted the state yet
 	}
 	if st := stampOf(f.path); !f.writing && st != f.stamp && !f.stamp.zero() {
 		s.log.Warn("drift: map file changed outside shardmap, rewriting it", "file", f.path)

@@ -159,9 +159,10 @@ func (t *target) send(ctx context.Context, edits []edit) error {
 
 // fold swaps the base map for the state as it is now and then, if HAProxy
 // has a delta map, the delta for an empty one; it returns the position the
-// maps hold then. why is the swap's reason in the metrics.
-func (t *target) fold(ctx context.Context, why string) (uint64, string, error) {
-	seq, logID, err := t.swap(ctx)
+// maps hold then. why is the swap's reason in the metrics; gen is the
+// state's load the delete guard checked (see swap).
+func (t *target) fold(ctx context.Context, why string, gen uint64) (uint64, string, error) {
+	seq, logID, err := t.swap(ctx, gen)
 	t.s.cfg.Metrics.swapped(t.addr, why, err)
 	if err != nil {
 		return 0, "", err

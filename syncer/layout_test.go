@@ -174,3 +174,12 @@ func TestFullSyncWhileStateMoves(t *testing.T) {
 		})
 	}
 }
+
+// reload installs entries as a load of Redis at logID (for tests).
+func (st *state) reload(entries map[string]string, logID string) {
+	l := newLoading(len(entries))
+	for u, sh := range entries {
+		l.add(u, sh)
+	}
+	st.install(l, logID)
+}

@@ -263,6 +263,16 @@ func (s *Syncer) holdFileLease(ctx context.Context) bool {
 		s.fileActive.Store(false)
 		s.log.Warn("lost the map file's lease: another syncer writes it", "holder", s.fileLease.holder())
 	}
+	if !s.fileActive.Load() {
+		// Not the file's writer: an old write's failure is not this
+		// syncer's state; a file whose lease cannot even be named (its
+		// directory is missing) is.
+		_, err := s.fileLease.ident()
+		if err != nil {
+			err = fmt.Errorf("map file %s: %w", s.cfg.MapFile, err)
+		}
+		s.setFileProblem(ctx, err)
+	}
 	return s.fileActive.Load()
 }
 

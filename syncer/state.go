@@ -39,6 +39,7 @@ const ringMax = 200_000
 type state struct {
 	mu      sync.RWMutex
 	loaded  bool
+	gen     uint64 // reloads of the state
 	seq     uint64 // the last batch published (or reload)
 	logID   string
 	users   map[string]int32
@@ -122,6 +123,7 @@ func (st *state) install(l *loading, logID string) {
 		st.counts[i]++
 	}
 	st.loaded = true
+	st.gen++
 	st.seq++
 	st.logID = logID
 	st.ring, st.ringLen = nil, 0
@@ -184,7 +186,8 @@ func (st *state) since(seq uint64) (bs []*batch, ok bool, next <-chan struct{}) 
 	if len(st.ring) == 0 || seq+1 < st.ring[0].seq || seq > st.seq {
 		return nil, false, st.notify
 	}
-	return st.ring[seq+1-st.ring[0].seq:], true, st.notify
+	// A copy: publish trims the ring in place while the target applies.
+	return append([]*batch(nil), st.ring[seq+1-st.ring[0].seq:]...), true, st.notify
 }
 
 // pendingAfter counts the changes published after seq, -1 when seq is out
@@ -224,6 +227,7 @@ func (v view) get(user string) (string, bool) {
 }
 func (v view) len() int             { return len(v.st.users) }
 func (v view) seq() uint64          { return v.st.seq }
+func (v view) gen() uint64          { return v.st.gen }
 func (v view) logID() string        { return v.st.logID }
 func (v view) shard(i int32) string { return v.st.shards[i] }
 
@@ -267,6 +271,13 @@ func (st *state) read(fn func(v view)) {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
 	fn(view{st})
+}
+
+// generation counts the reloads of the state.
+func (st *state) generation() uint64 {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	return st.gen
 }
 
 // isLoaded reports whether a snapshot of Redis was loaded.

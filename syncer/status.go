@@ -171,6 +171,7 @@ func (s *Syncer) setProblems(ctx context.Context, change func()) {
 	type tchange struct {
 		t                   *target
 		before, after, prob string
+		applied             string // its position, read under s.mu for the log line
 	}
 	var tcs []tchange
 	for _, t := range s.targets {
@@ -180,7 +181,7 @@ func (s *Syncer) setProblems(ctx context.Context, change func()) {
 		}
 		ta, tp := t.stateLocked()
 		if ta != tb {
-			tcs = append(tcs, tchange{t, tb, ta, tp})
+			tcs = append(tcs, tchange{t, tb, ta, tp, t.status.Applied})
 		} else {
 			t.shownProb = tp
 		}
@@ -225,7 +226,7 @@ func (s *Syncer) setProblems(ctx context.Context, change func()) {
 		}
 		switch {
 		case tc.after == stateReady:
-			tc.t.log.Info("target ready", "was", tc.before, "log_id", tc.t.status.Applied)
+			tc.t.log.Info("target ready", "was", tc.before, "log_id", tc.applied)
 		case tc.after == stateStandby || tc.after == stateStarting:
 			tc.t.log.Info("target "+tc.after, "was", tc.before)
 		default:

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -110,12 +111,19 @@ func (c *Config) defaults() error {
 	if c.Name == "" || c.MapName == "" || len(c.Targets) == 0 {
 		return errors.New("syncer: Name, MapName and at least one target are required")
 	}
-	seen := map[string]bool{}
+	seen := map[string]string{}
 	for _, a := range c.Targets {
-		if seen[a] {
-			return fmt.Errorf("syncer: target %q given twice", a)
+		key := a // one HAProxy in two spellings (PATH and unix@PATH) is given twice too
+		if network, addr, err := runtime.ParseAddress(a); err == nil {
+			if network == "unix" {
+				addr = filepath.Clean(addr)
+			}
+			key = network + " " + addr
 		}
-		seen[a] = true
+		if first, dup := seen[key]; dup {
+			return fmt.Errorf("syncer: target %q given twice (as %q too)", a, first)
+		}
+		seen[key] = a
 	}
 	if c.MapFile == "" {
 		c.MapFile = c.MapName
@@ -167,18 +175,18 @@ type Syncer struct {
 	targets  []*target
 
 	// Owned by the Run goroutine (the reader).
-	needLoad   bool
-	loadWhy    atomic.Value // string: why the state was last loaded (a metrics reason)
-	badInHash  int          // invalid entries in the hash at the last snapshot
-	drift      driftScan    // the periodic drift check of Redis (drift.go)
-	file       mapFile      // the map file writer (mapfile.go)
-	fileLease  lease
-	fileActive atomic.Bool // holds the map file's lease and writes it (read by the heartbeat)
-	fileOK     atomic.Bool // the map file was written once since the start
+	needLoad     bool
+	loadWhy      atomic.Value // string: why the state was last loaded (a metrics reason)
+	badInHash    int          // invalid entries in the hash at the last snapshot
+	drift        driftScan    // the periodic drift check of Redis (drift.go)
+	file         mapFile      // the map file writer (mapfile.go)
+	fileLease    lease
+	fileActive   atomic.Bool // holds the map file's lease and writes it (read by the heartbeat)
+	fileOK       atomic.Bool // the map file was written once since the start
+	fileGuardGen uint64      // the state's load the file's guard let through (loadAccepted)
 
 	shardsWarn atomic.Bool   // the shards key is unusable; warned once
-	gen        atomic.Uint64 // reloads of the state; ...
-	synced     atomic.Uint64 // ... and the last one a target reconciled with
+	synced     atomic.Uint64 // the last reload of the state (state.gen) a target reconciled with
 
 	claims claims // the name (lease.go); shared with the heartbeat
 
@@ -246,6 +254,10 @@ func (s *Syncer) Run(ctx context.Context) error {
 	if err := s.claimName(ctx); err != nil {
 		return err
 	}
+	if ctx.Err() != nil {
+		s.releaseClaims() // if it took the name just then
+		return nil        // stopped while waiting for its name: nothing to report under it
+	}
 	hbCtx, stopHB := context.WithCancel(ctx)
 	hbDone := make(chan struct{})
 	go func() { defer close(hbDone); s.heartbeat(hbCtx) }()
@@ -263,10 +275,16 @@ func (s *Syncer) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if s.fileActive.Load() {
+	// Only a state a target accepted (the delete guard) is written: a
+	// reload from an emptied Redis that the guard refused must not reach
+	// the file on the way out.
+	if s.fileActive.Load() && s.loadAccepted(context.Background()) {
 		if err := s.file.flushNow(s); err != nil {
 			return fmt.Errorf("syncer: final flush: %w", err)
 		}
+	} else if s.file.writing { // started while allowed: let it end
+		s.file.writing = false
+		s.file.done(s, context.Background(), <-s.file.written)
 	}
 	s.report(context.Background(), true)
 	_, logID, n := s.state.position()
@@ -326,7 +344,6 @@ func (s *Syncer) load(ctx context.Context) error {
 	if err != nil {
 		return fail(kindRedis, err)
 	}
-	s.gen.Add(1)
 	s.state.install(l, logID)
 	s.badInHash = skipped
 	s.needLoad = false
@@ -363,11 +380,49 @@ func (s *Syncer) targetSynced(gen uint64) {
 	}
 }
 
-// fileAllowed: the file is written from the state once a target accepted
-// the state's current load (a Redis that came back empty must not empty the
-// file before the delete guard saw it), and only by the file lease's holder.
+// fileAllowed: the file is written from the state once the state's current
+// load was accepted (loadAccepted), and only by the file lease's holder.
 func (s *Syncer) fileAllowed(ctx context.Context) bool {
-	return s.synced.Load() == s.gen.Load() && s.holdFileLease(ctx)
+	return s.loadAccepted(ctx) && s.holdFileLease(ctx)
+}
+
+// loadAccepted reports whether the state's current load may go into the
+// map file: a target reconciled its live map with it (its delete guard
+// passed), and the file's own guard passed: the load would not remove more
+// than MaxDeleteShare of the entries in the file on disk (and more than 5),
+// unless a human allowed it (mapctl reconcile --force). The file needs its
+// own: a target whose live map was empty (a new HAProxy) accepts an
+// emptied Redis, and the file serves every HAProxy that restarts. A refusal
+// is the file's problem (kind guard) until a load passes.
+func (s *Syncer) loadAccepted(ctx context.Context) bool {
+	gen := s.state.generation()
+	if s.synced.Load() != gen {
+		return false
+	}
+	if s.fileGuardGen == gen {
+		return true
+	}
+	onDisk, err := maps.CountMapFile(s.cfg.MapFile)
+	if err != nil {
+		onDisk = 0 // unreadable: the write that follows replaces it, or fails as the file's problem
+	}
+	_, _, n := s.state.position()
+	if deletes := onDisk - n; deletes > 5 && float64(deletes) > s.cfg.MaxDeleteShare*float64(onDisk) {
+		forced, err := s.takeForced(ctx)
+		switch {
+		case err != nil:
+			s.setFileProblem(ctx, fail(kindRedis, err))
+			return false
+		case !forced:
+			s.setFileProblem(ctx, fail(kindGuard, fmt.Errorf("%w %d of the %d entries of the map file %s (more than %.0f%%; Redis has %d): "+
+				"the file is kept. Restore Redis with 'mapctl restore --from %s', or accept with 'mapctl reconcile --force'",
+				errRefused, deletes, onDisk, s.cfg.MapFile, 100*s.cfg.MaxDeleteShare, n, s.cfg.MapFile)))
+			return false
+		}
+		s.log.Warn("reconcile forced by a human: the map file loses entries", "deletes", deletes, "file", onDisk)
+	}
+	s.fileGuardGen = gen
+	return true
 }
 
 // takeForced takes a human's one-time permission to delete past the guard;
@@ -421,7 +476,7 @@ func (s *Syncer) readStep(ctx context.Context) error {
 	}
 	s.file.collect(s, ctx)
 	wait := s.file.bound(s, s.cfg.Heartbeat)
-	if !s.fileActive.Load() && s.synced.Load() == s.gen.Load() && s.fileLease.holder() == "" {
+	if !s.fileActive.Load() && s.synced.Load() == s.state.generation() && s.fileLease.holder() == "" {
 		wait = min(wait, 10*time.Millisecond) // a target just accepted the state: take the file's lease and write it
 	}
 	if s.drift.scanning() {

@@ -168,7 +168,6 @@ func (t *target) doubt(reason string) {
 func (t *target) fullSync(ctx context.Context) error {
 	s := t.s
 	start := time.Now()
-	gen := s.gen.Load() // the state's load this sync checks against, or a later one
 	// A connection kept across a reload still talks to the old process (and
 	// keeps it alive): updates sent on it would never reach the new one.
 	t.rt.Close()
@@ -199,14 +198,19 @@ func (t *target) fullSync(ctx context.Context) error {
 		maxEdits += s.cfg.DeltaMax
 	}
 	c, err := t.compare(ctx, maxEdits, true)
-	if err != nil {
+	for try := 1; errors.Is(err, errMovedOn) && try < 3; try++ {
+		c, err = t.compare(ctx, maxEdits, true) // the state was reloaded meanwhile
+	}
+	if errors.Is(err, errMovedOn) {
+		return nil // needFull stands: the loop comes back
+	} else if err != nil {
 		return fail(kindHAProxy, err)
 	}
 	if err := t.guard(ctx, c.extra, c.liveLen, c.n); err != nil {
 		return err
 	}
 	how := "diff"
-	seq, logID := c.seq, c.logID
+	seq, logID, gen := c.seq, c.logID, c.gen
 	t.deltaKeys = c.delta
 	switch {
 	case c.duplicates || len(c.delta) > 0 && !t.useDelta || c.overflow || t.tooMuch(len(c.edits), c.baseDels, c.deltaAfter):
@@ -215,11 +219,13 @@ func (t *target) fullSync(ctx context.Context) error {
 		if c.duplicates {
 			why = reasonDuplicates
 		}
-		seq, logID, err = t.fold(ctx, why)
+		seq, logID, err = t.fold(ctx, why, gen)
 	default:
 		err = t.send(ctx, c.edits)
 	}
-	if err != nil {
+	if errors.Is(err, errReloaded) {
+		return nil // needFull stands: diff again against the reloaded state
+	} else if err != nil {
 		return fail(kindHAProxy, err)
 	}
 	n, missing, extra, changed := c.n, c.missing, c.extra, c.changed
@@ -320,7 +326,7 @@ func (t *target) step(ctx context.Context) error {
 	bs, ok, next := s.state.since(t.seq)
 	if !ok {
 		reason := reasonBehind
-		if t.gen != s.gen.Load() {
+		if t.gen != s.state.generation() {
 			reason = s.reloadReason()
 		}
 		t.log.Info("state moved out of reach, reconciling the whole map", "why", reason, "log_id", t.applied)
@@ -340,7 +346,10 @@ func (t *target) step(ctx context.Context) error {
 		return nil
 	}
 	// Once taken, batches are applied whole even if we are told to stop.
-	if err := t.apply(context.WithoutCancel(ctx), bs); err != nil {
+	if err := t.apply(context.WithoutCancel(ctx), bs); errors.Is(err, errReloaded) {
+		t.doubt(s.reloadReason())
+		return nil
+	} else if err != nil {
 		t.doubt(reasonDoubt)
 		return fail(kindHAProxy, err)
 	}
@@ -434,7 +443,7 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 	seq, logID := last.seq, last.logID
 	if t.tooMuch(len(edits), baseDels, len(t.deltaKeys)+adds) {
 		var err error
-		if seq, logID, err = t.fold(ctx, reasonLargeBatch); err != nil {
+		if seq, logID, err = t.fold(ctx, reasonLargeBatch, t.gen); err != nil {
 			return err
 		}
 	} else if len(edits) > 0 {
@@ -492,9 +501,15 @@ func (t *target) applyOps(ctx context.Context, name string, ops []runtime.Op) er
 	return nil
 }
 
+// errReloaded: the state was reloaded since the target's delete guard
+// checked it; only a full sync may bring the live map to it.
+var errReloaded = errors.New("the state was reloaded from Redis since the delete guard checked it")
+
 // swap replaces the whole base map with the state as it is now, and
-// returns the position it holds then.
-func (t *target) swap(ctx context.Context) (uint64, string, error) {
+// returns the position it holds then. It refuses (errReloaded) when the
+// state is no longer load gen: a reloaded state (Redis come back empty)
+// must pass the delete guard first.
+func (t *target) swap(ctx context.Context, gen uint64) (uint64, string, error) {
 	if !t.leaseValid() {
 		return 0, "", errLeaseLost
 	}
@@ -502,8 +517,16 @@ func (t *target) swap(ctx context.Context) (uint64, string, error) {
 		entries []runtime.Entry
 		seq     uint64
 		logID   string
+		now     uint64
 	)
-	t.s.state.read(func(v view) { entries, seq, logID = v.entries(), v.seq(), v.logID() })
+	t.s.state.read(func(v view) {
+		if now = v.gen(); now == gen {
+			entries, seq, logID = v.entries(), v.seq(), v.logID()
+		}
+	})
+	if now != gen {
+		return 0, "", errReloaded
+	}
 	if err := t.rt.Replace(ctx, t.s.cfg.MapName, entries); err != nil {
 		return 0, "", err
 	}
