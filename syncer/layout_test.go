@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/shardmap/shardmap/maps"
 )
@@ -182,4 +183,18 @@ func (st *state) reload(entries map[string]string, logID string) {
 		l.add(u, sh)
 	}
 	st.install(l, logID)
+}
+
+// A slow map-file write spaces the next ones out: changes wait four times
+// the last write's duration when that is longer than FlushDelay.
+func TestFileDelayFollowsWriteTime(t *testing.T) {
+	s, _, _, _ := newLoop(t, users(3, "s1"), nil)
+	f := &s.file
+	if got := f.delay(s); got != s.cfg.FlushDelay {
+		t.Fatalf("delay %s before any write, want FlushDelay %s", got, s.cfg.FlushDelay)
+	}
+	f.done(s, context.Background(), fileWrite{id: "1-0", took: time.Second})
+	if got := f.delay(s); got != 4*time.Second {
+		t.Fatalf("delay %s after a 1 s write, want 4 s", got)
+	}
 }

@@ -23,7 +23,8 @@ type mapFile struct {
 	stamp      fileStamp // the file as we last wrote it
 	writing    bool      // a background write is under way
 	written    chan fileWrite
-	retryAt    time.Time // after a failed write, the next is not before this
+	retryAt    time.Time     // after a failed write, the next is not before this
+	took       time.Duration // the last write's duration (see delay)
 	backoff    *backoff
 	metrics    *Metrics // times each write (nil: none)
 }
@@ -33,6 +34,7 @@ type fileWrite struct {
 	id    string
 	stamp fileStamp
 	err   error
+	took  time.Duration
 }
 
 // fileStamp identifies a version of the map file cheaply.
@@ -79,9 +81,18 @@ func (f *mapFile) snapshot(s *Syncer) maps.MapFile {
 }
 
 func (f *mapFile) write(mf maps.MapFile) fileWrite {
-	defer f.metrics.flushed(f.path, time.Now())
+	start := time.Now()
+	defer f.metrics.flushed(f.path, start)
 	_, err := maps.WriteMapFile(f.path, mf, f.mode)
-	return fileWrite{id: mf.LogID, stamp: stampOf(f.path), err: err}
+	return fileWrite{id: mf.LogID, stamp: stampOf(f.path), err: err, took: time.Since(start)}
+}
+
+// delay is how long changes wait before the file is written: FlushDelay,
+// or four times the last write's duration when that is longer, so that
+// rewriting a big file under steady changes (sorting 1M entries takes a
+// good part of a second) costs at most a fifth of the time.
+func (f *mapFile) delay(s *Syncer) time.Duration {
+	return max(s.cfg.FlushDelay, 4*f.took)
 }
 
 // bound shortens a wait so that the loop comes back when the file is due:
@@ -96,7 +107,7 @@ func (f *mapFile) bound(s *Syncer, wait time.Duration) time.Duration {
 	case time.Now().Before(f.retryAt):
 		return max(time.Millisecond, min(wait, time.Until(f.retryAt)))
 	case !f.dirtySince.IsZero():
-		return max(time.Millisecond, min(wait, s.cfg.FlushDelay-time.Since(f.dirtySince)))
+		return max(time.Millisecond, min(wait, f.delay(s)-time.Since(f.dirtySince)))
 	}
 	return wait
 }
@@ -108,7 +119,7 @@ func (f *mapFile) maybeStart(s *Syncer) {
 	if f.writing || !f.due(s) || time.Now().Before(f.retryAt) {
 		return
 	}
-	if !f.dirtySince.IsZero() && time.Since(f.dirtySince) < s.cfg.FlushDelay {
+	if !f.dirtySince.IsZero() && time.Since(f.dirtySince) < f.delay(s) {
 		return
 	}
 	mf := f.snapshot(s)
@@ -136,7 +147,7 @@ func (f *mapFile) done(s *Syncer, ctx context.Context, w fileWrite) error {
 		s.setFileProblem(ctx, w.err)
 		return w.err
 	}
-	f.id, f.stamp, f.retryAt = w.id, w.stamp, time.Time{}
+	f.id, f.stamp, f.retryAt, f.took = w.id, w.stamp, time.Time{}, w.took
 	s.fileOK.Store(true)
 	f.backoff.reset()
 	s.mu.Lock()

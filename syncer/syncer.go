@@ -90,7 +90,7 @@ type Config struct {
 	MapFile      string        // the map file written, which HAProxy loads at start; MapName when empty
 	Targets      []string      // the Runtime API addresses of the HAProxy processes to drive (at least one)
 	FileMode     os.FileMode   // mode of a new map file; an existing file keeps its mode and owner (0640)
-	FlushDelay   time.Duration // longest the file lags the live map while changes arrive (200 ms)
+	FlushDelay   time.Duration // how long changes wait before the file is written (200 ms; or 4x the last write's duration, when longer)
 	BatchMax     int           // most changes read and applied at once (10,000)
 	ReplaceAbove int           // a batch with more set/del than this is applied as one versioned swap (64)
 	DeltaMax     int           // in the delta+base layout, the delta entries past which it is folded into the base (5,000)
