@@ -46,6 +46,8 @@ type Options struct {
 	HAProxyCPU         int // -1: no pinning
 	LoadCPU            int
 	Command            string // the command line, for the doc
+	GoTest             string // go test -bench output to include ("" for none)
+	Readme             string // the README whose headline block is rewritten ("" for none; never in quick mode)
 }
 
 // DefaultOptions is the full run of make bench (under 10 minutes on 2 cores).
@@ -84,6 +86,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	only := fs.String("only", "", "comma-separated scenarios to run: "+strings.Join(Scenarios, ", ")+" (default all)")
 	out := fs.String("o", "", "the doc to write (default docs/BENCHMARKS.md; with -quick, a temp dir)")
 	mapctl := fs.String("mapctl", "bin/mapctl", "the mapctl binary (make build)")
+	readme := fs.String("readme", "", "rewrite the headline block of this README (make bench: README.md); not with -quick")
+	gotest := fs.String("gotest", "", "a file of go test -bench output (make bench writes bin/bench-go.txt) to include in the doc")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -95,7 +99,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if *out != "" {
 		o.Out = *out
 	}
-	o.Mapctl = *mapctl
+	o.Mapctl, o.GoTest, o.Readme = *mapctl, *gotest, *readme
 	if *only != "" {
 		for _, s := range strings.Split(*only, ",") {
 			s = strings.TrimSpace(s)
@@ -127,6 +131,14 @@ type suite struct {
 }
 
 func (s *suite) cleanup(f func()) { s.cleanups = append(s.cleanups, f) }
+
+// runCleanups runs the cleanups registered since mark, last first.
+func (s *suite) runCleanups(mark int) {
+	for i := len(s.cleanups) - 1; i >= mark; i-- {
+		s.cleanups[i]()
+	}
+	s.cleanups = s.cleanups[:mark]
+}
 
 func (s *suite) logf(format string, a ...any) {
 	fmt.Fprintf(s.log, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, a...)...)
@@ -166,11 +178,7 @@ func Run(ctx context.Context, o Options, log io.Writer) error {
 	}
 	defer os.RemoveAll(dir)
 	s := &suite{o: o, dir: dir, haproxy: bin, log: log}
-	defer func() {
-		for i := len(s.cleanups) - 1; i >= 0; i-- {
-			s.cleanups[i]()
-		}
-	}()
+	defer s.runCleanups(0)
 	// The load generator (this process), Redis and the syncer share one
 	// core; HAProxy has the other.
 	if o.LoadCPU >= 0 {
@@ -181,9 +189,15 @@ func Run(ctx context.Context, o Options, log io.Writer) error {
 		}
 	}
 	res := &results{started: time.Now(), haproxyVersion: version, load1: loadAvg()}
+	if res.goBench, err = readGoTest(o.GoTest); err != nil {
+		return err
+	}
 	if s.want("request") {
 		s.logf("request path: %d designs, %d rounds of %s", 6, o.Rounds, o.RequestDur)
-		if res.request, err = s.requestPath(ctx); err != nil {
+		mark := len(s.cleanups)
+		res.request, err = s.requestPath(ctx)
+		s.runCleanups(mark) // the request path's HAProxies are done
+		if err != nil {
 			return fmt.Errorf("request path: %w", err)
 		}
 	}
@@ -198,11 +212,30 @@ func Run(ctx context.Context, o Options, log io.Writer) error {
 }
 
 // live runs the scenarios on Redis, HAProxy and the syncer.
-func (s *suite) live(ctx context.Context, res *results) error {
+func (s *suite) live(ctx context.Context, res *results) (err error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	rig, err := s.startLive(ctx)
 	if err != nil {
 		return fmt.Errorf("live rig: %w", err)
 	}
+	// A syncer that dies ends the scenarios at once, with its output.
+	stopping := make(chan struct{})
+	defer close(stopping)
+	go func() {
+		select {
+		case <-rig.syncer.done:
+			out := rig.syncer.out.String()
+			s.logf("the syncer exited: %s", out)
+			cancel(fmt.Errorf("the syncer exited: %s", out))
+		case <-stopping:
+		}
+	}()
+	defer func() {
+		if err != nil && context.Cause(ctx) != nil && context.Cause(ctx) != ctx.Err() {
+			err = fmt.Errorf("%w (%v)", err, context.Cause(ctx))
+		}
+	}()
 	small := s.o.UsersSmall
 	if _, err := importUsers(ctx, rig.store, 0, small, 0); err != nil {
 		return err

@@ -112,8 +112,8 @@ func TestBuildReport(t *testing.T) {
 	md := string(WriteMarkdown(rep))
 	for _, want := range []string{
 		"| named users, map of 1,000,000 | 50 | 0.50 |",
-		"| named users at 1,000,000, req/s vs static | >= 0.62 | 0.5 | no | 0.12 under |",
-		"| shard IDs at 10,000,000, req/s vs static | >= 0.8 | 0.85 | yes |",
+		"| named users at 1,000,000, req/s vs static | >= 0.62 | 0.5 (by CPU per request: 1.00) | no | 0.12 under |",
+		"| shard IDs at 10,000,000, req/s vs static | >= 0.8 | 0.85 (by CPU per request: 1.00) | yes |",
 		"| HAProxy RSS with shard IDs at 10,000,000 IDs | < 20 MB | 19 MB | yes |",
 		"| store -> live p99, idle, 1,001,000 users | <= 5 ms | 30 ms | no | 25 ms over (6x the target) |",
 		"| 50,000 | 20,000 |",
@@ -150,5 +150,30 @@ func TestBenchConfigAnswersInBackends(t *testing.T) {
 	}
 	if strings.Contains(s, "use_backend %[") {
 		t.Errorf("the rendered use_backend line was not replaced:\n%s", s)
+	}
+}
+
+func TestParseGoTest(t *testing.T) {
+	out := "goos: linux\npkg: github.com/shardmap/shardmap/bench\nBenchmarkApplyPipelined1000-2   \t      10\t 123 ns/op\t  45678 updates/s\nPASS\npkg: github.com/shardmap/shardmap/maps\nBenchmarkX-2 5 1.5 p50-ms 3 p99-ms\nok  x 1s\n"
+	got := parseGoTest([]byte(out))
+	if len(got) != 2 {
+		t.Fatalf("parsed %d benchmarks, want 2: %+v", len(got), got)
+	}
+	if got[0].Pkg != "github.com/shardmap/shardmap/bench" || got[0].Name != "BenchmarkApplyPipelined1000-2" || strings.Join(got[0].Metrics, ",") != "123 ns/op,45678 updates/s" {
+		t.Errorf("first = %+v", got[0])
+	}
+	if got[1].Pkg != "github.com/shardmap/shardmap/maps" || strings.Join(got[1].Metrics, ",") != "1.5 p50-ms,3 p99-ms" {
+		t.Errorf("second = %+v", got[1])
+	}
+}
+
+func TestReplaceHeadline(t *testing.T) {
+	readme := []byte("a\n" + headlineBegin + "\nold\n" + headlineEnd + "\nb\n")
+	got, ok := replaceHeadline(readme, "new")
+	if !ok || string(got) != "a\n"+headlineBegin+"\nnew\n"+headlineEnd+"\nb\n" {
+		t.Errorf("replaceHeadline = %q, %v", got, ok)
+	}
+	if _, ok := replaceHeadline([]byte("no markers"), "new"); ok {
+		t.Error("replaceHeadline without markers reported ok")
 	}
 }
