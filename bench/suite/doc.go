@@ -28,6 +28,7 @@ type results struct {
 	liveHAProxy *memStatus
 	liveUsers   int
 	goBench     []goBench
+	failure     string // why the live scenarios stopped early ("" when they did not)
 }
 
 func (s *suite) write(res *results) error {
@@ -278,8 +279,12 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 		if b.ReplaceN > 0 {
 			t.Rows = append(t.Rows, []string{"full load into an empty HAProxy map (`runtime.Client.Replace`)", count(int64(b.ReplaceN)), ms(b.ReplaceTook) + " ms", "HAProxy VmRSS after: " + mb(b.ReplaceHAProxy.RSS)})
 		}
-		rep.Sections = append(rep.Sections, Section{Title: "Bulk", Table: t,
-			Text: []string{"On the running syncer and HAProxy. The import runs the `mapctl` binary on a map file of new users; \"routed\" means a request with the last user's cookie was answered by its shard (the syncer applies the log in order, so the last one routed means all are)."}})
+		sec := Section{Title: "Bulk", Table: t,
+			Text: []string{"On the running syncer and HAProxy. The import runs the `mapctl` binary on a map file of new users; \"routed\" means a request with the last user's cookie was answered by its shard (the syncer applies the log in order, so the last one routed means all are)."}}
+		if b.Profile != "" {
+			sec.After = append(sec.After, fmt.Sprintf("CPU profile of the syncer for the first %s after `mapctl import` returned, while it applied the import (`go tool pprof -top`):", o.ImportProfile)+"\n\n```\n"+topFrames(b.Profile)+"\n```")
+		}
+		rep.Sections = append(rep.Sections, sec)
 		at := count(int64(b.ImportN))
 		add(maxTarget("import of "+at+" users (mapctl import)", 3000, msf(b.ImportTook), msUnit))
 		add(maxTarget("import of "+at+" users: last live after", 1500, msf(b.ImportLive), msUnit))
@@ -310,6 +315,14 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 		}
 		rep.Sections = append(rep.Sections, Section{Title: "Go benchmarks (runtime API, store)", Table: t,
 			Text: []string{"From the `go test -bench` run above (`" + o.GoTest + "`), as it printed them."}})
+	}
+	if res.failure != "" {
+		f := res.failure
+		if len(f) > 3000 {
+			f = f[:3000] + "\n..."
+		}
+		rep.Sections = append(rep.Sections, Section{Title: "Failure: the run stopped early",
+			Text: []string{"The live scenarios stopped here; the sections above hold what was measured before, and the targets they feed are missing below.", "```\n" + strings.TrimSpace(f) + "\n```"}})
 	}
 	rep.Targets = tg
 	rep.Notes = []string{"Targets are from the scale issue. A miss is reported with the measured figure and by how much; the figures come from a 2-core machine that may be shared, so rerun `make bench` before comparing."}

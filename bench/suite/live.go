@@ -233,6 +233,7 @@ type bulkResult struct {
 	ImportTook     time.Duration // mapctl import, wall time
 	ImportLive     time.Duration // from mapctl's exit to the last user live
 	ImportMaxRSS   int64
+	Profile        string        // top frames of the syncer while it applied the import
 	FileWrite      time.Duration // the import file (maps.WriteMapFile)
 	ReassignN      int
 	ReassignStore  time.Duration // Store.Import of the reassignments
@@ -269,7 +270,17 @@ func (s *suite) mapctlImport(ctx context.Context, rig *liveRig, lo, hi int, b *b
 		b.ImportMaxRSS = ru.Maxrss * 1024
 	}
 	done := time.Now()
+	// The syncer is the bound while it catches up: profile it meanwhile.
+	var pwg sync.WaitGroup
+	if s.o.ProfileDir != "" {
+		pwg.Add(1)
+		go func() {
+			defer pwg.Done()
+			b.Profile = s.profileSyncer(ctx, rig, s.o.ImportProfile, "syncer-import.pprof")
+		}()
+	}
 	at, err := waitLive(ctx, rig.fe, userName(hi-1), shardNames[(hi-1)%2], 5*time.Minute)
+	pwg.Wait()
 	if err != nil {
 		return err
 	}
@@ -406,7 +417,7 @@ func (s *suite) churnRates(ctx context.Context, rig *liveRig, rates []int, d tim
 		var pwg sync.WaitGroup
 		if k == len(rates)-1 && s.o.ProfileDir != "" {
 			pwg.Add(1)
-			go func() { defer pwg.Done(); prof = s.profileSyncer(ctx, rig, d-time.Second) }()
+			go func() { defer pwg.Done(); prof = s.profileSyncer(ctx, rig, d-time.Second, "syncer-churn.pprof") }()
 		}
 		var lat []time.Duration
 		timeouts := 0
@@ -481,8 +492,9 @@ func waitLiveProbe(ctx context.Context, rig *liveRig) (time.Duration, error) {
 }
 
 // profileSyncer takes a CPU profile of the syncer for d and returns its top
-// frames (go tool pprof -top), or why not.
-func (s *suite) profileSyncer(ctx context.Context, rig *liveRig, d time.Duration) string {
+// frames (go tool pprof -top), or why not. The profile is kept in
+// ProfileDir/file.
+func (s *suite) profileSyncer(ctx context.Context, rig *liveRig, d time.Duration, file string) string {
 	secs := max(1, int(d.Seconds()))
 	req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", rig.pprof, secs), nil)
 	if err != nil {
@@ -493,7 +505,7 @@ func (s *suite) profileSyncer(ctx context.Context, rig *liveRig, d time.Duration
 		return "no profile: " + err.Error()
 	}
 	defer resp.Body.Close()
-	path := filepath.Join(s.o.ProfileDir, "syncer-churn.pprof")
+	path := filepath.Join(s.o.ProfileDir, file)
 	f, err := os.Create(path)
 	if err != nil {
 		return "no profile: " + err.Error()

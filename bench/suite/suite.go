@@ -43,7 +43,8 @@ type Options struct {
 	ChurnRates         []int
 	ChurnDur           time.Duration
 	ImportN, Reassign  int
-	HAProxyCPU         int // -1: no pinning
+	ImportProfile      time.Duration // how long the syncer is profiled while it applies the import
+	HAProxyCPU         int           // -1: no pinning
 	LoadCPU            int
 	Command            string // the command line, for the doc
 	GoTest             string // go test -bench output to include ("" for none)
@@ -56,7 +57,7 @@ func DefaultOptions() Options {
 		Users: 1_000_000, UsersSmall: 1_000, IDsSmall: 1_000_000, IDsLarge: 10_000_000,
 		Conc: 32, RequestDur: 5 * time.Second, Rounds: 3, PropSamples: 300, PropMax: 20 * time.Second,
 		ChurnRates: []int{5_000, 10_000, 20_000, 50_000}, ChurnDur: 10 * time.Second,
-		ImportN: 1_000_000, Reassign: 300_000, HAProxyCPU: 0, LoadCPU: 1}
+		ImportN: 1_000_000, Reassign: 300_000, ImportProfile: 5 * time.Second, HAProxyCPU: 0, LoadCPU: 1}
 }
 
 // QuickOptions is a smoke test: small counts, short runs (about a minute).
@@ -66,7 +67,7 @@ func QuickOptions() Options {
 	o.Users, o.IDsSmall, o.IDsLarge = 20_000, 20_000, 100_000
 	o.RequestDur, o.Rounds, o.PropSamples, o.PropMax = time.Second, 1, 30, 3*time.Second
 	o.ChurnRates, o.ChurnDur = []int{5_000, 20_000}, 3*time.Second
-	o.ImportN, o.Reassign = 20_000, 6_000
+	o.ImportN, o.Reassign, o.ImportProfile = 20_000, 6_000, time.Second
 	return o
 }
 
@@ -201,14 +202,20 @@ func Run(ctx context.Context, o Options, log io.Writer) error {
 			return fmt.Errorf("request path: %w", err)
 		}
 	}
+	var failed error
 	if s.want("propagation") || s.want("churn") || s.want("bulk") {
-		if err := s.live(ctx, res); err != nil {
-			return err
+		// A failure still writes what was measured, with the failure in
+		// the doc; the run then fails.
+		if failed = s.live(ctx, res); failed != nil {
+			res.failure = failed.Error()
 		}
 	}
 	res.took = time.Since(res.started)
 	res.load2 = loadAvg()
-	return s.write(res)
+	if err := s.write(res); err != nil {
+		return err
+	}
+	return failed
 }
 
 // live runs the scenarios on Redis, HAProxy and the syncer.
@@ -263,12 +270,14 @@ func (s *suite) live(ctx context.Context, res *results) (err error) {
 		}
 	}
 	b := &bulkResult{}
+	res.bulk = b
 	// The large map: mapctl import of new users (the bulk import figure).
 	s.logf("bulk: mapctl import of %s new users", count(int64(s.o.ImportN)))
 	if err := s.mapctlImport(ctx, rig, small, small+s.o.ImportN, b); err != nil {
 		return fmt.Errorf("import: %w", err)
 	}
 	s.logf("bulk: import %s, last live %s after", b.ImportTook, b.ImportLive)
+	res.liveUsers = rig.n
 	if s.want("propagation") {
 		for _, rate := range []int{0, 10_000} {
 			if err := prop(rate); err != nil {
@@ -294,9 +303,6 @@ func (s *suite) live(ctx context.Context, res *results) (err error) {
 			return fmt.Errorf("full load: %w", err)
 		}
 		s.logf("bulk: replace %s", b.ReplaceTook)
-		res.bulk = b
-	} else {
-		res.bulk = &bulkResult{ImportN: b.ImportN, ImportTook: b.ImportTook, ImportLive: b.ImportLive, ImportMaxRSS: b.ImportMaxRSS, FileWrite: b.FileWrite}
 	}
 	if m, err := readMem(rig.syncer.pid()); err == nil {
 		res.syncerMem = &m
