@@ -230,7 +230,7 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 	}
 
 	if len(res.churn) > 0 {
-		t := &Table{Header: []string{"changes/s wanted", "made", "propagation p50 ms", "p99 ms", "max ms", "samples", "timeouts", "req/s meanwhile", "ratio to idle", "holds (p99 < 100 ms, req/s >= 0.9)"}}
+		t := &Table{Header: []string{"changes/s wanted", "made", "propagation p50 ms", "p99 ms", "max ms", "samples", "timeouts", "req/s meanwhile", "ratio to idle", "HAProxy CPU", "syncer CPU", "holds (p99 < 100 ms, req/s >= 0.9)"}}
 		best := 0
 		var bestStep *churnStep
 		var prof string
@@ -243,13 +243,14 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 					best, bestStep = c.Want, &res.churn[i]
 				}
 			}
-			t.Rows = append(t.Rows, []string{count(int64(c.Want)), count(int64(c.Got)), ms(c.Lat.P50), ms(c.Lat.P99), ms(c.Lat.Max), fmt.Sprint(c.Lat.N), fmt.Sprint(c.Timeouts), trimFloat(c.RPS, 0), ratio(c.RPS, res.churnIdle), yes})
+			t.Rows = append(t.Rows, []string{count(int64(c.Want)), count(int64(c.Got)), ms(c.Lat.P50), ms(c.Lat.P99), ms(c.Lat.Max), fmt.Sprint(c.Lat.N), fmt.Sprint(c.Timeouts), trimFloat(c.RPS, 0), ratio(c.RPS, res.churnIdle), trimFloat(c.HAProxyCPU, 2), trimFloat(c.SyncerCPU, 2), yes})
 			if c.Profile != "" {
 				prof = fmt.Sprintf("CPU profile of the syncer during the %s changes/s step (`go tool pprof -top`):", count(int64(c.Want))) + "\n\n```\n" + topFrames(c.Profile) + "\n```"
 			}
 		}
 		sec := Section{Title: "Churn", Table: t,
 			Text: []string{fmt.Sprintf("At %s users: each rate for %s, with the load generator on (%d connections, keys from all users) and changes probed one at a time as above. Idle (no churn): %s req/s. "+
+				"HAProxy and syncer CPU are shares of one core during the step (/proc/PID/stat): HAProxy near 1 means HAProxy (one thread, applying the map changes and serving) is the bound; the syncer's profile below says where its own time goes. "+
 				"A rate holds when the store took it (made >= 95%% of wanted), propagation p99 < 100 ms with no timeout, and req/s >= 0.9 of idle. Rates are tried from the lowest (%s); after the first that does not hold the higher ones are not tried.",
 				count(int64(res.liveUsers)), o.ChurnDur, o.Conc, trimFloat(res.churnIdle, 0), rateList(o.ChurnRates))}}
 		if prof != "" {

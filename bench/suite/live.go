@@ -418,6 +418,8 @@ type churnStep struct {
 	Timeouts int
 	RPS      float64
 	Profile  string // top frames of the syncer's CPU profile, when taken
+	// CPU shares (1 = one core) of HAProxy and the syncer during the step.
+	HAProxyCPU, SyncerCPU float64
 }
 
 // holds reports whether the step meets the churn target's conditions: the
@@ -445,6 +447,8 @@ func (s *suite) churnRates(ctx context.Context, rig *liveRig, rates []int, d tim
 		var lerr error
 		var prof string
 		start := time.Now()
+		hap0, _ := cpuTime(rig.fe.h.pid())
+		syn0, _ := cpuTime(rig.syncer.pid())
 		wg.Add(2)
 		go func() { defer wg.Done(); made, cerr = churn(ctx, rig.store, rig.n, rate, stop) }()
 		go func() {
@@ -488,9 +492,13 @@ func (s *suite) churnRates(ctx context.Context, rig *liveRig, rates []int, d tim
 		if lerr != nil {
 			return 0, nil, lerr
 		}
-		st := churnStep{Want: rate, Got: float64(made) / time.Since(start).Seconds(), Lat: Summarize(lat), Timeouts: timeouts, RPS: load.RPS(), Profile: prof}
-		s.logf("churn: %d/s (made %.0f/s): propagation p50 %s p99 %s max %s (%d samples, %d timeouts), %.0f req/s",
-			rate, st.Got, ms(st.Lat.P50), ms(st.Lat.P99), ms(st.Lat.Max), st.Lat.N, timeouts, st.RPS)
+		el := time.Since(start)
+		hap1, _ := cpuTime(rig.fe.h.pid())
+		syn1, _ := cpuTime(rig.syncer.pid())
+		st := churnStep{Want: rate, Got: float64(made) / el.Seconds(), Lat: Summarize(lat), Timeouts: timeouts, RPS: load.RPS(), Profile: prof,
+			HAProxyCPU: float64(hap1-hap0) / float64(el), SyncerCPU: float64(syn1-syn0) / float64(el)}
+		s.logf("churn: %d/s (made %.0f/s): propagation p50 %s p99 %s max %s (%d samples, %d timeouts), %.0f req/s, cpu haproxy %.2f syncer %.2f",
+			rate, st.Got, ms(st.Lat.P50), ms(st.Lat.P99), ms(st.Lat.Max), st.Lat.N, timeouts, st.RPS, st.HAProxyCPU, st.SyncerCPU)
 		held := st.holds(idle)
 		if !held || rate == rates[len(rates)-1] {
 			for i := range steps {
