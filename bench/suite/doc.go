@@ -204,9 +204,19 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 			}
 			series = append(series, cdfSeries{name, p.Lat})
 		}
-		rep.Sections = append(rep.Sections, Section{Title: "Propagation: store write to routed", Table: t,
+		var profs []string
+		for _, p := range res.prop {
+			if p.Profile != "" {
+				churn := "idle"
+				if p.ChurnWant > 0 {
+					churn = count(int64(p.ChurnWant)) + " changes/s"
+				}
+				profs = append(profs, fmt.Sprintf("CPU profile of the syncer during the measure at %s users, %s (`go tool pprof -top`):", count(int64(p.Users)), churn)+"\n\n```\n"+topFrames(p.Profile)+"\n```")
+			}
+		}
+		rep.Sections = append(rep.Sections, Section{Title: "Propagation: store write to routed", Table: t, After: profs,
 			Text: []string{"One change at a time: `maps.Store.Set` of a user to the other shard, then requests with that user's cookie, back to back on one keep-alive connection, until one is answered by the new shard; the time from before the write to that answer. " +
-				"Background churn is `SetMany` batches every 10 ms of random other users. This is also what `mapctl set --wait` waits for, plus its own polling."},
+				"Background churn is `SetMany` batches every 10 ms of random other users. Each measure starts once the syncer has caught up (one change made and seen routed), and stops after its samples or its time limit. This is also what `mapctl set --wait` waits for, plus its own polling."},
 			Charts: []Chart{{Alt: "propagation latency CDF", Path: "bench-propagation-cdf.png"}}})
 		charts = append(charts, chartFile{"bench-propagation-cdf.png", func(p string) error {
 			return cdfChart(p, "Propagation latency (CDF)", series)

@@ -218,9 +218,27 @@ type propResult struct {
 	ChurnGot  float64 // achieved changes/s
 	Lat       []time.Duration
 	Timeouts  int
+	Profile   string // the syncer's top frames during the measure (large maps only)
 }
 
 func (s *suite) propagationWithChurn(ctx context.Context, rig *liveRig, rate, samples int) (propResult, error) {
+	// Start from a syncer that has caught up with what came before.
+	drain, cancel := context.WithTimeout(ctx, liveLimit)
+	_, err := waitLiveProbe(drain, rig)
+	cancel()
+	if err != nil {
+		return propResult{}, fmt.Errorf("syncer catching up before the measure: %w", err)
+	}
+	var prof string
+	var pwg sync.WaitGroup
+	if s.o.ProfileDir != "" && rig.n > s.o.UsersSmall {
+		pwg.Add(1)
+		go func() {
+			defer pwg.Done()
+			prof = s.profileSyncer(ctx, rig, min(s.o.PropMax, 10*time.Second), fmt.Sprintf("syncer-propagation-%d.pprof", rate))
+		}()
+	}
+	defer pwg.Wait()
 	stop := make(chan struct{})
 	var made int64
 	var cerr error
@@ -238,7 +256,8 @@ func (s *suite) propagationWithChurn(ctx context.Context, rig *liveRig, rate, sa
 	if err == nil {
 		err = cerr
 	}
-	return propResult{Users: rig.n, ChurnWant: rate, ChurnGot: float64(made) / el.Seconds(), Lat: lat, Timeouts: to}, err
+	pwg.Wait()
+	return propResult{Users: rig.n, ChurnWant: rate, ChurnGot: float64(made) / el.Seconds(), Lat: lat, Timeouts: to, Profile: prof}, err
 }
 
 // waitLive waits until the last of users lo..hi-1 routes to its shard
@@ -432,6 +451,13 @@ func (c churnStep) holds(idle float64) bool {
 // churnRates runs each rate for d with the load generator on and probes
 // propagation meanwhile; idle is the load generator's req/s without churn.
 func (s *suite) churnRates(ctx context.Context, rig *liveRig, rates []int, d time.Duration) (idle float64, steps []churnStep, err error) {
+	// (the syncer first catches up with the propagation measures' churn)
+	drain, cancel := context.WithTimeout(ctx, liveLimit)
+	_, err = waitLiveProbe(drain, rig)
+	cancel()
+	if err != nil {
+		return 0, nil, fmt.Errorf("syncer catching up before the idle measure: %w", err)
+	}
 	lr, err := Load(ctx, rig.fe.addr, s.o.Conc, d, usersKeys{n: rig.n, shards: shardNames}, false)
 	if err != nil {
 		return 0, nil, err

@@ -1,6 +1,9 @@
 package suite
 
 import (
+	"context"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -175,5 +178,31 @@ func TestReplaceHeadline(t *testing.T) {
 	}
 	if _, ok := replaceHeadline([]byte("no markers"), "new"); ok {
 		t.Error("replaceHeadline without markers reported ok")
+	}
+}
+
+// The load generator counts answers from the wrong backend and parses
+// keep-alive responses (a fake frontend answers x-shard: shard0 always).
+func TestLoadCountsWrongBackends(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(ShardHeader, "shard0")
+		w.Write([]byte("shard0"))
+	}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	keys := usersKeys{n: 100, shards: shardNames} // half of them want shard1
+	res, err := Load(context.Background(), addr, 2, 200*time.Millisecond, keys, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requests == 0 || res.Errors != 0 {
+		t.Fatalf("requests %d, errors %d (%s)", res.Requests, res.Errors, res.FirstErr)
+	}
+	if res.Wrong == 0 || res.Wrong == res.Requests {
+		t.Errorf("wrong %d of %d: want about half counted", res.Wrong, res.Requests)
+	}
+	res, err = Load(context.Background(), addr, 2, 100*time.Millisecond, fixedKeys{keys, "shard0"}, true)
+	if err != nil || res.Wrong != 0 {
+		t.Errorf("all to shard0: wrong %d, err %v", res.Wrong, err)
 	}
 }
