@@ -113,7 +113,8 @@ func (p *prober) close() {
 // returns when that was seen (the time of the answer). Failed requests
 // count against limit like wrong answers.
 func routedTo(ctx context.Context, c getter, user, want string, limit time.Duration) (time.Time, error) {
-	deadline := time.Now().Add(limit)
+	begin := time.Now()
+	deadline := begin.Add(limit)
 	var last error
 	for {
 		got, err := c.get(user)
@@ -125,7 +126,7 @@ func routedTo(ctx context.Context, c getter, user, want string, limit time.Durat
 			last = err
 		}
 		if now.After(deadline) || ctx.Err() != nil {
-			return now, fmt.Errorf("%s still not routed to %q after %s (last answer %q, last error %v)", user, want, limit, got, last)
+			return now, fmt.Errorf("%s still not routed to %q after %s (last answer %q, last error %v)", user, want, now.Sub(begin).Round(time.Millisecond), got, last)
 		}
 	}
 }
@@ -284,6 +285,7 @@ type bulkResult struct {
 	ImportN        int
 	ImportTook     time.Duration // mapctl import, wall time
 	ImportLive     time.Duration // from mapctl's exit to the last user live
+	ImportLiveOK   bool          // ImportLive was measured (the last user went live)
 	ImportMaxRSS   int64
 	Profile        string        // top frames of the syncer while it applied the import
 	FileWrite      time.Duration // the import file (maps.WriteMapFile)
@@ -336,7 +338,7 @@ func (s *suite) mapctlImport(ctx context.Context, rig *liveRig, lo, hi int, b *b
 	if err != nil {
 		return err
 	}
-	b.ImportLive = at.Sub(done)
+	b.ImportLive, b.ImportLiveOK = at.Sub(done), true
 	rig.n = hi
 	return nil
 }

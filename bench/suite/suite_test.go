@@ -104,7 +104,7 @@ func TestBuildReport(t *testing.T) {
 		churnIdle: 1000,
 		churn: []churnStep{{Want: 5000, Got: 5000, Lat: Latencies{N: 10, P99: 20 * time.Millisecond}, RPS: 950},
 			{Want: 50_000, Got: 20_000, Lat: Latencies{N: 10, P99: 900 * time.Millisecond}, RPS: 500, Profile: "File: x\nflat  flat%\n10ms syncer.apply"}},
-		bulk:      &bulkResult{ImportN: 1_000_000, ImportTook: 4 * time.Second, ImportLive: time.Second, ReassignN: 300_000, ReassignLive: 2 * time.Second},
+		bulk:      &bulkResult{ImportN: 1_000_000, ImportTook: 4 * time.Second, ImportLive: time.Second, ImportLiveOK: true, ReassignN: 300_000, ReassignLive: 2 * time.Second},
 		syncerMem: &memStatus{RSS: 100e6, HWM: 200e6},
 		liveUsers: 1_001_000,
 	}
@@ -119,11 +119,12 @@ func TestBuildReport(t *testing.T) {
 		"| shard IDs at 10,000,000, req/s vs static | >= 0.8 | 0.85 (by CPU per request: 1.00) | yes |",
 		"| HAProxy RSS with shard IDs at 10,000,000 IDs | < 20 MB | 19 MB | yes |",
 		"| store -> live p99, idle, 1,001,000 users | <= 5 ms | 30 ms | no | 25 ms over (6x the target) |",
+		"| import of 1,000,000 users: last live after | <= 1500 ms | 1000 ms | yes |",
 		"| 50,000 | 20,000 |",
 		"5,000 changes/s (p99 20 ms, req/s 0.95 of idle) | no | highest rate tried that held: 5,000 of 50,000/s |",
-		"| import of 1,000,000 users (mapctl import) | <= 3000 ms | 4000 ms | no | 1000 ms over (1.3x the target) |",
+		"| import of 1,000,000 users (mapctl import) | <= 3000 ms | 4000 ms | no | 1000 ms over (1.33x the target) |",
 		"| reassign 300,000 users, until all live | <= 5000 ms | 2000 ms | yes |",
-		"| syncer peak RSS at 1,001,000 users | <= 150 MB | 200 MB | no | 50 MB over (1.3x the target) |",
+		"| syncer peak RSS at 1,001,000 users | <= 150 MB | 200 MB | no | 50 MB over (1.33x the target) |",
 		"10ms syncer.apply",
 	} {
 		if !strings.Contains(md, want) {
@@ -204,5 +205,17 @@ func TestLoadCountsWrongBackends(t *testing.T) {
 	res, err = Load(context.Background(), addr, 2, 100*time.Millisecond, fixedKeys{keys, "shard0"}, true)
 	if err != nil || res.Wrong != 0 {
 		t.Errorf("all to shard0: wrong %d, err %v", res.Wrong, err)
+	}
+}
+
+// An import whose last user never went live is not reported as live in 0 ms.
+func TestImportNeverLiveIsAMiss(t *testing.T) {
+	res := &results{bulk: &bulkResult{ImportN: 1000, ImportTook: time.Second}, failure: "the syncer exited"}
+	rep, _ := buildReport(DefaultOptions(), res, nil)
+	md := string(WriteMarkdown(rep))
+	for _, want := range []string{"| import of 1,000 users: last live after | <= 1500 ms | never (see Failure) | no | not live |", "the last one was never routed", "## Failure: the run stopped early"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("doc lacks %q", want)
+		}
 	}
 }
