@@ -34,6 +34,9 @@ func barChart(path, title, xLabel string, labels []string, values []float64) err
 	bars.LineStyle.Width = 0
 	p.Add(bars)
 	p.NominalY(names...)
+	p.Y.Padding = vg.Points(2)
+	p.Y.Tick.Label.XAlign = -1 // labels left-aligned from the canvas edge, none cut
+
 	p.X.Min = 0
 	p.X.Tick.Marker = plot.TickerFunc(func(min, max float64) []plot.Tick {
 		ts := plot.DefaultTicks{}.Ticks(min, max)

@@ -2,6 +2,7 @@ package suite
 
 import (
 	"fmt"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 	"os"
@@ -240,7 +241,7 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 	}
 
 	if len(res.churn) > 0 {
-		t := &Table{Header: []string{"changes/s wanted", "made", "propagation p50 ms", "p99 ms", "max ms", "samples", "timeouts", "req/s meanwhile", "ratio to idle", "HAProxy CPU", "syncer CPU", "holds (p99 < 100 ms, req/s >= 0.9)"}}
+		t := &Table{Header: []string{"changes/s wanted", "made", "propagation p50 ms", "p99 ms", "max ms", "samples", "timeouts or failed requests", "req/s meanwhile", "ratio to idle", "HAProxy CPU", "syncer CPU", "holds (p99 < 100 ms, req/s >= 0.9)"}}
 		best := 0
 		var bestStep *churnStep
 		var prof string
@@ -424,9 +425,9 @@ func maxTarget(name string, want, got float64, f unitFmt) Target {
 
 // ratioTarget is a target of at least want (a ratio).
 func ratioTarget(name string, want, got float64) Target {
-	t := Target{Name: name, Want: ">= " + trimFloat(want, 2), Got: trimFloat(got, 2), Met: got >= want}
+	t := Target{Name: name, Want: ">= " + strconv.FormatFloat(want, 'f', 2, 64), Got: strconv.FormatFloat(got, 'f', 3, 64), Met: got >= want}
 	if !t.Met {
-		t.Miss = fmt.Sprintf("%s under", trimFloat(want-got, 2))
+		t.Miss = fmt.Sprintf("%s under", strconv.FormatFloat(want-got, 'g', 2, 64))
 	}
 	return t
 }

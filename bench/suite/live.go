@@ -498,6 +498,7 @@ func (s *suite) churnRates(ctx context.Context, rig *liveRig, rates []int, d tim
 			user := userName(i)
 			cur, err := c.get(user)
 			if err != nil {
+				timeouts++ // HAProxy stalled past the request deadline
 				continue
 			}
 			t0 := time.Now()

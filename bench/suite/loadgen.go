@@ -135,7 +135,7 @@ func Load(ctx context.Context, addr string, conc int, d time.Duration, keys KeyS
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer c.close()
+			defer func() { c.close() }()
 			r := rand.New(rand.NewPCG(uint64(i)+1, uint64(start.UnixNano())))
 			var n, wrong, errs int64
 			var first string
@@ -152,7 +152,15 @@ func Load(ctx context.Context, addr string, conc int, d time.Duration, keys KeyS
 					if first == "" {
 						first = err.Error()
 					}
-					break // the connection is unusable
+					// The connection is unusable: dial anew, so a stall
+					// (HAProxy busy loading a map) does not cost concurrency.
+					c.close()
+					nc, derr := dialHTTP(addr)
+					if derr != nil {
+						break
+					}
+					c = nc
+					continue
 				}
 				my = append(my, time.Since(t0))
 				n++

@@ -132,7 +132,7 @@ func (s *suite) requestPath(ctx context.Context) (*requestResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	designs = append(designs, design{fmt.Sprintf("old design: Lua, a TCP lookup per request (%s users)", count(int64(s.o.Users))), "old: Lua lookup", fe, big})
+	designs = append(designs, design{fmt.Sprintf("old design: Lua, a TCP lookup per request (%s users)", count(int64(s.o.Users))), "Lua lookup (old)", fe, big})
 
 	for _, d := range designs {
 		res.Runs = append(res.Runs, &designRun{Name: d.name, Short: d.short})
