@@ -44,9 +44,17 @@ e2e:
 	@bash scripts/deps.sh --browser
 	$(GO) test -race -count=1 -timeout 20m -v ./e2e/
 
-## bench: timing figures on real HAProxy and Redis (runtime API rates, set-to-live latency).
-bench: deps
-	$(GO) test -run '^$$' -bench . -benchtime 3s -count 1 -timeout 30m ./bench/ ./maps/
+## bench: the Go benchmarks of the runtime API and the store, then shardmap-bench's scenarios on
+## real HAProxy, Redis and the syncer (request path, propagation, churn, bulk, memory), which write
+## docs/BENCHMARKS.md and its charts. About 10 minutes on 2 cores. BENCH_FLAGS=-quick for a smoke
+## test (its doc goes to a temp dir), BENCH_FLAGS='-only request' for a subset.
+BENCH_FLAGS ?=
+bench: deps build
+	@mkdir -p $(BIN)
+	$(GO) test -run '^$$' -bench . -benchtime 1s -count 1 -timeout 30m ./bench/ ./maps/ > $(BIN)/bench-go.txt; \
+	  rc=$$?; cat $(BIN)/bench-go.txt; exit $$rc
+	@# The program pins HAProxy to CPU 0; it, Redis and the syncer run on CPU 1.
+	taskset -c 1 $(BIN)/shardmap-bench -gotest $(BIN)/bench-go.txt -readme README.md $(BENCH_FLAGS)
 
 ## soak: load + churn + random kill -9 of haproxy, syncer, redis; bounded by SOAK_DURATION (default 2m).
 SOAK_DURATION ?= 2m

@@ -1,6 +1,7 @@
 // Package bench measures shardmap against real HAProxy and Redis on
-// loopback. Run: make bench (go test -bench . ./bench/). Every figure in the
-// README comes from here.
+// loopback. Run: make bench, which runs these benchmarks (go test -bench .
+// ./bench/ ./maps/) and then cmd/shardmap-bench (package bench/suite); the
+// latter writes docs/BENCHMARKS.md, these figures included.
 package bench
 
 import (
