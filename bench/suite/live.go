@@ -44,7 +44,13 @@ func (s *suite) startLive(ctx context.Context) (*liveRig, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The layout recommended for big maps: on HAProxy before 2.9 the syncer
+	// writes changes to the delta map and folds it into the map.
+	t.DeltaMap = true
 	if err := writeFile(t.Map, ""); err != nil {
+		return nil, err
+	}
+	if _, err := haproxy.CreateDeltaMap(t); err != nil {
 		return nil, err
 	}
 	cfg, err := benchConfig(t, nil)

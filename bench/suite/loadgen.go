@@ -215,3 +215,17 @@ func (f fixedKeys) Key(r *rand.Rand) (string, string) {
 	k, _ := f.inner.Key(r)
 	return k, f.shard
 }
+
+// deltaKeys are the users keys with the delta map of the users-delta design:
+// every (n/1000)th of the first 1,000 such users is in the delta, on the
+// other shard.
+type deltaKeys struct{ u usersKeys }
+
+func (d deltaKeys) Key(r *rand.Rand) (string, string) {
+	i := r.IntN(d.u.n)
+	want := d.u.shards[i%len(d.u.shards)]
+	if step := d.u.n / 1000; step > 0 && i%step == 0 && i/step < 1000 {
+		want = d.u.shards[(i+1)%len(d.u.shards)]
+	}
+	return userName(i), want
+}

@@ -56,14 +56,32 @@ func (s *suite) requestPath(ctx context.Context) (*requestResult, error) {
 	res := &requestResult{Users: s.o.Users, IDsSmall: s.o.IDsSmall, IDsLarge: s.o.IDsLarge, HAProxy: map[string]memStatus{},
 		Conc: s.o.Conc, Dur: s.o.RequestDur, Rounds: s.o.Rounds}
 	var designs []design
+	// mk's routing routingUsersDelta is routing: users with delta_map.
+	const routingUsersDelta = "users+delta"
 	mk := func(name, routing string, n int, rules []string, globals ...string) (*frontend, *haproxy.Topology, error) {
 		dir := filepath.Join(s.dir, name)
 		if err := mkdir(dir); err != nil {
 			return nil, nil, err
 		}
+		delta := routing == routingUsersDelta
+		if delta {
+			routing = haproxy.RoutingUsers
+		}
 		t, err := topology(dir, routing)
 		if err != nil {
 			return nil, nil, err
+		}
+		if delta {
+			// delta_map: the delta holds 1,000 recent changes, as between
+			// two folds; most lookups miss it and go on to the map.
+			t.DeltaMap = true
+			mf := maps.MapFile{}
+			for i := 0; i < 1000; i++ {
+				mf.Entries = append(mf.Entries, maps.Assignment{User: userName(i * (n / 1000)), Shard: shardNames[(i*(n/1000)+1)%2]})
+			}
+			if _, err := maps.WriteMapFile(maps.DeltaPath(t.Map), mf, 0o644); err != nil {
+				return nil, nil, err
+			}
 		}
 		switch routing {
 		case haproxy.RoutingUsers:
@@ -110,6 +128,11 @@ func (s *suite) requestPath(ctx context.Context) (*requestResult, error) {
 		return nil, err
 	}
 	designs = append(designs, design{fmt.Sprintf("named users, map of %s", count(int64(s.o.Users))), "users " + short(s.o.Users), fe, big})
+	fe, _, err = mk("users-large-delta", routingUsersDelta, s.o.Users, nil)
+	if err != nil {
+		return nil, err
+	}
+	designs = append(designs, design{fmt.Sprintf("named users, map of %s + delta map of 1,000 (delta_map)", count(int64(s.o.Users))), "users " + short(s.o.Users) + " +delta", fe, deltaKeys{big}})
 	fe, t, err := mk("ids", haproxy.RoutingIDs, 0, nil)
 	if err != nil {
 		return nil, err
