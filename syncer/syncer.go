@@ -93,7 +93,7 @@ type Config struct {
 	FlushDelay   time.Duration // how long changes wait before the file is written (200 ms; or 4x the last write's duration, when longer)
 	BatchMax     int           // most changes read and applied at once (10,000)
 	ReplaceAbove int           // a batch with more set/del than this is applied as one versioned swap (64)
-	DeltaMax     int           // in the delta+base layout, the delta entries past which it is folded into the base (5,000)
+	DeltaMax     int           // in the delta+base layout, the delta entries past which it is folded into the base (50,000: a fold swaps the whole base; a set in the delta walks the delta on 2.6)
 	Heartbeat    time.Duration // how often the syncer reports itself in Redis and renews its claims (1 s)
 	CheckEvery   time.Duration // how often HAProxy's identity (show info Pid) is checked (500 ms)
 	// MaxDeleteShare: a full reconcile that would delete more than this share
@@ -144,7 +144,7 @@ func (c *Config) defaults() error {
 		c.ReplaceAbove = 64
 	}
 	if c.DeltaMax <= 0 {
-		c.DeltaMax = 5000
+		c.DeltaMax = 50_000
 	}
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = time.Second

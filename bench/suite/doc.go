@@ -164,9 +164,11 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 		charts = append(charts, chartFile{"bench-request-path.png", func(p string) error {
 			return barChart(p, "Request path: HAProxy req/s by routing design (median of rounds)", "requests per second", labels, vals)
 		}})
-		usersLarge, idsSmall, idsLarge, lua := r.Runs[2], r.Runs[3], r.Runs[4], r.Runs[5]
-		_ = lua
+		usersLarge, idsSmall, idsLarge := r.find("users "+short(r.Users)), r.find("IDs "+short(r.IDsSmall)), r.find("IDs "+short(r.IDsLarge))
 		rt := func(name string, want float64, d *designRun) {
+			if d == nil {
+				return
+			}
 			g := ratioTarget(name, want, Median(d.RPS)/sRPS)
 			g.Got += " (by CPU per request: " + ratio(capacity(d), sCap) + ")"
 			add(g)
@@ -441,15 +443,29 @@ const (
 // headline is the README's benchmark sentence, from res's request figures.
 func headline(res *results) string {
 	r := res.request
-	if r == nil || len(r.Runs) < 6 {
+	if r == nil {
 		return ""
 	}
-	s, c := Median(r.Runs[0].RPS), capacity(r.Runs[0])
+	static, users, delta, ids, lua := r.find("static"), r.find("users "+short(r.Users)), r.find("users "+short(r.Users)+" +delta"), r.find("IDs "+short(r.IDsLarge)), r.find("Lua lookup (old)")
+	if static == nil || users == nil || delta == nil || ids == nil || lua == nil {
+		return ""
+	}
+	s, c := Median(static.RPS), capacity(static)
 	f := func(d *designRun) string {
 		return fmt.Sprintf("%s (%s by HAProxy CPU per request)", ratio(Median(d.RPS), s), ratio(capacity(d), c))
 	}
-	return fmt.Sprintf("Last `make bench` run (%s): req/s as a share of a static `use_backend`'s: named users with a %s-user map %s, shard IDs at %s IDs %s, the old Lua + lookup-service design %s.",
-		res.started.UTC().Format("2006-01-02"), count(int64(r.Users)), f(r.Runs[2]), count(int64(r.IDsLarge)), f(r.Runs[4]), f(r.Runs[5]))
+	return fmt.Sprintf("Last `make bench` run (%s): req/s as a share of a static `use_backend`'s: named users with a %s-user map %s, with a delta map too (`delta_map`) %s, shard IDs at %s IDs %s, the old Lua + lookup-service design %s.",
+		res.started.UTC().Format("2006-01-02"), count(int64(r.Users)), f(users), f(delta), count(int64(r.IDsLarge)), f(ids), f(lua))
+}
+
+// find is the design run whose short name is short, nil when none ran.
+func (r *requestResult) find(short string) *designRun {
+	for _, d := range r.Runs {
+		if d.Short == short {
+			return d
+		}
+	}
+	return nil
 }
 
 // capacity is requests per HAProxy CPU-second: what a design would serve

@@ -144,7 +144,7 @@ or another live syncer already uses --name.`,
 	f.StringVar(&o.listen, "listen", "", "address for /healthz, /readyz, /metrics and the status page at /, e.g. 127.0.0.1:9477 (off when empty)")
 	f.DurationVar(&o.flush, "flush-delay", 200*time.Millisecond, "longest the map file lags the live map")
 	f.IntVar(&o.replaceAbove, "replace-above", 64, "apply a batch with more set/del than this as one versioned swap")
-	f.IntVar(&o.deltaMax, "delta-max", 5000, "with a delta map (topology delta_map, HAProxy before 2.9), fold it into the map past this many entries")
+	f.IntVar(&o.deltaMax, "delta-max", 50_000, "with a delta map (topology delta_map, HAProxy before 2.9), fold it into the map past this many entries")
 	f.Float64Var(&o.maxDeleteShare, "max-delete-share", syncer.DefaultMaxDeleteShare, "refuse a full reconcile that would delete more than this share of the live map (0 to 1; 0 refuses any that deletes more than 5 entries)")
 	f.DurationVar(&o.reconcileEvery, "reconcile-every", time.Minute, "how often to look for drift in Redis, the live map and the file")
 	f.DurationVar(&o.runtimeTimeout, "runtime-timeout", 3*time.Second, "longest to wait for HAProxy to answer one Runtime API command before reporting it not answering")

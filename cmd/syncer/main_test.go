@@ -113,7 +113,7 @@ func TestOldInvocationsUnchanged(t *testing.T) {
 	want := syncer.Config{
 		Name: host + ":/etc/haproxy/users.map", MapName: "/etc/haproxy/users.map", MapFile: "/etc/haproxy/users.map",
 		Targets:    []string{"/run/haproxy/admin.sock"},
-		FlushDelay: 200 * time.Millisecond, ReplaceAbove: 64, DeltaMax: 5000, MaxDeleteShare: syncer.DefaultMaxDeleteShare,
+		FlushDelay: 200 * time.Millisecond, ReplaceAbove: 64, DeltaMax: 50_000, MaxDeleteShare: syncer.DefaultMaxDeleteShare,
 		ReconcileEvery: time.Minute, FileMode: 0o640,
 	}
 	for _, c := range []struct {
