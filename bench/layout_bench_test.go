@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"sort"
 	"testing"
 	"time"
 
@@ -42,26 +41,9 @@ func BenchmarkSetToLive1M(b *testing.B) {
 			if got := s.Status().Targets[0].Layout; (layout == "delta") != (got == "delta+base") {
 				b.Logf("layout %s (HAProxy 2.9 and later keep the single map)", got)
 			}
-			lat := make([]time.Duration, 0, b.N)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				start := time.Now()
-				id, err := r.store.Set(ctx, maps.Assignment{User: fmt.Sprintf("user%09d", (i*7919)%n), Shard: []string{"shard1", "shard0"}[(i*7919/n)%2]})
-				if err != nil {
-					b.Fatal(err)
-				}
-				for maps.CompareIDs(s.Status().Applied, id) < 0 {
-					if time.Since(start) > 10*time.Second {
-						b.Fatal("change not applied within 10 s")
-					}
-					time.Sleep(50 * time.Microsecond) // poll interval
-				}
-				lat = append(lat, time.Since(start))
-			}
-			b.StopTimer()
-			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
-			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+			setToLive(b, r, s, func(i int) maps.Assignment {
+				return maps.Assignment{User: fmt.Sprintf("user%09d", (i*7919)%n), Shard: []string{"shard1", "shard0"}[(i*7919/n)%2]}
+			})
 			b.ReportMetric(float64(s.Status().Targets[0].Folds), "folds")
 		})
 	}
