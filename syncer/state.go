@@ -180,14 +180,22 @@ func (st *state) publish(ws []want, logID string, times []int64) int {
 func (st *state) since(seq uint64) (bs []*batch, ok bool, next <-chan struct{}) {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
-	if seq == st.seq {
-		return nil, true, st.notify
-	}
-	if len(st.ring) == 0 || seq+1 < st.ring[0].seq || seq > st.seq {
-		return nil, false, st.notify
-	}
+	bs, ok = st.after(seq)
 	// A copy: publish trims the ring in place while the target applies.
-	return append([]*batch(nil), st.ring[seq+1-st.ring[0].seq:]...), true, st.notify
+	return append([]*batch(nil), bs...), ok, st.notify
+}
+
+// after is the ring's batches after seq (none when seq is the state's), and
+// false when seq is out of reach. The caller holds the lock; the slice is
+// the ring's own.
+func (st *state) after(seq uint64) ([]*batch, bool) {
+	switch {
+	case seq == st.seq:
+		return nil, true
+	case len(st.ring) == 0 || seq+1 < st.ring[0].seq || seq > st.seq:
+		return nil, false
+	}
+	return st.ring[seq+1-st.ring[0].seq:], true
 }
 
 // pendingAfter counts the changes published after seq, -1 when seq is out
@@ -195,14 +203,12 @@ func (st *state) since(seq uint64) (bs []*batch, ok bool, next <-chan struct{}) 
 func (st *state) pendingAfter(seq uint64) int {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
-	if seq == st.seq {
-		return 0
-	}
-	if len(st.ring) == 0 || seq+1 < st.ring[0].seq || seq > st.seq {
+	bs, ok := st.after(seq)
+	if !ok {
 		return -1
 	}
 	n := 0
-	for _, b := range st.ring[seq+1-st.ring[0].seq:] {
+	for _, b := range bs {
 		n += len(b.changes)
 	}
 	return n
@@ -250,15 +256,12 @@ func (v view) entries() []runtime.Entry {
 // touchedAfter is the set of users changed by the batches after seq, and
 // false when they are out of reach.
 func (v view) touchedAfter(seq uint64) (map[string]bool, bool) {
-	st := v.st
-	if seq == st.seq {
-		return nil, true
-	}
-	if len(st.ring) == 0 || seq+1 < st.ring[0].seq || seq > st.seq {
-		return nil, false
+	bs, ok := v.st.after(seq)
+	if !ok || len(bs) == 0 {
+		return nil, ok
 	}
 	t := map[string]bool{}
-	for _, b := range st.ring[seq+1-st.ring[0].seq:] {
+	for _, b := range bs {
 		for _, c := range b.changes {
 			t[c.user] = true
 		}
