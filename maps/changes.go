@@ -23,15 +23,7 @@ func (s *Store) RecentChanges(ctx context.Context, n int) (changes []Change, bad
 	if err != nil {
 		return nil, nil, fmt.Errorf("redis read the last %d of %s: %w", n, s.LogKey(), err)
 	}
-	for _, m := range msgs {
-		c, err := parseChange(m)
-		if err != nil {
-			bad = append(bad, BadEntry{User: c.User, Err: fmt.Errorf("log entry %s: %w", m.ID, err)})
-			changes = append(changes, Change{ID: m.ID})
-			continue
-		}
-		changes = append(changes, c)
-	}
+	changes, bad = parseChanges(msgs, nil, nil)
 	return changes, bad, nil
 }
 

@@ -428,18 +428,25 @@ func (s *Store) ReadLog(ctx context.Context, after string, count int64, block ti
 		return nil, nil, fmt.Errorf("redis read %s after %s: %w", s.LogKey(), after, err)
 	}
 	for _, st := range streams {
-		for _, m := range st.Messages {
-			c, err := parseChange(m)
-			if err != nil {
-				bad = append(bad, BadEntry{User: c.User, Err: fmt.Errorf("log entry %s: %w", m.ID, err)})
-				// Keep the ID so the reader moves past the bad entry.
-				changes = append(changes, Change{ID: m.ID})
-				continue
-			}
-			changes = append(changes, c)
-		}
+		changes, bad = parseChanges(st.Messages, changes, bad)
 	}
 	return changes, bad, nil
+}
+
+// parseChanges appends msgs to changes as log entries; an entry that fails
+// validation goes to bad and keeps only its ID in changes, so that a reader
+// moves past it.
+func parseChanges(msgs []redis.XMessage, changes []Change, bad []BadEntry) ([]Change, []BadEntry) {
+	for _, m := range msgs {
+		c, err := parseChange(m)
+		if err != nil {
+			bad = append(bad, BadEntry{User: c.User, Err: fmt.Errorf("log entry %s: %w", m.ID, err)})
+			changes = append(changes, Change{ID: m.ID})
+			continue
+		}
+		changes = append(changes, c)
+	}
+	return changes, bad
 }
 
 func parseChange(m redis.XMessage) (Change, error) {
