@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -39,15 +41,38 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() error
 	}
 }
 
-// FreePort returns a TCP port free on 127.0.0.1 right now.
+// Ports handed out by FreePort: below Linux's ephemeral range (32768 up),
+// from which every outgoing connection takes its source port. A port taken
+// from that range (listening on port 0) could be taken again by one of the
+// tests' many loopback clients before the server the port was for binds it
+// (seen: "Address already in use" for HAProxy). Each test process walks the
+// range from a random start, so parallel packages rarely meet.
+const (
+	portLow  = 20000
+	portHigh = 32767
+)
+
+var nextPort = sync.OnceValue(func() *atomic.Int64 {
+	var n atomic.Int64
+	n.Store(rand.Int64N(portHigh - portLow + 1))
+	return &n
+})
+
+// FreePort returns a TCP port free on 127.0.0.1 right now, below the
+// ephemeral range.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range portHigh - portLow + 1 {
+		p := portLow + int(nextPort().Add(1)%(portHigh-portLow+1))
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return p
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatalf("no free TCP port on 127.0.0.1 from %d to %d", portLow, portHigh)
+	return 0
 }
 
 // HAProxyEnv names the environment variable that picks the haproxy the tests
