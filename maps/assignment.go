@@ -24,6 +24,14 @@ const (
 	ShardRule = `shards are HAProxy backend names: 1..64 bytes of [A-Za-z0-9._:-]`
 )
 
+// HoldShard is the backend a user (or a logical shard) is routed to while
+// its data moves with `mapctl move --freeze`: the rendered HAProxy config
+// has a backend of this name that answers every request with 503 and a
+// Retry-After header, so no write lands on either shard during the copy.
+// It is a valid shard name, known to the store once a syncer has published
+// HAProxy's backends, and never a destination of a move or a rebalance.
+const HoldShard = "shardmap_hold"
+
 // Assignment routes one user to one shard.
 type Assignment struct {
 	User  string
