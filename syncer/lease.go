@@ -47,6 +47,9 @@ type lease struct {
 	at    time.Time // last successful take or renewal
 	other string    // the holder, while another syncer holds it
 	err   error     // why the last renewal failed, when Redis did not answer
+	// identErr is why the leased thing cannot be identified yet (a socket
+	// whose directory does not exist): the lease cannot even be asked for.
+	identErr error
 }
 
 func newInstanceID() string {
@@ -139,6 +142,7 @@ func (l *lease) holder() string {
 func (s *Syncer) refreshKey(ctx context.Context, l *lease) (string, bool) {
 	id, err := l.ident()
 	l.mu.Lock()
+	l.identErr = err
 	old, held := l.key, !l.at.IsZero()
 	key := old
 	if err == nil {
@@ -218,6 +222,17 @@ func (t *target) holdLease(ctx context.Context) bool {
 				why = errors.New("not renewed in time")
 			}
 			t.setProblem(ctx, fail(kindRedis, fmt.Errorf("the map's lease ran out, writes to HAProxy stopped: %w", why)))
+		}
+	}
+	if !t.active.Load() {
+		// A target that cannot be identified never gets a lease: say why,
+		// rather than look like one still starting.
+		t.lease.mu.Lock()
+		identErr := t.lease.identErr
+		t.lease.mu.Unlock()
+		if identErr != nil {
+			t.setProblem(ctx, fail(kindHAProxy, fmt.Errorf("cannot reach the target to lease it: %w", identErr)))
+			return false
 		}
 	}
 	s.setProblems(ctx, func() {})

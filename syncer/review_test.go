@@ -294,6 +294,28 @@ func TestMapFileDirMissingIsAProblem(t *testing.T) {
 	}
 }
 
+// A socket in a directory that does not exist (HAProxy not started yet, or
+// a typo in --socket): the target cannot be identified, so its lease cannot
+// be taken; its status must say why instead of "starting" with no problem.
+func TestSocketDirMissingIsAProblem(t *testing.T) {
+	fs := newFakeStore(users(3, "s1"))
+	rt := &fakeRuntime{live: users(3, "s1")}
+	sock := t.TempDir() + "/no/such/dir/haproxy.sock"
+	s, err := New(Config{Name: "t", MapName: "/etc/haproxy/users.map", MapFile: t.TempDir() + "/users.map", Targets: []string{sock},
+		MaxDeleteShare: DefaultMaxDeleteShare, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, fs, dialFake(rt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if s.targets[0].holdLease(ctx) {
+		t.Fatal("leased a target whose socket directory does not exist")
+	}
+	st := s.Status()
+	if len(st.Targets) != 1 || !strings.Contains(st.Targets[0].Problem, "/no/such/dir") {
+		t.Fatalf("targets %+v: want one, its problem naming the missing directory", st.Targets)
+	}
+}
+
 // A write of the map file failed, then another syncer took the file's
 // lease and writes it: the old failure is not this syncer's state any more
 // (it was not ready for good, as no write of its own would clear it).
