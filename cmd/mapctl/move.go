@@ -183,7 +183,12 @@ func (a *app) move(cmd *cobra.Command, user string, o moveOpts) error {
 	} else if err := a.checkKey(ctx, user); err != nil {
 		return err
 	}
-	_, err := a.mover(errOut, stepPrinter(out, func(mv move.Move) { fmt.Fprintln(out, mv.ID) })).Start(ctx, req)
+	printed := false
+	_, err := a.mover(errOut, stepPrinter(out, func(mv move.Move) { fmt.Fprintln(out, mv.ID); printed = true })).Start(ctx, req)
+	var se *move.StepError
+	if errors.As(err, &se) && !printed { // recorded, but failed before plan was done
+		fmt.Fprintln(out, se.ID)
+	}
 	return moveErr(err)
 }
 
