@@ -60,7 +60,7 @@ func newFixture(t *testing.T) *fixture {
 		}
 	}()
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	f.cfg = Config{Redis: rdb, Users: f.users, Logical: f.logical, Shards: f.users, Wait: 10 * time.Second, LeaseTTL: 300 * time.Millisecond, Log: slog.New(slog.DiscardHandler)}
+	f.cfg = Config{Redis: rdb, Users: f.users, Logical: f.logical, Shards: f.users, Wait: 10 * time.Second, LeaseTTL: time.Second, Log: slog.New(slog.DiscardHandler)}
 	return f
 }
 
