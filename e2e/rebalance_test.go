@@ -1,0 +1,254 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shardmap/shardmap/maps"
+)
+
+// rebalanceOut is what rebalance plan -o json prints.
+type rebalanceOut struct {
+	Mode    string `json:"mode"`
+	Figure  string `json:"figure"`
+	Measure string `json:"measure"`
+	Moves   []struct {
+		Subject, From, To string
+		Weight            float64
+	} `json:"moves"`
+	Shards []struct {
+		Shard string  `json:"shard"`
+		Up    bool    `json:"up"`
+		B     float64 `json:"before"`
+		A     float64 `json:"after"`
+	} `json:"shards"`
+	MaxDeviationBefore float64 `json:"max_deviation_before"`
+	MaxDeviationAfter  float64 `json:"max_deviation_after"`
+	Stopped            string  `json:"stopped"`
+}
+
+func (s *stack) rebalancePlan(args ...string) rebalanceOut {
+	s.t.Helper()
+	out := s.mustMapctl(append([]string{"rebalance", "plan", "-o", "json"}, args...)...)
+	var r rebalanceOut
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		s.t.Fatalf("rebalance plan: %v\n%s", err, out)
+	}
+	return r
+}
+
+func (r rebalanceOut) after() map[string]float64 {
+	m := map[string]float64{}
+	for _, sh := range r.Shards {
+		m[sh.Shard] = sh.A
+	}
+	return m
+}
+
+// assign puts n users named prefix0.. on shard.
+func (s *stack) assign(prefix, shard string, n int) []string {
+	s.t.Helper()
+	var as []maps.Assignment
+	var names []string
+	for i := 0; i < n; i++ {
+		u := fmt.Sprintf("%s%d", prefix, i)
+		as = append(as, maps.Assignment{User: u, Shard: shard})
+		names = append(names, u)
+	}
+	if _, err := s.store.SetMany(context.Background(), as); err != nil {
+		s.t.Fatal(err)
+	}
+	return names
+}
+
+// Users skewed onto one shard: the plan evens the count out exactly, moves
+// each user once and only off the full shard, writes the moves in
+// move --from-file's format, and changes nothing itself.
+func TestRebalancePlanByUsers(t *testing.T) {
+	s := newStack(t)
+	s.startSyncer()
+	s.assign("u", "shard1", 12)
+	s.waitConverged(10 * time.Second)
+
+	plan := filepath.Join(s.dir, "plan.txt")
+	r := s.rebalancePlan("--socket", s.socket, "--write", plan)
+	if r.Mode != "users" || r.Figure != "users" || r.Stopped != "even" {
+		t.Errorf("plan: %+v", r)
+	}
+	want := map[string]float64{"shard0": 3, "shard1": 3, "shard2": 3, "shard3": 3}
+	if got := r.after(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("after %v, want %v", got, want)
+	}
+	if r.MaxDeviationBefore != 9 || r.MaxDeviationAfter != 0 {
+		t.Errorf("max deviation %v -> %v, want 9 -> 0", r.MaxDeviationBefore, r.MaxDeviationAfter)
+	}
+	if len(r.Moves) != 9 {
+		t.Fatalf("%d moves, want 9: %+v", len(r.Moves), r.Moves)
+	}
+	seen := map[string]bool{}
+	var lines []string
+	for _, m := range r.Moves {
+		if m.From != "shard1" || m.To == "shard1" || seen[m.Subject] {
+			t.Errorf("move %+v", m)
+		}
+		seen[m.Subject] = true
+		lines = append(lines, m.Subject+" "+m.To)
+	}
+	b, err := os.ReadFile(plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if !strings.HasPrefix(l, "#") {
+			got = append(got, l)
+		}
+	}
+	if strings.Join(got, "\n") != strings.Join(lines, "\n") {
+		t.Errorf("plan file:\n%s\nwant the moves:\n%s", b, strings.Join(lines, "\n"))
+	}
+	// A plan is a plan: Redis is unchanged.
+	for u, sh := range s.redisMap() {
+		if sh != "shard1" {
+			t.Errorf("%s moved to %s by a plan", u, sh)
+		}
+	}
+	// --max-moves stops it; the figures still add up.
+	r = s.rebalancePlan("--max-moves", "2")
+	if len(r.Moves) != 2 || r.Stopped != "max-moves" || r.after()["shard1"] != 10 {
+		t.Errorf("--max-moves 2: %+v", r)
+	}
+	// Bad input is exit 2, naming the flag.
+	for _, args := range [][]string{{"--by", "bytes"}, {"--by", "load"}, {"--max-moves", "0"}, {"--shards", "a b"}} {
+		if _, errs, code := s.mapctl(append([]string{"rebalance", "plan"}, args...)...); code != 2 || !strings.Contains(errs, strings.TrimPrefix(args[0], "--")) {
+			t.Errorf("%v: exit %d: %s", args, code, errs)
+		}
+	}
+}
+
+// traffic sends n requests as each user, from 4 goroutines; a bounded
+// loop on loopback.
+func (s *stack) traffic(users []string, n int) {
+	s.t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(users))
+	for _, u := range users {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < n; i++ {
+				if _, err := s.route(u); err != nil {
+					errs <- fmt.Errorf("%s: %w", u, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		s.t.Fatal(err)
+	}
+}
+
+// Users spread evenly, traffic skewed onto one shard's users: by load, the
+// plan spreads that shard's users over the others, and by users it sees
+// nothing to do. One shard with no server up is never a destination.
+func TestRebalancePlanByLoad(t *testing.T) {
+	s := newStack(t)
+	s.startSyncer()
+	hot := s.assign("h", "shard1", 4)
+	for _, sh := range []string{"shard0", "shard2", "shard3"} {
+		s.assign(sh+"-u", sh, 4)
+	}
+	s.waitConverged(10 * time.Second)
+	s.traffic(hot, 25) // 100 requests on shard1, none elsewhere
+
+	r := s.rebalancePlan("--by", "load", "--sample", "0", "--socket", s.socket)
+	if r.Figure != "requests since start" {
+		t.Errorf("figure %q", r.Figure)
+	}
+	before := map[string]float64{}
+	for _, sh := range r.Shards {
+		before[sh.Shard] = sh.B
+	}
+	if before["shard1"] != 100 || before["shard0"] != 0 {
+		t.Fatalf("before: %v, want 100 requests on shard1", before)
+	}
+	want := map[string]float64{"shard0": 25, "shard1": 25, "shard2": 25, "shard3": 25}
+	if got := r.after(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("after %v, want %v", got, want)
+	}
+	var moved []string
+	for _, m := range r.Moves {
+		if m.From != "shard1" || m.Weight != 25 {
+			t.Errorf("move %+v", m)
+		}
+		moved = append(moved, m.Subject)
+	}
+	sort.Strings(moved)
+	if strings.Join(moved, " ") != "h0 h1 h2" {
+		t.Errorf("moved %v, want h0 h1 h2 (first names of shard1's users)", moved)
+	}
+	if r := s.rebalancePlan("--socket", s.socket); len(r.Moves) != 0 {
+		t.Errorf("by users: %+v, want no move", r.Moves)
+	}
+
+	// A rate over a sample, with the traffic running during it.
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; i < 20000; i++ { // bounded, whatever happens to mapctl
+			select {
+			case <-done:
+				return
+			default:
+			}
+			s.route(hot[i%len(hot)])
+		}
+	}()
+	r = s.rebalancePlan("--by", "load", "--sample", "1s", "--socket", s.socket)
+	close(done)
+	wg.Wait()
+	if r.Figure != "requests per second" || len(r.Moves) != 3 || !(r.MaxDeviationAfter < r.MaxDeviationBefore/10) {
+		t.Errorf("rate plan: %+v", r)
+	}
+	for _, m := range r.Moves {
+		if m.From != "shard1" {
+			t.Errorf("rate plan move %+v", m)
+		}
+	}
+
+	// shard3 down: its only server set to maintenance. No move goes there.
+	servers, err := s.rt.Servers(context.Background(), "shard3")
+	if err != nil || len(servers) != 1 {
+		t.Fatalf("shard3's servers: %+v, %v", servers, err)
+	}
+	if err := s.rt.SetServerState(context.Background(), "shard3", servers[0].Name, "maint"); err != nil {
+		t.Fatal(err)
+	}
+	r = s.rebalancePlan("--by", "load", "--sample", "0", "--socket", s.socket)
+	for _, sh := range r.Shards {
+		if sh.Up != (sh.Shard != "shard3") {
+			t.Errorf("%s up=%v", sh.Shard, sh.Up)
+		}
+	}
+	if len(r.Moves) == 0 {
+		t.Errorf("no move with shard3 down")
+	}
+	for _, m := range r.Moves {
+		if m.To == "shard3" {
+			t.Errorf("move to a shard with no server up: %+v", m)
+		}
+	}
+}
