@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shardmap/shardmap/internal/testenv"
 	"github.com/shardmap/shardmap/maps"
 )
 
@@ -250,5 +251,51 @@ func TestRebalancePlanByLoad(t *testing.T) {
 		if m.To == "shard3" {
 			t.Errorf("move to a shard with no server up: %+v", m)
 		}
+	}
+}
+
+// Routing: ids: whole logical shards move, each taken to hold an equal
+// share of the IDs; the plan file names them logical:L.
+func TestRebalancePlanLogicalShards(t *testing.T) {
+	s := &stack{t: t, dir: t.TempDir()}
+	s.redis = testenv.StartRedis(t)
+	rdb := s.redis.Client(t)
+	s.store = maps.NewStore(rdb, "")
+	ctx := context.Background()
+	if err := s.store.AddShards(ctx, []string{"shard0", "shard1", "shard2", maps.HoldShard}); err != nil {
+		t.Fatal(err)
+	}
+	var as []maps.Assignment
+	for l := 0; l < 8; l++ {
+		sh := "shard0"
+		if l >= 6 {
+			sh = "shard1"
+		}
+		as = append(as, maps.Assignment{User: fmt.Sprint(l), Shard: sh})
+	}
+	if _, err := maps.NewStore(rdb, maps.LogicalPrefix("")).SetMany(ctx, as); err != nil {
+		t.Fatal(err)
+	}
+	plan := filepath.Join(s.dir, "plan.txt")
+	r := s.rebalancePlan("--write", plan)
+	if r.Mode != "ids" || r.Figure != "logical shards" {
+		t.Errorf("plan: %+v", r)
+	}
+	want := map[string]float64{"shard0": 3, "shard1": 3, "shard2": 2}
+	if got := r.after(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("after %v, want %v (the hold backend is no shard)", got, want)
+	}
+	b, err := os.ReadFile(plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if !strings.HasPrefix(l, "#") {
+			lines = append(lines, l)
+		}
+	}
+	if got := strings.Join(lines, "\n"); got != "logical:0 shard2\nlogical:1 shard2\nlogical:2 shard1" {
+		t.Errorf("plan file moves:\n%s", got)
 	}
 }
