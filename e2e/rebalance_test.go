@@ -299,3 +299,63 @@ func TestRebalancePlanLogicalShards(t *testing.T) {
 		t.Errorf("plan file moves:\n%s", got)
 	}
 }
+
+// --apply runs the plan through the move procedure: each move's copy hook
+// runs, the store ends even, HAProxy routes every moved user to its new
+// shard, and a second plan has nothing left to do.
+func TestRebalanceApply(t *testing.T) {
+	s := newStack(t)
+	s.startSyncer()
+	s.assign("u", "shard1", 12)
+	s.waitConverged(10 * time.Second)
+	copied := filepath.Join(s.dir, "copied.txt")
+	out := s.mustMapctl("rebalance", "plan", "--socket", s.socket, "-o", "json", "--apply", "--parallel", "3",
+		"--copy-cmd", `echo "$SHARDMAP_USER $SHARDMAP_FROM $SHARDMAP_TO" >> `+copied)
+	var r struct {
+		rebalanceOut
+		Applied []struct {
+			Subject, To, ID, State, Error string
+		} `json:"applied"`
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if len(r.Moves) != 9 || len(r.Applied) != 9 {
+		t.Fatalf("%d moves, %d applied: %s", len(r.Moves), len(r.Applied), out)
+	}
+	want := map[string]string{}
+	for i, a := range r.Applied {
+		if a.State != "done" || a.ID == "" || a.Subject != r.Moves[i].Subject {
+			t.Errorf("applied %+v for move %+v", a, r.Moves[i])
+		}
+		want[r.Moves[i].Subject+" shard1 "+r.Moves[i].To] = ""
+	}
+	b, err := os.ReadFile(copied)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		got[l] = ""
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("copy hook ran for:\n%s\nwant %v", b, want)
+	}
+	count := map[string]int{}
+	for _, sh := range s.redisMap() {
+		count[sh]++
+	}
+	if fmt.Sprint(count) != "map[shard0:3 shard1:3 shard2:3 shard3:3]" {
+		t.Errorf("store after --apply: %v", count)
+	}
+	s.waitConverged(10 * time.Second)
+	for _, m := range r.Moves {
+		s.mustRoute(m.Subject, m.To)
+	}
+	if again := s.rebalancePlan("--socket", s.socket); len(again.Moves) != 0 {
+		t.Errorf("a second plan still moves: %+v", again.Moves)
+	}
+	if _, errs, code := s.mapctl("rebalance", "plan", "--copy-cmd", "true"); code != 2 || !strings.Contains(errs, "--copy-cmd goes with --apply") {
+		t.Errorf("--copy-cmd without --apply: exit %d: %s", code, errs)
+	}
+}

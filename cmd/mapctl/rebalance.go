@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -13,6 +17,7 @@ import (
 
 	"github.com/shardmap/shardmap/internal/atomicfile"
 	"github.com/shardmap/shardmap/maps"
+	"github.com/shardmap/shardmap/move"
 	"github.com/shardmap/shardmap/rebalance"
 	"github.com/shardmap/shardmap/runtime"
 )
@@ -37,6 +42,12 @@ type planOpts struct {
 	maxMoves int
 	shards   []string
 	write    string
+
+	apply    bool
+	parallel int
+	freeze   bool
+	reason   string
+	hooks    move.Hooks
 }
 
 func (a *app) rebalancePlanCmd() *cobra.Command {
@@ -62,11 +73,18 @@ it; without, every known shard is taken as up.
 
 The shards are the backends the syncers published (mapctl status shows them),
 or --shards. --write FILE writes the moves in mapctl move --from-file's
-format. See docs/REBALANCE.md.`,
+format. --apply then runs the moves through the move procedure (mapctl move,
+docs/MOVES.md), --parallel at a time, with the hook flags of mapctl move; each
+move is refused if its subject is no longer where the plan found it. It
+prints one line per move and exits 1 if any failed (mapctl moves lists them;
+mapctl move --resume ID goes on).
+
+See docs/REBALANCE.md.`,
 		Example: `  mapctl rebalance plan
   mapctl rebalance plan --by users --socket /run/haproxy/admin.sock --max-moves 50 --write plan.txt
   mapctl rebalance plan --by load --socket /run/lb1/admin.sock --socket /run/lb2/admin.sock --sample 10s -o json
-  mapctl rebalance plan --by load --load sessions --socket /run/haproxy/admin.sock --shards shard0,shard1,shard2`,
+  mapctl rebalance plan --by load --load sessions --socket /run/haproxy/admin.sock --shards shard0,shard1,shard2
+  mapctl rebalance plan --by load --socket /run/haproxy/admin.sock --max-moves 20 --apply --parallel 4 --freeze --copy-cmd ./copy.sh --cleanup-cmd ./drop.sh`,
 		Args: args(0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.by != string(rebalance.ByUsers) && o.by != string(rebalance.ByLoad) {
@@ -84,6 +102,9 @@ format. See docs/REBALANCE.md.`,
 			if o.sample < 0 {
 				return usagef("--sample %s: want 0 or more", o.sample)
 			}
+			if err := checkApplyFlags(cmd, o); err != nil {
+				return err
+			}
 			for _, sh := range o.shards {
 				if err := maps.ValidateShard(sh); err != nil {
 					return fmt.Errorf("--shards: %w", err)
@@ -100,10 +121,18 @@ format. See docs/REBALANCE.md.`,
 					return fmt.Errorf("--write: %w", err)
 				}
 			}
-			if *out == outJSON {
-				return writeJSON(cmd.OutOrStdout(), rp)
+			var applyErr error
+			if o.apply {
+				applyErr = a.applyPlan(cmd, rp, o)
 			}
-			return rp.table(cmd.OutOrStdout())
+			if *out == outJSON {
+				if err := writeJSON(cmd.OutOrStdout(), rp); err != nil {
+					return err
+				}
+			} else if err := rp.table(cmd.OutOrStdout()); err != nil {
+				return err
+			}
+			return applyErr
 		},
 	}
 	f := c.Flags()
@@ -114,8 +143,122 @@ format. See docs/REBALANCE.md.`,
 	f.IntVar(&o.maxMoves, "max-moves", 100, "propose at most this many moves")
 	f.StringSliceVar(&o.shards, "shards", nil, "the shards to even out (default: every backend the syncers published, but the hold backend)")
 	f.StringVar(&o.write, "write", "", "write the moves to FILE in mapctl move --from-file's format")
+	f.BoolVar(&o.apply, "apply", false, "run the moves through the move procedure (mapctl move), then print the plan with each move's outcome")
+	f.IntVar(&o.parallel, "parallel", 1, "with --apply: moves run at once")
+	f.StringVar(&o.reason, "reason", "", "with --apply: why, recorded with each move (default: the plan's measure)")
+	f.BoolVar(&o.freeze, "freeze", false, "with --apply: route to "+maps.HoldShard+" (503 + Retry-After) from before the copy until the flip")
+	f.StringVar(&o.hooks.Freeze, "freeze-cmd", "", "with --apply: hook run at the freeze step")
+	f.StringVar(&o.hooks.Unfreeze, "unfreeze-cmd", "", "with --apply: hook run after the flip")
+	f.StringVar(&o.hooks.Copy, "copy-cmd", "", "with --apply: hook that copies the data from SHARDMAP_FROM to SHARDMAP_TO")
+	f.StringVar(&o.hooks.Verify, "verify-cmd", "", "with --apply: hook run after the flip to check the data on SHARDMAP_TO")
+	f.StringVar(&o.hooks.Cleanup, "cleanup-cmd", "", "with --apply: hook that deletes the data on SHARDMAP_FROM")
+	f.DurationVar(&o.hooks.Timeout, "hook-timeout", move.DefaultHookTimeout, "with --apply: each hook attempt is killed (its whole process group) after this")
+	f.IntVar(&o.hooks.Retries, "retries", move.DefaultRetries, "with --apply: further attempts of a failed hook")
+	f.DurationVar(&o.hooks.RetryDelay, "retry-delay", move.DefaultRetryDelay, "with --apply: wait before the first retry, doubled before each next one")
 	out = outputFlag(c)
 	return c
+}
+
+// checkApplyFlags refuses the move flags without --apply, and bad values.
+func checkApplyFlags(cmd *cobra.Command, o planOpts) error {
+	if !o.apply {
+		for _, name := range []string{"parallel", "reason", "freeze", "freeze-cmd", "unfreeze-cmd", "copy-cmd", "verify-cmd", "cleanup-cmd", "hook-timeout", "retries", "retry-delay"} {
+			if cmd.Flags().Changed(name) {
+				return usagef("--%s goes with --apply", name)
+			}
+		}
+		return nil
+	}
+	switch {
+	case o.parallel < 1:
+		return usagef("--parallel %d: want 1 or more", o.parallel)
+	case o.hooks.Timeout <= 0:
+		return usagef("--hook-timeout %s: want more than 0", o.hooks.Timeout)
+	case o.hooks.Retries < 0 || o.hooks.RetryDelay < 0:
+		return usagef("--retries and --retry-delay cannot be negative")
+	}
+	return nil
+}
+
+// appliedMove is one move's outcome with --apply.
+type appliedMove struct {
+	Subject string `json:"subject"`
+	To      string `json:"to"`
+	ID      string `json:"id"`    // the move's ID ("" when it was refused before it was recorded)
+	State   string `json:"state"` // done, failed or refused
+	Step    string `json:"step"`  // where a failed move stopped
+	Error   string `json:"error"`
+}
+
+// applyPlan runs rp's moves through package move, o.parallel at a time,
+// each from where the plan found its subject (a subject that moved since is
+// refused by the move itself). The outcomes go into rp.Applied, in the
+// plan's order. An interrupt stops the hooks running and records their
+// moves failed, resumable.
+func (a *app) applyPlan(cmd *cobra.Command, rp *rebalanceReport, o planOpts) error {
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	reason := o.reason
+	if reason == "" {
+		reason = fmt.Sprintf("mapctl rebalance plan --by %s (%s)", rp.Measure, rp.Figure)
+	}
+	kind := move.KindUser
+	if rp.Mode == "ids" {
+		kind = move.KindLogical
+	}
+	m := a.mover(cmd.ErrOrStderr(), nil)
+	rp.Applied = make([]appliedMove, len(rp.Moves))
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for range min(o.parallel, max(len(rp.Moves), 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				pm := rp.Moves[i]
+				mv, err := m.Start(ctx, move.Request{Kind: kind, Subject: pm.Subject, From: pm.From, To: pm.To, Reason: reason, Freeze: o.freeze, Hooks: o.hooks})
+				res := appliedMove{Subject: pm.Subject, To: pm.To, State: "done"}
+				if mv != nil {
+					res.ID, res.Step = mv.ID, string(mv.Step)
+				}
+				switch {
+				case err != nil && mv == nil:
+					res.State, res.Error = "refused", err.Error()
+				case err != nil:
+					res.State, res.Error = "failed", err.Error()
+				}
+				rp.Applied[i] = res
+			}
+		}()
+	}
+	sent := 0
+	for i := range rp.Moves {
+		select {
+		case jobs <- i:
+			sent++
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
+	close(jobs)
+	wg.Wait()
+	failed := 0
+	for i := range rp.Applied {
+		if i >= sent {
+			rp.Applied[i] = appliedMove{Subject: rp.Moves[i].Subject, To: rp.Moves[i].To, State: "not started"}
+		}
+		if rp.Applied[i].State != "done" {
+			failed++
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("rebalance --apply: interrupted after %d of %d moves: %w", sent, len(rp.Moves), err)
+	}
+	if failed > 0 {
+		return fmt.Errorf("rebalance --apply: %d of %d moves did not finish (mapctl moves lists them; mapctl move --resume ID goes on)", failed, len(rp.Moves))
+	}
+	return nil
 }
 
 // rebalanceReport is rebalance plan's result, also its JSON.
@@ -124,6 +267,9 @@ type rebalanceReport struct {
 	Figure  string   `json:"figure"` // what the numbers are
 	Sockets []string `json:"sockets"`
 	rebalance.Plan
+	// Applied holds each move's outcome with --apply, in Moves' order;
+	// null without.
+	Applied []appliedMove `json:"applied"`
 }
 
 // plan reads the shards and subjects and asks the planner.
@@ -299,13 +445,33 @@ func (rp *rebalanceReport) table(w io.Writer) error {
 		return nil
 	}
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nMOVE\tFROM\tTO\tCARRIES\t")
-	for _, m := range rp.Moves {
+	if rp.Applied == nil {
+		fmt.Fprintln(tw, "\nMOVE\tFROM\tTO\tCARRIES\t")
+	} else {
+		fmt.Fprintln(tw, "\nMOVE\tFROM\tTO\tCARRIES\tID\tOUTCOME\t")
+	}
+	for i, m := range rp.Moves {
 		subject := m.Subject
 		if rp.Mode == "ids" {
 			subject = "logical:" + subject
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", subject, m.From, m.To, num(m.Weight))
+		if rp.Applied == nil {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", subject, m.From, m.To, num(m.Weight))
+			continue
+		}
+		ap := rp.Applied[i]
+		outcome := ap.State
+		if ap.State == "failed" {
+			outcome += " at " + ap.Step
+		}
+		if ap.Error != "" {
+			outcome += ": " + ap.Error
+		}
+		id := ap.ID
+		if id == "" {
+			id = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", subject, m.From, m.To, num(m.Weight), id, outcome)
 	}
 	return tw.Flush()
 }
