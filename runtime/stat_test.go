@@ -78,6 +78,7 @@ func TestBackendStatsOddRepliesAreErrBadReply(t *testing.T) {
 	const h = "# pxname,svname,scur,stot,status,act,bck,rate,req_tot\n"
 	for name, reply := range map[string]string{
 		"empty":             "",
+		"no line at all":    "",
 		"error text":        "Unknown command. Please enter one of the following commands only :\n  help",
 		"no header":         "shard0,BACKEND,0,0,UP,1,0,0,0",
 		"missing column":    "# pxname,svname,scur,status,act,bck\nshard0,BACKEND,0,UP,1,0",
@@ -94,7 +95,11 @@ func TestBackendStatsOddRepliesAreErrBadReply(t *testing.T) {
 		"bad quote":         h + "shard0,BACKEND,0,0,\"UP,1,0,0,0\n",
 	} {
 		t.Run(name, func(t *testing.T) {
-			f := newFake(t, func(string) string { return reply + "\n\n" })
+			framed := reply + "\n\n"
+			if name == "no line at all" {
+				framed = "\n" // the end of a reply, and nothing before it
+			}
+			f := newFake(t, func(string) string { return framed })
 			list, err := newClient(t, f.path).BackendStats(context.Background())
 			if !errors.Is(err, ErrBadReply) {
 				t.Errorf("got %+v, %v; want ErrBadReply", list, err)
