@@ -122,6 +122,18 @@ func TestRebalancePlanByUsers(t *testing.T) {
 			t.Errorf("%s moved to %s by a plan", u, sh)
 		}
 	}
+	// The table: a row per shard with its figure before and after, then
+	// the moves.
+	table := s.mustMapctl("rebalance", "plan", "--socket", s.socket)
+	rows := map[string]string{}
+	for _, l := range strings.Split(table, "\n") {
+		if f := strings.Fields(l); len(f) >= 2 {
+			rows[f[0]] = strings.Join(f[1:], " ")
+		}
+	}
+	if rows["shard1"] != "yes 12 3" || rows["shard0"] != "yes 0 3" || !strings.Contains(table, "9 moves of users (stopped: even)") || rows[r.Moves[0].Subject] != "shard1 "+r.Moves[0].To+" 1" {
+		t.Errorf("table:\n%s", table)
+	}
 	// --max-moves stops it; the figures still add up.
 	r = s.rebalancePlan("--max-moves", "2")
 	if len(r.Moves) != 2 || r.Stopped != "max-moves" || r.after()["shard1"] != 10 {
