@@ -76,3 +76,25 @@ func FuzzValidUsersAreSafeWords(f *testing.F) {
 		}
 	})
 }
+
+// The "show stat" parser never panics, and what it accepts has named
+// backends with no more servers up than non-negative counts allow.
+func FuzzParseBackendStats(f *testing.F) {
+	for _, seed := range []string{
+		"# pxname,svname,scur,stot,status,act,bck,rate,req_tot\nshard0,s1,0,0,UP,1,0,0,0\nshard0,BACKEND,0,3,UP,1,0,0,3",
+		"# pxname,svname,scur,stot,status,act,bck\n", "", "# pxname,svname,\n,,", "# pxname,svname,scur,stot,status,act,bck\na,BACKEND,\"1,2\",0,UP,1,0",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		list, err := parseBackendStats(s)
+		if err != nil {
+			return
+		}
+		for _, b := range list {
+			if b.Name == "" || b.ServersUp < 0 || b.Sessions < 0 || b.RequestsTotal < 0 || b.SessionsTotal < 0 {
+				t.Fatalf("accepted %+v", b)
+			}
+		}
+	})
+}

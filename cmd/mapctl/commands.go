@@ -60,7 +60,7 @@ func newRoot() (*cobra.Command, *app) {
 	a.redis.AddWaitFlags(pf)
 	pf.StringVar(&a.prefix, "prefix", cli.Env(cli.EnvPrefix, maps.DefaultPrefix), "Redis key prefix (env "+cli.EnvPrefix+")")
 	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "how long a command, or --wait, may take")
-	root.AddCommand(a.setCmd(), a.getCmd(), a.delCmd(), a.listCmd(), a.importCmd(), a.exportCmd(), a.statusCmd(), a.configCmd(), a.shardCmd(), a.restoreCmd(), a.reconcileCmd(), a.syncersCmd(), a.idCmd(), a.logicalCmd(), a.moveCmd(), a.movesCmd())
+	root.AddCommand(a.setCmd(), a.getCmd(), a.delCmd(), a.listCmd(), a.importCmd(), a.exportCmd(), a.statusCmd(), a.configCmd(), a.shardCmd(), a.restoreCmd(), a.reconcileCmd(), a.syncersCmd(), a.idCmd(), a.logicalCmd(), a.moveCmd(), a.movesCmd(), a.rebalanceCmd())
 	cli.Conventions(root)
 	return root, a
 }

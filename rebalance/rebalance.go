@@ -1,0 +1,338 @@
+// Package rebalance proposes moves that even out shards: a pure planner, with
+// no I/O. Its caller reads the shards' figures (users counted in the store,
+// or load read from HAProxy's "show stat") and the subjects that may move
+// (users, or the logical shards of routing: ids), and gets back the moves and
+// the expected figure per shard before and after them.
+//
+// The algorithm (docs/REBALANCE.md has the long form): each step moves one
+// subject from a fuller shard to an emptier one, choosing the pair of shards
+// furthest apart that has a subject whose move lowers the sum of squared
+// deviations from the mean (a subject of weight w moved from a shard at a to
+// one at b < a does so exactly when 0 < w < a-b; among those it picks the
+// weight nearest (a-b)/2, then the first name). Both shards end inside
+// [b, a], so the highest figure never rises and the lowest never falls. It
+// stops at MaxMoves, or when no move lowers the sum: each step lowers it, so
+// it cannot oscillate, and no subject moves twice.
+package rebalance
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/shardmap/shardmap/maps"
+)
+
+// Measure is the figure the planner evens out.
+type Measure string
+
+// The two measures.
+const (
+	// ByUsers counts subjects: each one weighs 1, a shard's figure is how
+	// many subjects it has (Shard.Load is not used).
+	ByUsers Measure = "users"
+	// ByLoad takes each shard's Load as its figure and attributes it evenly
+	// to the subjects on the shard: each weighs Load / (subjects on it).
+	// Load on a shard with no subjects (traffic of users not in the map,
+	// routed to the default shard) cannot move.
+	ByLoad Measure = "load"
+)
+
+// ErrInput is wrapped by every error about the planner's input.
+var ErrInput = errors.New("invalid rebalance input")
+
+// Shard is one shard (an HAProxy backend) as the planner sees it.
+type Shard struct {
+	Name string
+	// Load is the measured figure of the shard for ByLoad (requests per
+	// second, or sessions): finite and >= 0.
+	Load float64
+	// Up is whether the shard has a server up. A shard that is not up is
+	// neither a source nor a destination of a move (its data cannot be
+	// copied and it serves nothing): its figure stays as it is and it is
+	// left out of the mean and the spread.
+	Up bool
+}
+
+// Subject is what moves: a user, or a logical shard in routing: ids.
+type Subject struct {
+	Name  string
+	Shard string // where it is now
+}
+
+// Input is what the planner works on.
+type Input struct {
+	Measure Measure
+	// Shards to even out. The hold backend (maps.HoldShard) is never a
+	// shard: it is dropped from here, and subjects on it are not moved.
+	Shards []Shard
+	// Subjects that may move. A subject on a shard not in Shards (or on the
+	// hold backend) is counted in Plan.Ignored and never moved.
+	Subjects []Subject
+	// MaxMoves bounds the moves proposed; it must be at least 1.
+	MaxMoves int
+}
+
+// Move is one proposed move.
+type Move struct {
+	Subject string  `json:"subject"`
+	From    string  `json:"from"`
+	To      string  `json:"to"`
+	Weight  float64 `json:"weight"` // the figure it carries from From to To
+}
+
+// ShardFigure is one shard's expected figure before and after the moves.
+type ShardFigure struct {
+	Name           string  `json:"shard"`
+	Up             bool    `json:"up"`
+	Before         float64 `json:"before"`
+	After          float64 `json:"after"`
+	SubjectsBefore int     `json:"subjects_before"`
+	SubjectsAfter  int     `json:"subjects_after"`
+}
+
+// Why the planner stopped.
+const (
+	StopEven     = "even"      // no single move lowers the spread any more
+	StopMaxMoves = "max-moves" // MaxMoves reached
+)
+
+// Plan is the planner's proposal.
+type Plan struct {
+	Measure Measure       `json:"measure"`
+	Moves   []Move        `json:"moves"`
+	Shards  []ShardFigure `json:"shards"` // in name order, the hold backend left out
+	// Mean is the mean figure of the shards that are up (moves keep it).
+	Mean float64 `json:"mean"`
+	// MaxDeviationBefore and After: the largest |figure - Mean| over the
+	// shards that are up; After <= Before always.
+	MaxDeviationBefore float64 `json:"max_deviation_before"`
+	MaxDeviationAfter  float64 `json:"max_deviation_after"`
+	Stopped            string  `json:"stopped"` // StopEven or StopMaxMoves
+	// Ignored counts subjects on the hold backend or on a shard not in the
+	// input: they are neither counted nor moved.
+	Ignored int `json:"ignored"`
+}
+
+// shardState is a shard during planning.
+type shardState struct {
+	ShardFigure
+	cands  []int     // subject indexes on it at the start, by (weight, name)
+	weight []float64 // weights of cands, same order
+}
+
+// Propose plans the moves that even out in's shards. It is deterministic:
+// the same input, in any order, gives the same plan. An error (wrapping
+// ErrInput) names a bad input: a duplicate or empty shard or subject name, a
+// Load that is negative, NaN or infinite, an unknown Measure or MaxMoves < 1.
+func Propose(in Input) (Plan, error) {
+	if in.Measure != ByUsers && in.Measure != ByLoad {
+		return Plan{}, fmt.Errorf("%w: measure %q: want %s or %s", ErrInput, in.Measure, ByUsers, ByLoad)
+	}
+	if in.MaxMoves < 1 {
+		return Plan{}, fmt.Errorf("%w: max moves %d: want at least 1", ErrInput, in.MaxMoves)
+	}
+	shards := make([]*shardState, 0, len(in.Shards))
+	byName := make(map[string]*shardState, len(in.Shards))
+	for _, s := range in.Shards {
+		switch {
+		case s.Name == "":
+			return Plan{}, fmt.Errorf("%w: a shard with no name", ErrInput)
+		case byName[s.Name] != nil:
+			return Plan{}, fmt.Errorf("%w: shard %q given twice", ErrInput, s.Name)
+		case math.IsNaN(s.Load) || math.IsInf(s.Load, 0) || s.Load < 0:
+			return Plan{}, fmt.Errorf("%w: shard %q: load %v: want a finite number >= 0", ErrInput, s.Name, s.Load)
+		case s.Name == maps.HoldShard:
+			continue
+		}
+		st := &shardState{ShardFigure: ShardFigure{Name: s.Name, Up: s.Up}}
+		if in.Measure == ByLoad {
+			st.Before = s.Load
+		}
+		shards = append(shards, st)
+		byName[s.Name] = st
+	}
+	sort.Slice(shards, func(i, j int) bool { return shards[i].Name < shards[j].Name })
+
+	subjects := slices.Clone(in.Subjects)
+	sort.Slice(subjects, func(i, j int) bool { return subjects[i].Name < subjects[j].Name })
+	plan := Plan{Measure: in.Measure, Moves: []Move{}, Stopped: StopEven}
+	for i, s := range subjects {
+		if s.Name == "" {
+			return Plan{}, fmt.Errorf("%w: a subject with no name (on shard %q)", ErrInput, s.Shard)
+		}
+		if i > 0 && subjects[i-1].Name == s.Name {
+			return Plan{}, fmt.Errorf("%w: subject %q given twice", ErrInput, s.Name)
+		}
+		st := byName[s.Shard]
+		if st == nil {
+			plan.Ignored++
+			continue
+		}
+		st.SubjectsBefore++
+		st.cands = append(st.cands, i)
+	}
+	for _, st := range shards {
+		w := 1.0
+		if in.Measure == ByUsers {
+			st.Before = float64(st.SubjectsBefore)
+		} else if st.SubjectsBefore > 0 {
+			w = st.Before / float64(st.SubjectsBefore)
+		}
+		// Every subject of a shard weighs the same today, so name order is
+		// (weight, name) order; weight is kept per subject so that better
+		// per-subject data can be fed in later without changing the search.
+		st.weight = make([]float64, len(st.cands))
+		for k := range st.weight {
+			st.weight[k] = w
+		}
+		st.After, st.SubjectsAfter = st.Before, st.SubjectsBefore
+	}
+
+	var up []*shardState
+	for _, st := range shards {
+		if st.Up {
+			up = append(up, st)
+			plan.Mean += st.Before
+		}
+	}
+	if len(up) > 0 {
+		plan.Mean /= float64(len(up))
+	}
+	plan.MaxDeviationBefore = maxDeviation(up, plan.Mean)
+
+	moved := make([]bool, len(subjects))
+	for {
+		m, ok := bestMove(up, moved)
+		if !ok {
+			break
+		}
+		if len(plan.Moves) == in.MaxMoves {
+			plan.Stopped = StopMaxMoves
+			break
+		}
+		moved[m.idx] = true
+		m.from.After -= m.w
+		m.from.SubjectsAfter--
+		m.to.After += m.w
+		m.to.SubjectsAfter++
+		plan.Moves = append(plan.Moves, Move{Subject: subjects[m.idx].Name, From: m.from.Name, To: m.to.Name, Weight: m.w})
+	}
+	plan.MaxDeviationAfter = maxDeviation(up, plan.Mean)
+	for _, st := range shards {
+		plan.Shards = append(plan.Shards, st.ShardFigure)
+	}
+	return plan, nil
+}
+
+type step struct {
+	idx      int
+	w        float64
+	from, to *shardState
+}
+
+// bestMove finds the next move: sources from the highest figure down,
+// destinations from the lowest up (ties by name), the first pair with a
+// subject whose move lowers the sum of squared deviations.
+func bestMove(up []*shardState, moved []bool) (step, bool) {
+	src := slices.Clone(up)
+	sort.SliceStable(src, func(i, j int) bool {
+		if src[i].After != src[j].After {
+			return src[i].After > src[j].After
+		}
+		return src[i].Name < src[j].Name
+	})
+	dst := slices.Clone(up)
+	sort.SliceStable(dst, func(i, j int) bool {
+		if dst[i].After != dst[j].After {
+			return dst[i].After < dst[j].After
+		}
+		return dst[i].Name < dst[j].Name
+	})
+	for _, from := range src {
+		for _, to := range dst {
+			gap := from.After - to.After
+			if !(gap > 0) {
+				break // every later destination is at least as high
+			}
+			if k, ok := pick(from, moved, gap); ok {
+				return step{idx: from.cands[k], w: from.weight[k], from: from, to: to}, true
+			}
+		}
+	}
+	return step{}, false
+}
+
+// pick returns the candidate of src not yet moved whose weight is nearest
+// gap/2 among those with 0 < weight < gap (less a rounding margin); among
+// equal weights, the first name. Its cost is bounded by the subjects
+// already moved, not by the subjects on the shard.
+func pick(src *shardState, moved []bool, gap float64) (int, bool) {
+	limit := gap - 1e-9*math.Max(1, gap)
+	half := gap / 2
+	w := src.weight
+	free := func(k int) bool { return !moved[src.cands[k]] }
+	valid := func(k int) bool { return w[k] > 0 && w[k] < limit }
+	best, bestDist := -1, math.Inf(1)
+	// At or above half: the first free candidate from the first weight >= half.
+	for k := sort.SearchFloat64s(w, half); k < len(w); k++ {
+		if free(k) {
+			if valid(k) {
+				best, bestDist = k, w[k]-half
+			}
+			break
+		}
+	}
+	// Below half: the highest free weight, then the first free candidate of
+	// that weight.
+	for k := sort.SearchFloat64s(w, half) - 1; k >= 0; k-- {
+		if !free(k) {
+			continue
+		}
+		if valid(k) && half-w[k] < bestDist {
+			for j := sort.SearchFloat64s(w, w[k]); j <= k; j++ {
+				if free(j) {
+					best = j
+					break
+				}
+			}
+		}
+		break
+	}
+	return best, best >= 0
+}
+
+func maxDeviation(up []*shardState, mean float64) float64 {
+	d := 0.0
+	for _, st := range up {
+		d = math.Max(d, math.Abs(st.After-mean))
+	}
+	return d
+}
+
+// Line is a move in the plan file format of mapctl move --from-file:
+// "USER SHARD", or "logical:L SHARD" when logical is true.
+func (m Move) Line(logical bool) string {
+	if logical {
+		return "logical:" + m.Subject + " " + m.To
+	}
+	return m.Subject + " " + m.To
+}
+
+// PlanFile renders the moves in mapctl move --from-file's format: header
+// as "# " comment lines, then one move a line, in the plan's order.
+func (p Plan) PlanFile(logical bool, header string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimRight(header, "\n"), "\n") {
+		if l != "" {
+			b.WriteString("# " + l + "\n")
+		}
+	}
+	for _, m := range p.Moves {
+		b.WriteString(m.Line(logical) + "\n")
+	}
+	return b.String()
+}
