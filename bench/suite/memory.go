@@ -1,0 +1,123 @@
+package suite
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+)
+
+// memory is the syncer's memory at Users users, alone (shardmap-bench
+// -only memory): Users users imported into Redis and made live by a first
+// syncer; then a second syncer started against that Redis and that HAProxy
+// (a snapshot load and a full sync of a 1M live map: the comparison), churn
+// at 10k changes/s for ChurnDur (delta folds: whole-map swaps), a
+// reassignment of Reassign users (a swap), and the map-file write of it
+// all. It reports both syncers' VmHWM (/proc/PID/status); the doc's syncer
+// figure is the larger.
+func (s *suite) memory(ctx context.Context, res *results) error {
+	rig, err := s.startLive(ctx)
+	if err != nil {
+		return fmt.Errorf("live rig: %w", err)
+	}
+	n := s.o.Users
+	s.logf("memory: import of %s users", count(int64(n)))
+	if _, err := importUsers(ctx, rig.store, 0, n, 0); err != nil {
+		return err
+	}
+	if _, err := waitLive(ctx, rig.fe, userName(n-1), shardNames[(n-1)%2], liveLimit); err != nil {
+		return fmt.Errorf("import live: %w", err)
+	}
+	rig.n = n
+	first, err := readMem(rig.syncer.pid())
+	if err != nil {
+		return err
+	}
+	s.logf("memory: syncer through the import: VmRSS %s VmHWM %s", mb(first.RSS), mb(first.HWM))
+
+	rig.syncer.stop()
+	sp, err := startSyncer(rig.redis.addr, rig.socket, rig.mapPath, rig.pprof, s.o.LoadCPU)
+	if err != nil {
+		return err
+	}
+	rig.syncer = sp
+	s.cleanup(sp.stop)
+	t0 := time.Now()
+	drain, cancel := context.WithTimeout(ctx, liveLimit)
+	_, err = waitLiveProbe(drain, rig)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("restarted syncer: load and full sync: %w", err)
+	}
+	s.logf("memory: restarted syncer loaded and synced in %s", time.Since(t0).Round(time.Millisecond))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var made int64
+	var cerr error
+	wg.Add(1)
+	go func() { defer wg.Done(); made, cerr = churn(ctx, rig.store, n, 10_000, stop) }()
+	time.Sleep(s.o.ChurnDur)
+	close(stop)
+	wg.Wait()
+	if cerr != nil {
+		return fmt.Errorf("churn: %w", cerr)
+	}
+	s.logf("memory: churn made %d changes", made)
+	b := &bulkResult{}
+	if err := s.reassign(ctx, rig, s.o.Reassign, b); err != nil {
+		return fmt.Errorf("reassign: %w", err)
+	}
+	last, err := rig.store.LastLogID(ctx)
+	if err != nil {
+		return err
+	}
+	fctx, fcancel := context.WithTimeout(ctx, liveLimit)
+	defer fcancel()
+	err = waitFor(fctx, "the map file at the last change", func() error {
+		id, err := fileLogID(rig.mapPath)
+		if err == nil && id != last {
+			err = fmt.Errorf("file at %s, log at %s", id, last)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	second, err := readMem(rig.syncer.pid())
+	if err != nil {
+		return err
+	}
+	s.logf("memory: restarted syncer (load, full sync, churn, reassign, file): VmRSS %s VmHWM %s", mb(second.RSS), mb(second.HWM))
+	m := first
+	if second.HWM > m.HWM {
+		m = second
+	}
+	res.syncerMem = &m
+	res.liveUsers = n
+	if hm, err := readMem(rig.fe.h.pid()); err == nil {
+		res.liveHAProxy = &hm
+	}
+	return nil
+}
+
+// fileLogID reads the log ID in a map file's header.
+func fileLogID(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	if !sc.Scan() {
+		return "", fmt.Errorf("%s: empty", path)
+	}
+	id, ok := strings.CutPrefix(sc.Text(), "# shardmap log-id=")
+	if !ok {
+		return "", fmt.Errorf("%s: no header", path)
+	}
+	id, _, _ = strings.Cut(id, " ")
+	return id, nil
+}
