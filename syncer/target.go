@@ -514,7 +514,7 @@ func (t *target) swap(ctx context.Context, gen uint64) (uint64, string, error) {
 		return 0, "", errLeaseLost
 	}
 	var (
-		entries []runtime.Entry
+		entries *entryList
 		seq     uint64
 		logID   string
 		now     uint64
@@ -527,7 +527,7 @@ func (t *target) swap(ctx context.Context, gen uint64) (uint64, string, error) {
 	if now != gen {
 		return 0, "", errReloaded
 	}
-	if err := t.rt.Replace(ctx, t.s.cfg.MapName, entries); err != nil {
+	if err := t.rt.ReplaceFrom(ctx, t.s.cfg.MapName, entries); err != nil {
 		return 0, "", err
 	}
 	t.contact()

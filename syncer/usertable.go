@@ -126,6 +126,20 @@ func (t *userTable) put(user string, shard int32) (int32, error) {
 	return none, nil
 }
 
+// reserve makes room for names new names of bytes bytes in all, so that
+// the puts that follow cannot fail; errTableFull when they do not fit.
+func (t *userTable) reserve(names, bytes int) error {
+	need := names*binary.MaxVarintLen64 + bytes
+	if len(t.arena)+need <= maxArena {
+		return nil
+	}
+	t.compact()
+	if len(t.arena)+need > maxArena {
+		return errTableFull
+	}
+	return nil
+}
+
 // del removes user and returns its shard index (none when absent). The
 // slots after it in its probe run shift back (no tombstones).
 func (t *userTable) del(user string) int32 {
