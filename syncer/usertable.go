@@ -29,6 +29,13 @@ type userTable struct {
 	n       int    // names held
 	garbage int    // arena bytes of deleted names
 	seed    maphash.Seed
+	// While pinned (pins > 0), names keep their offsets: deletes do not
+	// compact, and the offset of each name deleted is kept in pinDels (its
+	// bytes stay in the arena). epoch counts compactions, which move every
+	// name (only a full 4 GiB arena compacts while pinned).
+	pins    int
+	pinDels []uint32
+	epoch   uint64
 }
 
 // slot is one index entry: off 0 is an empty slot.
@@ -150,6 +157,9 @@ func (t *userTable) del(user string) int32 {
 	prev := t.slots[i].shard
 	name := nameAt(t.arena, t.slots[i].off)
 	t.garbage += len(name) + uvarintLen(len(name))
+	if t.pins > 0 {
+		t.pinDels = append(t.pinDels, t.slots[i].off)
+	}
 	mask := len(t.slots) - 1
 	j := i
 	for {
@@ -168,10 +178,37 @@ func (t *userTable) del(user string) int32 {
 	}
 	t.slots[i] = slot{}
 	t.n--
-	if t.garbage > 1<<20 && t.garbage*2 > len(t.arena) {
+	t.maybeCompact()
+	return prev
+}
+
+// maybeCompact compacts when garbage passes half the arena (and 1 MB),
+// unless pinned.
+func (t *userTable) maybeCompact() {
+	if t.pins == 0 && t.garbage > 1<<20 && t.garbage*2 > len(t.arena) {
 		t.compact()
 	}
-	return prev
+}
+
+// pin keeps names at their offsets until unpin (see pins); it returns the
+// epoch and where in pinDels the deletes from now on are listed.
+func (t *userTable) pin() (epoch uint64, dels int) {
+	t.pins++
+	return t.epoch, len(t.pinDels)
+}
+
+func (t *userTable) unpin() {
+	t.pins--
+	if t.pins == 0 {
+		t.pinDels = nil
+		t.maybeCompact()
+	}
+}
+
+// offsetOf is user's name's offset in the arena.
+func (t *userTable) offsetOf(user string) (uint32, bool) {
+	i, ok := t.find(user)
+	return t.slots[i].off, ok
 }
 
 func uvarintLen(n int) int {
@@ -212,6 +249,7 @@ func (t *userTable) compact() {
 		arena = append(arena, name...)
 	}
 	t.arena, t.garbage = arena, 0
+	t.epoch++
 }
 
 // each calls fn for every name (a view of the arena: copy it to keep it)
@@ -220,6 +258,15 @@ func (t *userTable) each(fn func(name []byte, shard int32) bool) {
 	for _, s := range t.slots {
 		if s.off != 0 && !fn(nameAt(t.arena, s.off), s.shard) {
 			return
+		}
+	}
+}
+
+// eachAt is each with every name's offset.
+func (t *userTable) eachAt(fn func(name []byte, off uint32, shard int32)) {
+	for _, s := range t.slots {
+		if s.off != 0 {
+			fn(nameAt(t.arena, s.off), s.off, s.shard)
 		}
 	}
 }

@@ -1,7 +1,10 @@
 package syncer
 
 import (
+	"context"
+
 	"fmt"
+	"github.com/shardmap/shardmap/runtime"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -196,4 +199,56 @@ func orNone(m map[string]int32, u string) int32 {
 		return v
 	}
 	return none
+}
+
+// A user the full sync read from the live map, then deleted from the state
+// and added again while the dump went on, gets a new place in the state's
+// arena: the comparison must still know the base map holds it, and send a
+// set (an add would list the key twice in HAProxy's map).
+func TestFullSyncKnowsReaddedUsersAreInTheBase(t *testing.T) {
+	hash := users(20_000, "s1")
+	s, st, rt, _ := newLoop(t, hash, users(20_000, "s1"))
+	s.cfg.ReplaceAbove = 10_000 // edits, not a fold: the ops are what is checked
+	ctx := context.Background()
+	if err := s.load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var readded []string
+	for i := 0; i < 20_000; i += 97 {
+		readded = append(readded, fmt.Sprintf("u%d", i))
+	}
+	step := func(f func(u string)) {
+		for _, u := range readded {
+			f(u)
+		}
+		_, applied, _ := s.state.position()
+		changes, _, err := st.ReadLog(ctx, applied, 10_000, 0)
+		if err != nil {
+			t.Error(err)
+		}
+		if err := s.publish(changes); err != nil {
+			t.Error(err)
+		}
+	}
+	rt.midDump = func() {
+		step(st.del)
+		step(func(u string) { st.set(u, "s2") })
+	}
+	if err := s.targets[0].fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]runtime.Kind{}
+	for _, ops := range rt.applied {
+		for _, op := range ops {
+			kinds[op.Key] = op.Kind
+		}
+	}
+	for _, u := range readded {
+		if k, ok := kinds[u]; !ok || k != runtime.Set {
+			t.Fatalf("%s (in the base, deleted and added again during the dump): op %v sent=%v, want a set", u, k, ok)
+		}
+	}
+	if !equalMaps(routes(rt), stateMap(s)) {
+		t.Fatal("live map differs from the state")
+	}
 }
