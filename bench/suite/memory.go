@@ -4,7 +4,10 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -45,6 +48,16 @@ func (s *suite) memory(ctx context.Context, res *results) error {
 	}
 	rig.syncer = sp
 	s.cleanup(sp.stop)
+	stopPeak := make(chan struct{})
+	peakDone := make(chan int64, 1)
+	go func() { peakDone <- s.heapPeak(ctx, rig, "syncer-memory-heap.pprof", stopPeak) }()
+	defer func() {
+		select {
+		case <-stopPeak:
+		default:
+			close(stopPeak)
+		}
+	}()
 	t0 := time.Now()
 	drain, cancel := context.WithTimeout(ctx, liveLimit)
 	_, err = waitLiveProbe(drain, rig)
@@ -90,6 +103,10 @@ func (s *suite) memory(ctx context.Context, res *results) error {
 	if err != nil {
 		return err
 	}
+	close(stopPeak)
+	if peak := <-peakDone; peak > 0 {
+		s.logf("memory: largest live heap of the restarted syncer (sampled, as of a GC): %s; profile %s", mb(peak), filepath.Join(s.o.ProfileDir, "syncer-memory-heap.pprof"))
+	}
 	s.logf("memory: restarted syncer (load, full sync, churn, reassign, file): VmRSS %s VmHWM %s", mb(second.RSS), mb(second.HWM))
 	m := first
 	if second.HWM > m.HWM {
@@ -120,4 +137,50 @@ func fileLogID(path string) (string, error) {
 	}
 	id, _, _ = strings.Cut(id, " ")
 	return id, nil
+}
+
+// heapPeak samples the syncer's heap profile (live heap as of its last GC)
+// every 50 ms until stop, and keeps the one with the most bytes in use in
+// ProfileDir/file: where the memory goes at the peak.
+func (s *suite) heapPeak(ctx context.Context, rig *liveRig, file string, stop <-chan struct{}) (peak int64) {
+	if s.o.ProfileDir == "" {
+		<-stop
+		return 0
+	}
+	get := func(debug int) ([]byte, error) {
+		req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://%s/debug/pprof/heap?debug=%d", rig.pprof, debug), nil)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		return io.ReadAll(resp.Body)
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return peak
+		case <-ctx.Done():
+			return peak
+		case <-tick.C:
+		}
+		text, err := get(1)
+		if err != nil {
+			continue
+		}
+		// "heap profile: N: BYTES [...] @ heap/..."
+		var objs, inuse int64
+		if _, err := fmt.Sscanf(string(text), "heap profile: %d: %d", &objs, &inuse); err != nil || inuse <= peak {
+			continue
+		}
+		if prof, err := get(0); err == nil {
+			peak = inuse
+			os.WriteFile(filepath.Join(s.o.ProfileDir, file), prof, 0o644)
+		}
+	}
 }
