@@ -128,13 +128,24 @@ func (ls *liveSeen) has(k string) bool {
 // add records k as read, and reports false when it was read before (a
 // duplicate). The caller called sync.
 func (ls *liveSeen) add(k string) bool {
-	if ls.has(k) {
+	off, in := ls.table.offsetOf(k)
+	if in && ls.marked(off) {
 		return false
 	}
-	if off, ok := ls.table.offsetOf(k); ok {
+	if _, ok := ls.gone[k]; ok {
+		return false
+	}
+	var h liveKey
+	if !in || len(ls.extra) > 0 {
+		h = keyOf(k)
+		if _, ok := ls.extra[h]; ok {
+			return false
+		}
+	}
+	if in {
 		ls.mark(off)
 	} else {
-		ls.extra[keyOf(k)] = struct{}{}
+		ls.extra[h] = struct{}{}
 	}
 	ls.n++
 	return true
