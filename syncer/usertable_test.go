@@ -252,3 +252,50 @@ func TestFullSyncKnowsReaddedUsersAreInTheBase(t *testing.T) {
 		t.Fatal("live map differs from the state")
 	}
 }
+
+// The comparison's set of keys read: a key read twice is a duplicate
+// whether the state holds it, does not, or deleted and re-added it since.
+func TestLiveSeenFindsDuplicates(t *testing.T) {
+	st := newState()
+	pub := func(ws ...want) {
+		if _, err := st.publish(ws, "1-0", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub(want{"a", "s1"}, want{"b", "s1"})
+	ls, _ := st.pinSeen()
+	defer st.unpinSeen(ls)
+	step := func(f func(v view)) {
+		st.read(func(v view) {
+			if !ls.sync(v) {
+				t.Fatal("table moved")
+			}
+			f(v)
+		})
+	}
+	step(func(view) {
+		if !ls.add("a") || ls.add("a") {
+			t.Fatal("a: first read not new, or second not a duplicate")
+		}
+		if !ls.add("ghost") || ls.add("ghost") {
+			t.Fatal("ghost (not in the state): first read not new, or second not a duplicate")
+		}
+	})
+	pub(want{"a", ""})
+	pub(want{"a", "s2"}) // a new offset in the arena
+	pub(want{"ghost", "s1"})
+	step(func(view) {
+		if !ls.has("a") || ls.add("a") {
+			t.Fatal("a, deleted and re-added: not known as read")
+		}
+		if !ls.has("ghost") || ls.add("ghost") {
+			t.Fatal("ghost, added to the state since: not known as read")
+		}
+		if ls.has("b") || !ls.add("b") || ls.add("b") {
+			t.Fatal("b: wrong")
+		}
+		if ls.n != 3 {
+			t.Fatalf("%d distinct keys read, want 3", ls.n)
+		}
+	})
+}
