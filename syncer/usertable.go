@@ -1,12 +1,12 @@
 package syncer
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"hash/maphash"
 	"math"
 	"slices"
+	"strings"
 	"unsafe"
 )
 
@@ -72,6 +72,9 @@ func (t *userTable) len() int { return t.n }
 
 // name is the name stored at off, as a view of the arena (no copy).
 func nameAt(arena []byte, off uint32) []byte {
+	if n := arena[off]; n < 0x80 { // a name under 128 bytes: one length byte
+		return arena[off+1 : off+1+uint32(n)]
+	}
 	n, w := binary.Uvarint(arena[off:])
 	start := int(off) + w
 	return arena[start : start+int(n)]
@@ -315,6 +318,7 @@ func (l *entryList) At(i int) (user, shard string) {
 // map file's order. It sorts the 8-byte entries, not strings.
 func (l *entryList) sort() {
 	slices.SortFunc(l.ents, func(a, b slot) int {
-		return bytes.Compare(nameAt(l.arena, a.off), nameAt(l.arena, b.off))
+		x, y := nameAt(l.arena, a.off), nameAt(l.arena, b.off)
+		return strings.Compare(unsafe.String(unsafe.SliceData(x), len(x)), unsafe.String(unsafe.SliceData(y), len(y)))
 	})
 }
