@@ -28,10 +28,15 @@ func (s *suite) memory(ctx context.Context, res *results) error {
 	}
 	n := s.o.Users
 	s.logf("memory: import of %s users", count(int64(n)))
+	stop1, peak1 := make(chan struct{}), make(chan int64, 1)
+	go func() { peak1 <- s.heapPeak(ctx, rig, "syncer-memory-import-heap.pprof", stop1) }()
 	if _, err := importUsers(ctx, rig.store, 0, n, 0); err != nil {
+		close(stop1)
 		return err
 	}
-	if _, err := waitLive(ctx, rig.fe, userName(n-1), shardNames[(n-1)%2], liveLimit); err != nil {
+	_, err = waitLive(ctx, rig.fe, userName(n-1), shardNames[(n-1)%2], liveLimit)
+	close(stop1)
+	if err != nil {
 		return fmt.Errorf("import live: %w", err)
 	}
 	rig.n = n
@@ -40,6 +45,9 @@ func (s *suite) memory(ctx context.Context, res *results) error {
 		return err
 	}
 	s.logf("memory: syncer through the import: VmRSS %s VmHWM %s", mb(first.RSS), mb(first.HWM))
+	if peak := <-peak1; peak > 0 {
+		s.logf("memory: its largest live heap (sampled, as of a GC): %s; profile %s", mb(peak), filepath.Join(s.o.ProfileDir, "syncer-memory-import-heap.pprof"))
+	}
 
 	rig.syncer.stop()
 	sp, err := startSyncer(rig.redis.addr, rig.socket, rig.mapPath, rig.pprof, s.o.LoadCPU)
