@@ -146,7 +146,7 @@ func (mf MapFile) Encode() ([]byte, error) {
 	var b bytes.Buffer
 	b.Grow(size)
 	fmt.Fprintf(&b, "%s%s entries=%d\n", headerPrefix, orNone(mf.LogID), len(entries))
-	b.WriteString("# Written by shardmap from Redis; edits here are overwritten. Use mapctl.\n")
+	b.WriteString(writtenBy)
 	for _, a := range entries {
 		if err := a.Validate(); err != nil {
 			return nil, fmt.Errorf("encode map file: %w", err)
@@ -198,4 +198,99 @@ func DeltaPath(base string) string {
 		return dir + strings.TrimSuffix(name, ext) + ".delta" + ext
 	}
 	return base + ".delta"
+}
+
+// MapEntries is a map file's entries for WriteMapFileFrom, sorted by user
+// (bytewise, as strings.Compare): Len of them, At(i) the i-th. At must give
+// the same answer each time it is called for an i.
+type MapEntries interface {
+	Len() int
+	At(i int) (user, shard string)
+}
+
+// WriteMapFileFrom writes the map file of logID and entries to path as
+// WriteMapFile does (the same bytes as Encode, atomically, identical bytes
+// not rewritten, the mode and owner of an existing file kept), but
+// streaming: neither the file's text nor the old file is held in memory.
+// entries must be sorted by user with no user twice, and each must pass
+// Validate: otherwise the error wraps ErrInvalid and path is left as it was.
+func WriteMapFileFrom(path, logID string, entries MapEntries, newMode os.FileMode) (changed bool, err error) {
+	n := entries.Len()
+	header := fmt.Sprintf("%s%s entries=%d\n%s", headerPrefix, orNone(logID), n, writtenBy)
+	size := int64(len(header))
+	prev := ""
+	for i := range n {
+		u, sh := entries.At(i)
+		if err := (Assignment{User: u, Shard: sh}).Validate(); err != nil {
+			return false, fmt.Errorf("write map file %s: entry %d: %w", path, i, err)
+		}
+		if i > 0 && u <= prev {
+			return false, fmt.Errorf("write map file %s: %w: entry %d (%q) not after entry %d (%q): want sorted users, none twice", path, ErrInvalid, i, u, i-1, prev)
+		}
+		prev = u
+		size += int64(len(u) + len(sh) + 2)
+	}
+	encode := func(w io.Writer) error {
+		bw := bufio.NewWriterSize(w, 64<<10)
+		bw.WriteString(header)
+		for i := range n {
+			u, sh := entries.At(i)
+			bw.WriteString(u)
+			bw.WriteByte(' ')
+			bw.WriteString(sh)
+			bw.WriteByte('\n')
+		}
+		return bw.Flush()
+	}
+	if fi, err := os.Stat(path); err == nil && fi.Size() == size {
+		if same, err := sameAs(path, encode); err == nil && same {
+			return false, nil
+		}
+	}
+	if err := atomicfile.WriteFrom(path, encode, newMode); err != nil {
+		return false, fmt.Errorf("write map file: %w", err)
+	}
+	return true, nil
+}
+
+// writtenBy is the map file's second line.
+const writtenBy = "# Written by shardmap from Redis; edits here are overwritten. Use mapctl.\n"
+
+// errDiffers ends a comparison at the first byte that differs.
+var errDiffers = errors.New("differs")
+
+// sameAs reports whether the file at path holds exactly what encode writes,
+// reading both as streams.
+func sameAs(path string, encode func(io.Writer) error) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	c := &comparer{r: bufio.NewReaderSize(f, 64<<10)}
+	if err := encode(c); err != nil {
+		if errors.Is(err, errDiffers) {
+			return false, nil
+		}
+		return false, err
+	}
+	_, err = c.r.ReadByte() // the old file must end here too
+	return err == io.EOF, nil
+}
+
+// comparer is a writer that checks what is written against r.
+type comparer struct {
+	r   *bufio.Reader
+	buf []byte
+}
+
+func (c *comparer) Write(p []byte) (int, error) {
+	if cap(c.buf) < len(p) {
+		c.buf = make([]byte, len(p))
+	}
+	b := c.buf[:len(p)]
+	if _, err := io.ReadFull(c.r, b); err != nil || !bytes.Equal(b, p) {
+		return 0, errDiffers
+	}
+	return len(p), nil
 }

@@ -14,6 +14,22 @@ type Entry struct {
 	Value string
 }
 
+// Entries is a map's content for ReplaceFrom: Len entries, At(i) the i-th
+// key and value. ReplaceFrom reads each entry twice (a check, then the
+// send), so At must give the same answer each time, and must be safe to call
+// while the caller goes on with other work: a frozen snapshot, not a view of
+// something that changes.
+type Entries interface {
+	Len() int
+	At(i int) (key, value string)
+}
+
+// EntryList is a slice of entries as Entries.
+type EntryList []Entry
+
+func (l EntryList) Len() int                  { return len(l) }
+func (l EntryList) At(i int) (string, string) { return l[i].Key, l[i].Value }
+
 // perEntry is the time allowed per entry of a Replace whose context has no
 // deadline, on top of the client's timeout: 1M entries load in ~1 s, far
 // slower in a -race build on a busy machine.
@@ -39,45 +55,59 @@ const perEntry = 50 * time.Microsecond
 // CheckWord before anything is sent. Replace holds the client's map-write
 // lock (see Client).
 func (c *Client) Replace(ctx context.Context, mapPath string, entries []Entry) error {
+	return c.ReplaceFrom(ctx, mapPath, EntryList(entries))
+}
+
+// ReplaceFrom is Replace with the entries read from src, one payload at a
+// time, so that the caller need not build a copy of a large map as a slice
+// of strings: src is read once to check it and cut the payloads, and once
+// more as each payload is sent. A nil src is an empty map.
+func (c *Client) ReplaceFrom(ctx context.Context, mapPath string, src Entries) error {
 	if err := checkPath(mapPath); err != nil {
 		return err
 	}
-	// Payloads are cut here (entries[starts[i]:starts[i+1]]) and built one
-	// at a time when sent: at 1M entries the whole text would be ~20 MB held
-	// at once.
+	if src == nil {
+		src = EntryList(nil)
+	}
+	n := src.Len()
+	// Payloads are cut here (entries starts[i] to starts[i+1]) and built
+	// one at a time when sent: at 1M entries the whole text would be ~20 MB
+	// held at once.
 	starts := []int{0}
 	size := 0
-	for i, e := range entries {
-		if err := CheckWord(e.Key); err != nil {
+	for i := range n {
+		k, v := src.At(i)
+		if err := CheckWord(k); err != nil {
 			return fmt.Errorf("runtime replace %s: entry %d key: %w", mapPath, i, err)
 		}
-		if err := CheckWord(e.Value); err != nil {
-			return fmt.Errorf("runtime replace %s: entry %d (%s) value: %w", mapPath, i, e.Key, err)
+		if err := CheckWord(v); err != nil {
+			return fmt.Errorf("runtime replace %s: entry %d (%s) value: %w", mapPath, i, k, err)
 		}
-		n := len(e.Key) + len(e.Value) + 2
-		if size > 0 && size+n > payloadChunk {
+		sz := len(k) + len(v) + 2
+		if size > 0 && size+sz > payloadChunk {
 			starts = append(starts, i)
 			size = 0
 		}
-		size += n
+		size += sz
 	}
 	if size > 0 {
-		starts = append(starts, len(entries))
+		starts = append(starts, n)
 	}
 	payloads := len(starts) - 1
 	var b strings.Builder
 	payload := func(i int) string {
 		b.Reset()
-		for _, e := range entries[starts[i]:starts[i+1]] {
-			b.WriteString(e.Key)
+		for j := starts[i]; j < starts[i+1]; j++ {
+			k, v := src.At(j)
+			b.WriteString(k)
 			b.WriteByte(' ')
-			b.WriteString(e.Value)
+			b.WriteString(v)
 			b.WriteByte('\n')
 		}
 		return b.String()
 	}
 
-	ctx, cancel := c.bound(ctx, time.Duration(len(entries))*perEntry)
+	ctx, cancel := c.bound(ctx, time.Duration(n)*perEntry)
 	defer cancel()
 	if err := c.lockWrites(ctx); err != nil {
 		return err
@@ -120,9 +150,9 @@ func (c *Client) Replace(ctx context.Context, mapPath string, entries []Entry) e
 	if err != nil {
 		return fail(fmt.Errorf("runtime replace %s: %w", mapPath, err))
 	}
-	if after.EntryCount-before.EntryCount != len(entries) {
+	if after.EntryCount-before.EntryCount != n {
 		return fail(withCmd("add_map", fmt.Errorf("runtime replace %s: %w: version %d holds %d entries, sent %d: not committed",
-			mapPath, ErrCountMismatch, version, after.EntryCount-before.EntryCount, len(entries))))
+			mapPath, ErrCountMismatch, version, after.EntryCount-before.EntryCount, n)))
 	}
 	if err := c.allowed(); err != nil {
 		return fail(fmt.Errorf("runtime replace %s: before the commit: %w", mapPath, err))
@@ -148,9 +178,9 @@ func (c *Client) Replace(ctx context.Context, mapPath string, entries []Entry) e
 		// a cut reply for success. Clearing now would empty the live map.
 		return fmt.Errorf("runtime replace %s: version %d is live (curr_ver=%d entry_cnt=%d), but the commit's reply was lost: %w",
 			mapPath, version, st.CurrVer, st.EntryCount, commitErr)
-	case st.EntryCount != len(entries):
+	case st.EntryCount != n:
 		return withCmd("commit", fmt.Errorf("runtime replace %s: %w: version %d committed, HAProxy holds %d entries (next_ver=%d), sent %d",
-			mapPath, ErrCountMismatch, version, st.EntryCount, st.NextVer, len(entries)))
+			mapPath, ErrCountMismatch, version, st.EntryCount, st.NextVer, n))
 	}
 	return nil
 }

@@ -608,3 +608,49 @@ func TestOnConnectCountsPromptConnections(t *testing.T) {
 		t.Fatalf("after Close: %d connects, want 2", n.Load())
 	}
 }
+
+// genEntries is Entries made on demand, as the syncer's frozen lists are:
+// no slice of the map exists.
+type genEntries struct {
+	n     int
+	calls int
+}
+
+func (g *genEntries) Len() int { return g.n }
+func (g *genEntries) At(i int) (string, string) {
+	g.calls++
+	return fmt.Sprintf("user%05d", i), fmt.Sprintf("shard%d", i%3)
+}
+
+func TestReplaceFromStreamsEntries(t *testing.T) {
+	m := newModel(Entry{"old", "s0"})
+	f := newFake(t, m.reply)
+	c := newClient(t, f.path)
+	g := &genEntries{n: 2000}
+	if err := c.ReplaceFrom(context.Background(), "/m.map", g); err != nil {
+		t.Fatal(err)
+	}
+	live := m.live()
+	if len(live) != g.n || live[0] != "user00000=shard0" || live[1999] != "user01999=shard1" {
+		t.Fatalf("live map after ReplaceFrom: %d entries (%v...)", len(live), live[:min(3, len(live))])
+	}
+	if g.calls != 2*g.n {
+		t.Fatalf("At called %d times, want %d (a check pass and a send pass)", g.calls, 2*g.n)
+	}
+	// A bad entry is refused before anything is sent.
+	sent := len(f.commands())
+	bad := EntryList{{"a", "s"}, {"b", "v\nclear map /m.map"}}
+	if err := c.ReplaceFrom(context.Background(), "/m.map", bad); !errors.Is(err, ErrUnsafeWord) {
+		t.Fatalf("bad entry: %v, want ErrUnsafeWord", err)
+	}
+	if len(f.commands()) != sent {
+		t.Fatal("commands were sent for a refused map")
+	}
+	// nil is an empty map.
+	if err := c.ReplaceFrom(context.Background(), "/m.map", nil); err != nil {
+		t.Fatal(err)
+	}
+	if live := m.live(); len(live) != 0 {
+		t.Fatalf("live map after ReplaceFrom(nil): %v", live)
+	}
+}

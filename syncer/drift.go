@@ -118,7 +118,9 @@ func (s *Syncer) scanStep(ctx context.Context) error {
 		for i, a := range differ {
 			ws[i] = want{a.User, a.Shard}
 		}
-		s.state.publish(ws, before, nil)
+		if _, err := s.state.publish(ws, before, nil); err != nil {
+			return err
+		}
 		s.file.markDirty()
 		d.found += len(differ)
 		s.mu.Lock()

@@ -74,17 +74,28 @@ func (f *mapFile) due(s *Syncer) bool {
 	return !f.dirtySince.IsZero() || f.id != logID
 }
 
-// snapshot copies the state into a map file value.
-func (f *mapFile) snapshot(s *Syncer) maps.MapFile {
-	f.dirtySince = time.Time{}
-	return s.state.mapFile()
+// fileSnapshot is the state at one position, for the file: a frozen list
+// that shares the names with the state (8 bytes per user), not a copy.
+type fileSnapshot struct {
+	entries *entryList
+	logID   string
 }
 
-func (f *mapFile) write(mf maps.MapFile) fileWrite {
+// snapshot takes the state for the file, under a short read lock.
+func (f *mapFile) snapshot(s *Syncer) fileSnapshot {
+	f.dirtySince = time.Time{}
+	l, id := s.state.mapFile()
+	return fileSnapshot{l, id}
+}
+
+// write sorts the snapshot (its 8-byte entries, not strings) and streams it
+// to the file.
+func (f *mapFile) write(snap fileSnapshot) fileWrite {
 	start := time.Now()
 	defer f.metrics.flushed(f.path, start)
-	_, err := maps.WriteMapFile(f.path, mf, f.mode)
-	return fileWrite{id: mf.LogID, stamp: stampOf(f.path), err: err, took: time.Since(start)}
+	snap.entries.sort()
+	_, err := maps.WriteMapFileFrom(f.path, snap.logID, snap.entries, f.mode)
+	return fileWrite{id: snap.logID, stamp: stampOf(f.path), err: err, took: time.Since(start)}
 }
 
 // delay is how long changes wait before the file is written: FlushDelay,

@@ -327,6 +327,10 @@ func (r *countingRuntime) Replace(ctx context.Context, mapPath string, entries [
 	return r.count(r.Runtime.Replace(ctx, mapPath, entries))
 }
 
+func (r *countingRuntime) ReplaceFrom(ctx context.Context, mapPath string, entries runtime.Entries) error {
+	return r.count(r.Runtime.ReplaceFrom(ctx, mapPath, entries))
+}
+
 func (r *countingRuntime) ClearUncommitted(ctx context.Context, mapPath string) (int, error) {
 	n, err := r.Runtime.ClearUncommitted(ctx, mapPath)
 	return n, r.count(err)

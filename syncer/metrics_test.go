@@ -58,6 +58,10 @@ func (r *metricsRuntime) Replace(ctx context.Context, m string, es []runtime.Ent
 	return r.fakeRuntime.Replace(ctx, m, es)
 }
 
+func (r *metricsRuntime) ReplaceFrom(ctx context.Context, m string, es runtime.Entries) error {
+	return r.Replace(ctx, m, listOf(es))
+}
+
 // countingFake adds CountAfter to the fake store, as *maps.Store has it.
 type countingFake struct{ *fakeStore }
 

@@ -31,6 +31,9 @@ func (l *lockedRuntime) Replace(ctx context.Context, n string, es []runtime.Entr
 	defer l.mu.Unlock()
 	return l.f.Replace(ctx, n, es)
 }
+func (l *lockedRuntime) ReplaceFrom(ctx context.Context, n string, es runtime.Entries) error {
+	return l.Replace(ctx, n, listOf(es))
+}
 func (l *lockedRuntime) ClearUncommitted(ctx context.Context, n string) (int, error) { return 0, nil }
 func (l *lockedRuntime) Backends(ctx context.Context) ([]string, error)              { return nil, nil }
 func (l *lockedRuntime) Info(ctx context.Context) (runtime.Info, error) {
@@ -69,6 +72,10 @@ func (hungRuntime) Apply(ctx context.Context, _ string, _ []runtime.Op) ([]error
 	return nil, ctx.Err()
 }
 func (hungRuntime) Replace(ctx context.Context, _ string, _ []runtime.Entry) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+func (hungRuntime) ReplaceFrom(ctx context.Context, _ string, _ runtime.Entries) error {
 	<-ctx.Done()
 	return ctx.Err()
 }

@@ -112,6 +112,10 @@ func (m *monoRuntime) Apply(_ context.Context, name string, ops []runtime.Op) ([
 	return res, nil
 }
 
+func (m *monoRuntime) ReplaceFrom(ctx context.Context, name string, es runtime.Entries) error {
+	return m.Replace(ctx, name, listOf(es))
+}
+
 func (m *monoRuntime) Replace(_ context.Context, name string, es []runtime.Entry) error {
 	if m.rng.Float64() < m.failRate/2 {
 		return errors.New("refused before the commit")

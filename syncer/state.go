@@ -1,10 +1,10 @@
 package syncer
 
 import (
+	"fmt"
 	"sync"
 
 	"github.com/shardmap/shardmap/maps"
-	"github.com/shardmap/shardmap/runtime"
 )
 
 // none is the shard index of a user with no assignment.
@@ -42,7 +42,7 @@ type state struct {
 	gen     uint64 // reloads of the state
 	seq     uint64 // the last batch published (or reload)
 	logID   string
-	users   map[string]int32
+	users   *userTable
 	shards  []string
 	index   map[string]int32
 	counts  []int         // users per shard index
@@ -52,7 +52,7 @@ type state struct {
 }
 
 func newState() *state {
-	return &state{users: map[string]int32{}, index: map[string]int32{}, notify: make(chan struct{}), logID: maps.ZeroID}
+	return &state{users: newUserTable(0), index: map[string]int32{}, notify: make(chan struct{}), logID: maps.ZeroID}
 }
 
 // shardIndex interns a shard name; the caller holds the write lock.
@@ -75,23 +75,25 @@ func (st *state) broadcast() {
 // loading is a snapshot of Redis being read into the state's form, with
 // shard indexes of its own until it is installed.
 type loading struct {
-	users map[string]int32
+	users *userTable
 	names []string
 	index map[string]int32
 }
 
 func newLoading(hint int) *loading {
-	return &loading{users: make(map[string]int32, hint), index: map[string]int32{}}
+	return &loading{users: newUserTable(hint), index: map[string]int32{}}
 }
 
-func (l *loading) add(user, shard string) {
+// add records user's shard; errTableFull when the names no longer fit.
+func (l *loading) add(user, shard string) error {
 	i, ok := l.index[shard]
 	if !ok {
 		i = int32(len(l.names))
 		l.names = append(l.names, shard)
 		l.index[shard] = i
 	}
-	l.users[user] = i
+	_, err := l.users.put(user, i)
+	return err
 }
 
 // install replaces the whole state with what l read, at logID, as reload
@@ -109,9 +111,7 @@ func (st *state) install(l *loading, logID string) {
 		same = same && int32(i) == j
 	}
 	if !same {
-		for u, i := range l.users {
-			l.users[u] = remap[i]
-		}
+		l.users.remap(remap)
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -119,9 +119,10 @@ func (st *state) install(l *loading, logID string) {
 	for i := range st.counts {
 		st.counts[i] = 0
 	}
-	for _, i := range st.users {
+	st.users.each(func(_ []byte, i int32) bool {
 		st.counts[i]++
-	}
+		return true
+	})
 	st.loaded = true
 	st.gen++
 	st.seq++
@@ -132,19 +133,31 @@ func (st *state) install(l *loading, logID string) {
 
 // publish applies ws (the last word per user) to the state, moving it to
 // logID, and hands the effective changes to the targets. It returns how
-// many entries changed.
-func (st *state) publish(ws []want, logID string, times []int64) int {
+// many entries changed. On errTableFull (a new name does not fit) nothing
+// is published: the state stays where it was.
+func (st *state) publish(ws []want, logID string, times []int64) (int, error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	need := 0
+	for _, w := range ws {
+		if w.shard != "" {
+			need += len(w.user)
+		}
+	}
+	if err := st.users.reserve(len(ws), need); err != nil {
+		return 0, fmt.Errorf("publish %s: %w", logID, err)
+	}
 	b := &batch{seq: st.seq + 1, logID: logID, times: times}
 	for _, w := range ws {
-		prev, ok := st.users[w.user]
-		if !ok {
-			prev = none
-		}
 		next := int32(none)
 		if w.shard != "" {
 			next = st.shardIndex(w.shard)
+		}
+		var prev int32
+		if next == none {
+			prev = st.users.del(w.user)
+		} else {
+			prev, _ = st.users.put(w.user, next) // cannot fail after reserve
 		}
 		if prev == next {
 			continue
@@ -152,10 +165,7 @@ func (st *state) publish(ws []want, logID string, times []int64) int {
 		if prev != none {
 			st.counts[prev]--
 		}
-		if next == none {
-			delete(st.users, w.user)
-		} else {
-			st.users[w.user] = next
+		if next != none {
 			st.counts[next]++
 		}
 		b.changes = append(b.changes, change{w.user, prev, next})
@@ -170,7 +180,7 @@ func (st *state) publish(ws []want, logID string, times []int64) int {
 		st.ring = st.ring[1:]
 	}
 	st.broadcast()
-	return len(b.changes)
+	return len(b.changes), nil
 }
 
 // since returns the batches after seq, and a channel closed at the next
@@ -225,13 +235,13 @@ func (st *state) waitChan() <-chan struct{} {
 type view struct{ st *state }
 
 func (v view) get(user string) (string, bool) {
-	i, ok := v.st.users[user]
+	i, ok := v.st.users.get(user)
 	if !ok {
 		return "", false
 	}
 	return v.st.shards[i], true
 }
-func (v view) len() int             { return len(v.st.users) }
+func (v view) len() int             { return v.st.users.len() }
 func (v view) seq() uint64          { return v.st.seq }
 func (v view) gen() uint64          { return v.st.gen }
 func (v view) logID() string        { return v.st.logID }
@@ -239,19 +249,15 @@ func (v view) shard(i int32) string { return v.st.shards[i] }
 
 // each calls fn for every assignment, in no order.
 func (v view) each(fn func(user, shard string)) {
-	for u, i := range v.st.users {
-		fn(u, v.st.shards[i])
-	}
+	v.st.users.each(func(name []byte, i int32) bool {
+		fn(string(name), v.st.shards[i])
+		return true
+	})
 }
 
-// entries lists the state as runtime entries, for a whole-map swap.
-func (v view) entries() []runtime.Entry {
-	out := make([]runtime.Entry, 0, len(v.st.users))
-	for u, i := range v.st.users {
-		out = append(out, runtime.Entry{Key: u, Value: v.st.shards[i]})
-	}
-	return out
-}
+// entries is the state now as a frozen list for a whole-map swap
+// (runtime.Entries): 8 bytes per user, the names shared with the state.
+func (v view) entries() *entryList { return v.st.users.entries(v.st.shards) }
 
 // touchedAfter is the set of users changed by the batches after seq, and
 // false when they are out of reach.
@@ -294,7 +300,7 @@ func (st *state) isLoaded() bool {
 func (st *state) position() (uint64, string, int) {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
-	return st.seq, st.logID, len(st.users)
+	return st.seq, st.logID, st.users.len()
 }
 
 // shardCounts counts users per shard.
@@ -310,13 +316,10 @@ func (st *state) shardCounts() map[string]int {
 	return out
 }
 
-// mapFile copies the state into a map file value, sorted by the writer.
-func (st *state) mapFile() maps.MapFile {
+// mapFile is the state now as a frozen list for the map file, and its
+// change-log position: sort it (outside the lock) before writing.
+func (st *state) mapFile() (*entryList, string) {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
-	mf := maps.MapFile{LogID: st.logID, Entries: make([]maps.Assignment, 0, len(st.users))}
-	for u, i := range st.users {
-		mf.Entries = append(mf.Entries, maps.Assignment{User: u, Shard: st.shards[i]})
-	}
-	return mf
+	return st.users.entries(st.shards), st.logID
 }

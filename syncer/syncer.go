@@ -37,6 +37,8 @@ type Runtime interface {
 	Apply(ctx context.Context, mapPath string, ops []runtime.Op) ([]error, error)
 	// Replace swaps the whole live map atomically or leaves it as it was.
 	Replace(ctx context.Context, mapPath string, entries []runtime.Entry) error
+	// ReplaceFrom is Replace reading the entries from a frozen list.
+	ReplaceFrom(ctx context.Context, mapPath string, entries runtime.Entries) error
 	// ClearUncommitted drops versions of the map that were prepared and
 	// never committed (a loader killed mid-swap).
 	ClearUncommitted(ctx context.Context, mapPath string) (int, error)
@@ -338,8 +340,7 @@ func (s *Syncer) load(ctx context.Context) error {
 	// Streamed into the state's compact form: no copy of the hash as strings.
 	l := newLoading(int(min(hint, 1<<26)))
 	skipped, err := s.store.Scan(ctx, func(a maps.Assignment) error {
-		l.add(a.User, a.Shard)
-		return nil
+		return l.add(a.User, a.Shard)
 	}, s.skipBad)
 	if err != nil {
 		return fail(kindRedis, err)
@@ -349,7 +350,7 @@ func (s *Syncer) load(ctx context.Context) error {
 	s.needLoad = false
 	s.drift.reset()
 	s.file.markDirty()
-	s.log.Info("loaded redis", "entries", len(l.users), "skipped", skipped, "log_id", logID, "took", time.Since(start).Round(time.Millisecond))
+	s.log.Info("loaded redis", "entries", l.users.len(), "skipped", skipped, "log_id", logID, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -508,7 +509,9 @@ func (s *Syncer) readStep(ctx context.Context) error {
 			s.reloadFor(reasonGap)
 			return nil
 		}
-		s.publish(changes)
+		if err := s.publish(changes); err != nil {
+			return err
+		}
 	}
 	if s.fileAllowed(ctx) {
 		s.file.maybeStart(s)
@@ -523,7 +526,7 @@ type want struct {
 }
 
 // publish moves the state over changes, keeping the last change per user.
-func (s *Syncer) publish(changes []maps.Change) {
+func (s *Syncer) publish(changes []maps.Change) error {
 	last := map[string]int{}
 	var ws []want
 	for _, c := range changes {
@@ -548,10 +551,15 @@ func (s *Syncer) publish(changes []maps.Change) {
 			times = append(times, int64(min(ms, 1<<62)))
 		}
 	}
-	if s.state.publish(ws, newID, times) > 0 {
+	n, err := s.state.publish(ws, newID, times)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
 		s.file.markDirty()
 	}
 	s.log.Debug("read", "changes", len(changes), "log_id", newID)
+	return nil
 }
 
 func (s *Syncer) skipBad(b maps.BadEntry) {

@@ -77,6 +77,21 @@ func (f *fakeRuntime) Replace(_ context.Context, name string, es []runtime.Entry
 	f.live = m
 	return nil
 }
+func (f *fakeRuntime) ReplaceFrom(ctx context.Context, name string, es runtime.Entries) error {
+	return f.Replace(ctx, name, listOf(es))
+}
+
+// listOf copies es into a slice, for the fakes.
+func listOf(es runtime.Entries) []runtime.Entry {
+	if es == nil {
+		return nil
+	}
+	out := make([]runtime.Entry, es.Len())
+	for i := range out {
+		out[i].Key, out[i].Value = es.At(i)
+	}
+	return out
+}
 func (f *fakeRuntime) ClearUncommitted(context.Context, string) (int, error) { return 0, nil }
 func (f *fakeRuntime) Close() error                                          { return nil }
 func (f *fakeRuntime) Backends(context.Context) ([]string, error)            { return nil, nil }

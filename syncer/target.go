@@ -401,47 +401,64 @@ func (t *target) checkHAProxy(ctx context.Context) error {
 // past DeltaMax.
 func (t *target) apply(ctx context.Context, bs []*batch) error {
 	s := t.s
-	type span struct{ from, to int32 }
-	var order []string
-	spans := map[string]*span{}
+	// Per user, in order of first change: where it went from and to. (A
+	// lagging target gets up to ringMax changes here: values, not pointers,
+	// and the edits are built only when they are sent, not for a fold.)
+	type span struct {
+		user     string
+		from, to int32
+	}
+	var spans []span
+	at := map[string]int{}
 	changes := 0
 	for _, b := range bs {
 		changes += len(b.changes)
 		for _, c := range b.changes {
-			if sp, ok := spans[c.user]; ok {
-				sp.to = c.next
+			if i, ok := at[c.user]; ok {
+				spans[i].to = c.next
 				continue
 			}
-			spans[c.user] = &span{c.prev, c.next}
-			order = append(order, c.user)
+			at[c.user] = len(spans)
+			spans = append(spans, span{c.user, c.prev, c.next})
 		}
 	}
+	at = nil
 	last := bs[len(bs)-1]
-	var edits []edit
-	baseDels, adds := 0, 0
-	s.state.read(func(v view) {
-		for _, u := range order {
-			sp := spans[u]
-			if sp.from == sp.to {
-				continue
-			}
-			// A user that had a value may be in the base (in a delta
-			// layout, under its delta entry too): a del looks there.
-			_, inDelta := t.deltaKeys[u]
-			e := edit{user: u, inBase: sp.from != none, inDelta: inDelta}
-			if sp.to != none {
-				e.shard = v.shard(sp.to)
-				if !inDelta {
-					adds++
-				}
-			} else if e.inBase {
-				baseDels++
-			}
-			edits = append(edits, e)
+	nEdits, baseDels, adds := 0, 0, 0
+	for _, sp := range spans {
+		if sp.from == sp.to {
+			continue
 		}
-	})
+		nEdits++
+		if _, inDelta := t.deltaKeys[sp.user]; sp.to != none && !inDelta {
+			adds++
+		} else if sp.to == none && sp.from != none {
+			baseDels++
+		}
+	}
+	var edits []edit
+	fold := t.tooMuch(nEdits, baseDels, len(t.deltaKeys)+adds)
+	if !fold {
+		edits = make([]edit, 0, nEdits)
+		s.state.read(func(v view) {
+			for _, sp := range spans {
+				if sp.from == sp.to {
+					continue
+				}
+				// A user that had a value may be in the base (in a delta
+				// layout, under its delta entry too): a del looks there.
+				_, inDelta := t.deltaKeys[sp.user]
+				e := edit{user: sp.user, inBase: sp.from != none, inDelta: inDelta}
+				if sp.to != none {
+					e.shard = v.shard(sp.to)
+				}
+				edits = append(edits, e)
+			}
+		})
+	}
+	spans = nil
 	seq, logID := last.seq, last.logID
-	if t.tooMuch(len(edits), baseDels, len(t.deltaKeys)+adds) {
+	if fold {
 		var err error
 		if seq, logID, err = t.fold(ctx, reasonLargeBatch, t.gen); err != nil {
 			return err
@@ -514,7 +531,7 @@ func (t *target) swap(ctx context.Context, gen uint64) (uint64, string, error) {
 		return 0, "", errLeaseLost
 	}
 	var (
-		entries []runtime.Entry
+		entries *entryList
 		seq     uint64
 		logID   string
 		now     uint64
@@ -527,7 +544,7 @@ func (t *target) swap(ctx context.Context, gen uint64) (uint64, string, error) {
 	if now != gen {
 		return 0, "", errReloaded
 	}
-	if err := t.rt.Replace(ctx, t.s.cfg.MapName, entries); err != nil {
+	if err := t.rt.ReplaceFrom(ctx, t.s.cfg.MapName, entries); err != nil {
 		return 0, "", err
 	}
 	t.contact()

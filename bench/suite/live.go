@@ -26,6 +26,8 @@ type liveRig struct {
 	fe      *frontend
 	syncer  *proc
 	pprof   string // the syncer's pprof address
+	socket  string // HAProxy's Runtime API socket
+	mapPath string // the map the syncer keeps (and its file)
 	n       int    // users in Redis now: user000000000..
 	probeOK func(i int) bool
 }
@@ -74,7 +76,7 @@ func (s *suite) startLive(ctx context.Context) (*liveRig, error) {
 	if err != nil {
 		return nil, err
 	}
-	rig.syncer = sp
+	rig.syncer, rig.socket, rig.mapPath = sp, t.Socket, t.Map
 	s.cleanup(sp.stop)
 	return rig, nil
 }

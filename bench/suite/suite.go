@@ -22,7 +22,7 @@ import (
 )
 
 // Scenarios, in the order they run.
-var Scenarios = []string{"request", "propagation", "churn", "bulk"}
+var Scenarios = []string{"request", "propagation", "churn", "bulk", "memory"}
 
 // Options size and place a run. Zero values are not defaults: use
 // DefaultOptions or QuickOptions.
@@ -203,7 +203,15 @@ func Run(ctx context.Context, o Options, log io.Writer) error {
 		}
 	}
 	var failed error
-	if s.want("propagation") || s.want("churn") || s.want("bulk") {
+	if s.want("memory") && len(s.o.Only) > 0 {
+		// Alone only: the other scenarios measure memory along the way.
+		mark := len(s.cleanups)
+		if failed = s.memory(ctx, res); failed != nil {
+			res.failure = failed.Error()
+		}
+		s.runCleanups(mark)
+	}
+	if failed == nil && (s.want("propagation") || s.want("churn") || s.want("bulk")) {
 		// A failure still writes what was measured, with the failure in
 		// the doc; the run then fails.
 		if failed = s.live(ctx, res); failed != nil {

@@ -50,6 +50,7 @@ func RunSyncer(args []string, stderr io.Writer) error {
 		}
 		go http.Serve(ln, nil)
 	}
+	syncer.TuneMemory(0) // as cmd/syncer does by default
 	rdb := redis.NewClient(&redis.Options{Addr: *redisAddr})
 	defer rdb.Close()
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

@@ -58,6 +58,7 @@ func TestBadFlagValuesExit2(t *testing.T) {
 		{"--socket", "/s", "--map", "/m", "--max-delete-share", "2"},
 		{"--socket", "/s", "--map", "/m", "--log-format", "xml"},
 		{"--socket", "/s", "--map", "/m", "--log-level", "loud"},
+		{"--socket", "/s", "--map", "/m", "--memory-limit-mb", "-1"},
 		{"--map", "/m"},
 	} {
 		if got := run(args); got != 2 {

@@ -5,8 +5,10 @@
 package atomicfile
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -39,7 +41,17 @@ func tempPrefix(path string) string { return "." + filepath.Base(path) + ".tmp-"
 //
 // Write always writes; callers that want to skip identical content compare
 // first (maps.WriteMapFile does).
-func Write(path string, data []byte, mode os.FileMode) (err error) {
+func Write(path string, data []byte, mode os.FileMode) error {
+	return WriteFrom(path, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	}, mode)
+}
+
+// WriteFrom is Write with the content written by write into the temp file
+// (buffered), for content too large to hold in memory at once. An error from
+// write is returned as it is, and path is left as it was.
+func WriteFrom(path string, write func(w io.Writer) error, mode os.FileMode) (err error) {
 	perm := mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
 	uid, gid := -1, -1
 	if fi, err := os.Stat(path); err == nil {
@@ -64,7 +76,11 @@ func Write(path string, data []byte, mode os.FileMode) (err error) {
 			os.Remove(tmp)
 		}
 	}()
-	if _, err = f.Write(data); err != nil {
+	bw := bufio.NewWriterSize(f, 64<<10)
+	if err = write(bw); err != nil {
+		return err
+	}
+	if err = bw.Flush(); err != nil {
 		return fmt.Errorf("write %s: %w", tmp, err)
 	}
 	if uid >= 0 {
