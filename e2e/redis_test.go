@@ -298,6 +298,9 @@ func TestRedisACL(t *testing.T) {
 	s.mustMapctl("syncers")
 	s.mustMapctl("status")
 	s.mustMapctl("reconcile", "--force")
+	s.mustMapctl("move", "u2", "--to", "shard1", "--copy-cmd", "true")
+	s.mustMapctl("moves", "--all")
+	s.mustRoute("u2", "shard1")
 	s.mustRoute("alice", "shard1")
 	s.waitConverged(30 * time.Second)
 	if n, err := admin.Do(ctx, "ACL", "LOG").Slice(); err != nil || len(n) != 0 {

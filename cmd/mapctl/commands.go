@@ -60,7 +60,7 @@ func newRoot() (*cobra.Command, *app) {
 	a.redis.AddWaitFlags(pf)
 	pf.StringVar(&a.prefix, "prefix", cli.Env(cli.EnvPrefix, maps.DefaultPrefix), "Redis key prefix (env "+cli.EnvPrefix+")")
 	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "how long a command, or --wait, may take")
-	root.AddCommand(a.setCmd(), a.getCmd(), a.delCmd(), a.listCmd(), a.importCmd(), a.exportCmd(), a.statusCmd(), a.configCmd(), a.shardCmd(), a.restoreCmd(), a.reconcileCmd(), a.syncersCmd(), a.idCmd(), a.logicalCmd())
+	root.AddCommand(a.setCmd(), a.getCmd(), a.delCmd(), a.listCmd(), a.importCmd(), a.exportCmd(), a.statusCmd(), a.configCmd(), a.shardCmd(), a.restoreCmd(), a.reconcileCmd(), a.syncersCmd(), a.idCmd(), a.logicalCmd(), a.moveCmd(), a.movesCmd())
 	cli.Conventions(root)
 	return root, a
 }
@@ -176,70 +176,10 @@ func (a *app) warnNoSyncerIn(ctx context.Context, cmd *cobra.Command, store *map
 
 // waitApplied returns when every live, active (not standby) syncer reports
 // the change-log ID id (or a later one) as applied to its HAProxy. At the
-// timeout its error names each syncer that lacks it, where it is and the
-// problem it reports.
+// timeout its error (a *maps.NotAppliedError) names each syncer that lacks
+// it, where it is and the problem it reports.
 func (a *app) waitApplied(ctx context.Context, id string) error {
-	return a.waitAppliedIn(ctx, a.store, id)
-}
-
-// waitAppliedIn is waitApplied for the change-log ID id of store: it waits
-// for the syncers that report in store (each map's syncers report in its
-// own store, so a wait for one map never waits on the other's syncers).
-func (a *app) waitAppliedIn(ctx context.Context, store *maps.Store, id string) error {
-	ctx, cancel := context.WithTimeout(ctx, a.timeout)
-	defer cancel()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		all, err := store.Syncers(ctx)
-		if err != nil {
-			return err
-		}
-		now := time.Now()
-		var live, lagging []string
-		for _, st := range all {
-			if st.Standby || !st.Live(now, maps.LiveWithin) {
-				continue
-			}
-			live = append(live, st.Name)
-			// Every active target of the syncer must have it; a syncer that
-			// reports no targets sums them up in its own fields.
-			targets := st.Targets
-			if len(targets) == 0 {
-				targets = []maps.TargetState{{Applied: st.Applied, Ready: st.Ready, Problem: st.Problem}}
-			}
-			for _, tg := range targets {
-				if tg.Standby || maps.CompareIDs(tg.Applied, id) >= 0 {
-					continue
-				}
-				problem := ""
-				if tg.Problem != "" {
-					problem = ", problem: " + tg.Problem
-				} else if !tg.Ready {
-					problem = ", not ready"
-				}
-				name := st.Name
-				if tg.Address != "" && len(st.Targets) > 1 {
-					name += " target " + tg.Address
-				}
-				lagging = append(lagging, fmt.Sprintf("%s (at %s%s)", name, orNone(tg.Applied), problem))
-			}
-		}
-		if len(live) > 0 && len(lagging) == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			if len(live) == 0 {
-				// Right after Redis comes back, heartbeats are stale for a moment:
-				// this is only an answer once the whole timeout has passed.
-				return fmt.Errorf("change %s is stored in Redis, but no syncer reported in the last %s, so no HAProxy is known to have it", id, maps.LiveWithin)
-			}
-			return fmt.Errorf("change %s is stored in Redis, but after %s these syncers have not applied it: %s",
-				id, a.timeout, strings.Join(lagging, "; "))
-		case <-tick.C:
-		}
-	}
+	return a.store.WaitApplied(ctx, id, a.timeout)
 }
 
 func orNone(id string) string {

@@ -104,7 +104,7 @@ that is there (it may have moved) is kept. Running it again changes nothing.`,
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "mapctl: logical map: %d logical shards written, %d already there (kept)\n", res.Written, res.Same+len(res.Conflicts))
 			if wait && res.Written > 0 {
-				return a.waitAppliedIn(ctx, a.logical, res.LogID)
+				return a.logical.WaitApplied(ctx, res.LogID, a.timeout)
 			}
 			return nil
 		},
@@ -142,7 +142,7 @@ func (a *app) logicalSetCmd() *cobra.Command {
 				return err
 			}
 			if wait {
-				return a.waitAppliedIn(ctx, a.logical, id)
+				return a.logical.WaitApplied(ctx, id, a.timeout)
 			}
 			a.warnNoSyncerIn(ctx, cmd, a.logical)
 			return nil

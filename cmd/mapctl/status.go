@@ -10,6 +10,7 @@ import (
 
 	"github.com/shardmap/shardmap/internal/cli"
 	"github.com/shardmap/shardmap/maps"
+	"github.com/shardmap/shardmap/move"
 	"github.com/shardmap/shardmap/runtime"
 )
 
@@ -67,6 +68,7 @@ type statusReport struct {
 	ActiveLive    bool         `json:"active_live"`    // some active syncer reported within the live window
 	File          *fileJSON    `json:"file"`           // null without --map
 	Live          *liveJSON    `json:"live"`           // null without --socket and --map
+	Moves         movesJSON    `json:"moves"`          // unfinished moves (mapctl moves)
 	Problems      int          `json:"problems"`       // status exits 1 when > 0
 
 	lines []string // the table, in order
@@ -78,6 +80,14 @@ type redisJSON struct {
 	LogID          string `json:"log_id"`
 	Exact          bool   `json:"exact"`          // false: Redis changed during every read, figures may be off
 	UnknownShards  int    `json:"unknown_shards"` // assignments to shards HAProxy has no backend for
+}
+
+// movesJSON counts the moves not finished; a failed one stays until resumed
+// or aborted (its user may be frozen on the holding backend).
+type movesJSON struct {
+	InProgress int      `json:"in_progress"` // running or failed
+	Failed     []string `json:"failed"`      // IDs of the failed ones
+	Error      string   `json:"error"`       // the moves could not be read ("" when they were)
 }
 
 type fileJSON struct {
@@ -165,6 +175,7 @@ func (a *app) statusReport(ctx context.Context, o statusOpts) (*statusReport, er
 	if hidden > 0 {
 		say("syncers: %d gone for over %s not shown (mapctl syncers prune deletes them)", hidden, o.retention)
 	}
+	r.Moves = a.movesStatus(ctx, say)
 	r.ActiveLive = activeLive(views)
 	if !r.ActiveLive {
 		say("syncers: NONE LIVE: no active syncer reported in the last %s, so changes reach no HAProxy", maps.LiveWithin)
@@ -221,6 +232,33 @@ func (a *app) statusReport(ctx context.Context, o statusOpts) (*statusReport, er
 		}
 	}
 	return r, nil
+}
+
+// movesStatus counts the unfinished moves and names the failed ones; it
+// says nothing when there are none.
+func (a *app) movesStatus(ctx context.Context, say func(string, ...any)) movesJSON {
+	r := movesJSON{Failed: []string{}}
+	list, err := a.mover(io.Discard, nil).List(ctx, false)
+	if err != nil {
+		r.Error = err.Error()
+		say("moves:  %v", err)
+		return r
+	}
+	r.InProgress = len(list)
+	var lines []string
+	for _, mv := range list {
+		if mv.State == move.StateFailed {
+			r.Failed = append(r.Failed, mv.ID)
+			lines = append(lines, fmt.Sprintf("move %s: %s %s -> %s FAILED at %s: %s (mapctl move --resume or --abort)", mv.ID, subjectName(mv), mv.From, mv.To, mv.Step, mv.Error))
+		}
+	}
+	if r.InProgress > 0 {
+		say("moves:  %d in progress, %d failed", r.InProgress, len(r.Failed))
+		for _, l := range lines {
+			say("%s", l)
+		}
+	}
+	return r
 }
 
 // fileStatus compares the map file with Redis, telling lag from drift: the

@@ -1,0 +1,403 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/shardmap/shardmap/maps"
+	"github.com/shardmap/shardmap/move"
+)
+
+// moveOpts are mapctl move's flags.
+type moveOpts struct {
+	to, from, reason, logical string
+	resume, abort, fromFile   string
+	parallel                  int
+	freeze                    bool
+	hooks                     move.Hooks
+}
+
+func (a *app) moveCmd() *cobra.Command {
+	var o moveOpts
+	c := &cobra.Command{
+		Use:   "move [USER] --to SHARD",
+		Short: "Move a user's data and routing to another shard, step by step, resumable (docs/MOVES.md)",
+		Long: `move moves USER (with routing: ids, an ID; or with --logical, a whole logical
+shard) to SHARD as a state machine recorded in Redis:
+plan -> freeze -> copy -> flip -> verify -> cleanup -> done.
+
+It prints the move's ID alone on the first line of stdout, then "STEP done"
+as each step completes. A failed step leaves the move in state failed (exit
+1): fix the cause, then mapctl move --resume ID goes on from that step with
+the move's recorded options, or mapctl move --abort ID routes back to where
+the move started (refused once cleanup has started). A killed mapctl leaves
+the move running; it can be resumed once its lease has expired (5s).
+
+Hooks run by sh -c with SHARDMAP_MOVE_ID, SHARDMAP_USER (or SHARDMAP_LOGICAL),
+SHARDMAP_FROM, SHARDMAP_TO and SHARDMAP_STEP in the environment; exit 0 is
+success. A step may run again after a crash: hooks must be idempotent.
+
+--from-file runs the moves of a plan ("USER SHARD" or "logical:L SHARD" lines,
+# comments), --parallel at a time, with the same flags; it prints one line
+per move and a summary, and exits 1 if any failed.
+
+Exit status: 0 done (or aborted), 1 failed, 2 bad input.`,
+		Example: `  mapctl move alice --to shard2 --freeze --copy-cmd '/usr/local/bin/copy-user' --cleanup-cmd '/usr/local/bin/drop-user'
+  mapctl move 42 --to shard1 --from shard0 --reason 'hot user'
+  mapctl move --logical 17 --to shard3 --freeze --copy-cmd ./copy-logical.sh
+  mapctl move --resume 20261125-193012-4f2a9c
+  mapctl move --abort 20261125-193012-4f2a9c
+  mapctl move --from-file plan.txt --parallel 4 --freeze --copy-cmd ./copy.sh`,
+		Args: func(cmd *cobra.Command, as []string) error {
+			if len(as) > 1 {
+				return usagef("move takes at most one USER, got %d arguments", len(as))
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, as []string) error {
+			user := ""
+			if len(as) == 1 {
+				user = as[0]
+			}
+			return a.move(cmd, user, o)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&o.to, "to", "", "destination shard (a backend HAProxy has)")
+	f.StringVar(&o.from, "from", "", "shard that has the data now; needed for a user with no assignment (routed to the default shard)")
+	f.StringVar(&o.reason, "reason", "", "why, recorded with the move")
+	f.StringVar(&o.logical, "logical", "", "move this logical shard (routing: ids) instead of a user")
+	f.StringVar(&o.resume, "resume", "", "continue the move ID from its recorded step")
+	f.StringVar(&o.abort, "abort", "", "roll the move ID back to its old routing and mark it aborted")
+	f.StringVar(&o.fromFile, "from-file", "", `run every move of a plan file ("USER SHARD" or "logical:L SHARD" lines)`)
+	f.IntVar(&o.parallel, "parallel", 1, "with --from-file: moves run at once")
+	f.BoolVar(&o.freeze, "freeze", false, "route to "+maps.HoldShard+" (503 + Retry-After) from before the copy until the flip")
+	f.StringVar(&o.hooks.Freeze, "freeze-cmd", "", "hook run at the freeze step (after the routing freeze, if --freeze)")
+	f.StringVar(&o.hooks.Unfreeze, "unfreeze-cmd", "", "hook run after the flip (and on --abort)")
+	f.StringVar(&o.hooks.Copy, "copy-cmd", "", "hook that copies the data from SHARDMAP_FROM to SHARDMAP_TO")
+	f.StringVar(&o.hooks.Verify, "verify-cmd", "", "hook run after the flip to check the data on SHARDMAP_TO")
+	f.StringVar(&o.hooks.Cleanup, "cleanup-cmd", "", "hook that deletes the data on SHARDMAP_FROM")
+	f.DurationVar(&o.hooks.Timeout, "hook-timeout", move.DefaultHookTimeout, "each hook attempt is killed (its whole process group) after this")
+	f.IntVar(&o.hooks.Retries, "retries", move.DefaultRetries, "further attempts of a failed hook")
+	f.DurationVar(&o.hooks.RetryDelay, "retry-delay", move.DefaultRetryDelay, "wait before the first retry, doubled before each next one")
+	return c
+}
+
+// mover returns a Mover on the app's stores; hooks' output and warnings go
+// to errOut.
+func (a *app) mover(errOut io.Writer, onStep func(move.Move, move.Step)) *move.Mover {
+	return move.New(move.Config{
+		Redis: a.rdb, Prefix: a.prefix, Users: a.store, Logical: a.logical, Shards: a.store,
+		Wait: a.timeout, OnStep: onStep, HookOutput: errOut,
+		Log: slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+}
+
+// move runs one mode of mapctl move; exactly one of USER, --logical,
+// --resume, --abort and --from-file must be given.
+func (a *app) move(cmd *cobra.Command, user string, o moveOpts) error {
+	modes := 0
+	for _, s := range []string{user, o.logical, o.resume, o.abort, o.fromFile} {
+		if s != "" {
+			modes++
+		}
+	}
+	if modes != 1 {
+		return usagef("move takes exactly one of USER, --logical L, --resume ID, --abort ID and --from-file FILE")
+	}
+	planning := user != "" || o.logical != "" || o.fromFile != ""
+	if !planning && (o.to != "" || o.from != "" || o.reason != "" || o.freeze || o.hooks.Freeze != "" || o.hooks.Unfreeze != "" ||
+		o.hooks.Copy != "" || o.hooks.Verify != "" || o.hooks.Cleanup != "" || cmd.Flags().Changed("hook-timeout") ||
+		cmd.Flags().Changed("retries") || cmd.Flags().Changed("retry-delay")) {
+		return usagef("--resume and --abort take no other move flags: a move goes on with the options it was started with")
+	}
+	if (user != "" || o.logical != "") && o.to == "" {
+		return usagef("move needs --to SHARD")
+	}
+	if o.fromFile != "" && (o.to != "" || o.from != "") {
+		return usagef("--from-file takes the destinations from the file: no --to or --from")
+	}
+	if cmd.Flags().Changed("parallel") && o.fromFile == "" {
+		return usagef("--parallel goes with --from-file")
+	}
+	if o.parallel < 1 {
+		return usagef("--parallel %d: want 1 or more", o.parallel)
+	}
+	if o.hooks.Timeout <= 0 {
+		return usagef("--hook-timeout %s: want more than 0", o.hooks.Timeout)
+	}
+	if o.hooks.Retries < 0 || o.hooks.RetryDelay < 0 {
+		return usagef("--retries and --retry-delay cannot be negative")
+	}
+	// An interrupt ends the hook (its process group) and records the move
+	// failed at its step, so that --resume goes on from there.
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	out, errOut := cmd.OutOrStdout(), cmd.ErrOrStderr()
+	switch {
+	case o.fromFile != "":
+		return a.moveFile(ctx, cmd, o)
+	case o.abort != "":
+		fmt.Fprintln(out, o.abort)
+		mv, err := a.mover(errOut, nil).Abort(ctx, o.abort)
+		if err != nil {
+			return moveErr(err)
+		}
+		fmt.Fprintf(out, "aborted: %s %s routed to %s again\n", mv.Kind, mv.Subject, routeName(mv.Route))
+		return nil
+	case o.resume != "":
+		fmt.Fprintln(out, o.resume)
+		_, err := a.mover(errOut, stepPrinter(out, nil)).Resume(ctx, o.resume)
+		return moveErr(err)
+	}
+	req := move.Request{Kind: move.KindUser, Subject: user, To: o.to, From: o.from, Reason: o.reason, Freeze: o.freeze, Hooks: o.hooks}
+	if o.logical != "" {
+		l, err := a.logicalShard(ctx, o.logical)
+		if err != nil {
+			return err
+		}
+		req.Kind, req.Subject = move.KindLogical, fmt.Sprint(l)
+	} else if err := a.checkKey(ctx, user); err != nil {
+		return err
+	}
+	_, err := a.mover(errOut, stepPrinter(out, func(mv move.Move) { fmt.Fprintln(out, mv.ID) })).Start(ctx, req)
+	return moveErr(err)
+}
+
+// stepPrinter prints "STEP done" for each step done, after first (called
+// once, before the first line) when not nil.
+func stepPrinter(out io.Writer, first func(move.Move)) func(move.Move, move.Step) {
+	var once sync.Once
+	return func(mv move.Move, done move.Step) {
+		if first != nil {
+			once.Do(func() { first(mv) })
+		}
+		fmt.Fprintf(out, "%s done\n", done)
+	}
+}
+
+// moveErr makes a refusal that is the caller's (a finished move, too late
+// to abort) exit 2; a failed step stays an operational failure (exit 1).
+func moveErr(err error) error {
+	if errors.Is(err, move.ErrFinished) || errors.Is(err, move.ErrTooLate) {
+		return usageError{Err: err}
+	}
+	return err
+}
+
+func routeName(route string) string {
+	if route == "" {
+		return "the default shard (no assignment)"
+	}
+	return route
+}
+
+// planLine is one move of a --from-file plan.
+type planLine struct {
+	line    int
+	kind    move.Kind
+	subject string
+	to      string
+}
+
+// readPlan parses a plan file: "USER SHARD" or "logical:L SHARD" lines,
+// blank lines and # comments. Every line is checked before any move runs;
+// a subject twice is refused.
+func readPlan(path string) ([]planLine, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, usageError{Err: err}
+	}
+	defer f.Close()
+	var out []planLine
+	seen := map[string]int{}
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		text := strings.TrimSpace(sc.Text())
+		if text == "" || strings.HasPrefix(text, "#") {
+			continue
+		}
+		fs := strings.Fields(text)
+		if len(fs) != 2 {
+			return nil, usagef("%s:%d: %q: want USER SHARD or logical:L SHARD", path, n, text)
+		}
+		p := planLine{line: n, kind: move.KindUser, subject: fs[0], to: fs[1]}
+		if l, ok := strings.CutPrefix(fs[0], "logical:"); ok {
+			p.kind, p.subject = move.KindLogical, l
+		} else if err := maps.ValidateUser(p.subject); err != nil {
+			return nil, fmt.Errorf("%s:%d: %w", path, n, err)
+		}
+		if err := maps.ValidateShard(p.to); err != nil {
+			return nil, fmt.Errorf("%s:%d: %w", path, n, err)
+		}
+		if prev, ok := seen[fs[0]]; ok {
+			return nil, usagef("%s:%d: %s is moved on line %d already", path, n, fs[0], prev)
+		}
+		seen[fs[0]] = n
+		out = append(out, p)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return out, nil
+}
+
+// moveFile runs the moves of a plan file, o.parallel at a time.
+func (a *app) moveFile(ctx context.Context, cmd *cobra.Command, o moveOpts) error {
+	plan, err := readPlan(o.fromFile)
+	if err != nil {
+		return err
+	}
+	out, errOut := cmd.OutOrStdout(), cmd.ErrOrStderr()
+	var mu sync.Mutex // out and the bar
+	var bar *progressbar.ProgressBar
+	if f, ok := errOut.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		bar = progressbar.NewOptions(len(plan), progressbar.OptionSetWriter(f), progressbar.OptionSetDescription("move"),
+			progressbar.OptionShowCount(), progressbar.OptionThrottle(100*time.Millisecond))
+		defer fmt.Fprintln(f)
+	}
+	m := a.mover(errOut, nil)
+	jobs := make(chan planLine)
+	var wg sync.WaitGroup
+	failed := 0
+	for range min(o.parallel, max(len(plan), 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range jobs {
+				req := move.Request{Kind: p.kind, Subject: p.subject, To: p.to, Reason: o.reason, Freeze: o.freeze, Hooks: o.hooks}
+				mv, err := m.Start(ctx, req)
+				subject := p.subject
+				if p.kind == move.KindLogical {
+					subject = "logical:" + p.subject
+				}
+				mu.Lock()
+				switch {
+				case err != nil && mv == nil:
+					failed++
+					fmt.Fprintf(out, "- %s %s failed: %v\n", subject, p.to, err)
+				case err != nil:
+					failed++
+					fmt.Fprintf(out, "%s %s %s failed at %s: %v\n", mv.ID, subject, p.to, mv.Step, err)
+				default:
+					fmt.Fprintf(out, "%s %s %s done\n", mv.ID, subject, p.to)
+				}
+				if bar != nil {
+					bar.Add(1)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, p := range plan {
+		select {
+		case jobs <- p:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	fmt.Fprintf(out, "summary: %d moves, %d done, %d failed\n", len(plan), len(plan)-failed, failed)
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("move --from-file %s: interrupted: %w", o.fromFile, err)
+	}
+	if failed > 0 {
+		return fmt.Errorf("move --from-file %s: %d of %d moves failed (mapctl moves lists them)", o.fromFile, failed, len(plan))
+	}
+	return nil
+}
+
+// moveJSON is one move in mapctl moves -o json.
+type moveJSON struct {
+	ID       string    `json:"id"`
+	Kind     string    `json:"kind"`
+	Subject  string    `json:"subject"`
+	From     string    `json:"from"`
+	To       string    `json:"to"`
+	Route    string    `json:"route"` // routing before the move ("" = none)
+	Reason   string    `json:"reason"`
+	Step     string    `json:"step"`
+	State    string    `json:"state"`
+	Error    string    `json:"error"`
+	Attempts int       `json:"attempts"`
+	Freeze   bool      `json:"freeze"`
+	FlipID   string    `json:"flip_id"`
+	Driven   bool      `json:"driven"` // a live mapctl drives it now
+	Created  time.Time `json:"created"`
+	Updated  time.Time `json:"updated"`
+}
+
+func (a *app) movesCmd() *cobra.Command {
+	var all bool
+	var out *output
+	c := &cobra.Command{
+		Use:   "moves",
+		Short: "List the moves that are not finished (running or failed); --all lists every move",
+		Long: `moves lists moves (mapctl move) in creation order: ID, subject, from, to, the
+step it is at, its state and when it was last updated. A running move that no
+live mapctl drives (it was killed) shows as "running (stalled)": resume it.
+-o json prints an array of objects with every recorded field.`,
+		Example: `  mapctl moves
+  mapctl moves --all -o json | jq '.[] | select(.state == "failed")'`,
+		Args: args(0, "nothing"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			list, err := a.mover(cmd.ErrOrStderr(), nil).List(ctx, all)
+			if err != nil {
+				return err
+			}
+			if *out == outJSON {
+				js := make([]moveJSON, len(list))
+				for i, mv := range list {
+					js[i] = moveJSON{ID: mv.ID, Kind: string(mv.Kind), Subject: mv.Subject, From: mv.From, To: mv.To, Route: mv.Route,
+						Reason: mv.Reason, Step: string(mv.Step), State: string(mv.State), Error: mv.Error, Attempts: mv.Attempts,
+						Freeze: mv.Freeze, FlipID: mv.FlipID, Driven: mv.Driven, Created: mv.Created, Updated: mv.Updated}
+				}
+				return writeJSON(cmd.OutOrStdout(), js)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tSUBJECT\tFROM\tTO\tSTEP\tSTATE\tUPDATED")
+			for _, mv := range list {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mv.ID, subjectName(mv), mv.From, mv.To, mv.Step, stateName(mv),
+					mv.Updated.UTC().Format(time.RFC3339))
+			}
+			return w.Flush()
+		},
+	}
+	c.Flags().BoolVar(&all, "all", false, "list finished moves (done, aborted) too")
+	out = outputFlag(c)
+	return c
+}
+
+func subjectName(mv move.Move) string {
+	if mv.Kind == move.KindLogical {
+		return "logical:" + mv.Subject
+	}
+	return mv.Subject
+}
+
+func stateName(mv move.Move) string {
+	if mv.State == move.StateRunning && !mv.Driven {
+		return "running (stalled)"
+	}
+	return string(mv.State)
+}

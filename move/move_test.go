@@ -1,0 +1,452 @@
+package move
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/shardmap/shardmap/internal/testenv"
+	"github.com/shardmap/shardmap/maps"
+)
+
+type fixture struct {
+	rdb     redis.UniversalClient
+	users   *maps.Store
+	logical *maps.Store
+	cfg     Config
+	dir     string
+}
+
+// newFixture starts Redis with shards shard0..2 and the holding backend
+// known, and a fake syncer on both maps that reports the log's last ID as
+// applied every few milliseconds (WaitApplied's real answer, without
+// HAProxy: the e2e tests drive a real syncer).
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	r := testenv.StartRedis(t)
+	rdb := r.Client(t)
+	f := &fixture{rdb: rdb, users: maps.NewStore(rdb, ""), logical: maps.NewStore(rdb, maps.LogicalPrefix("")), dir: t.TempDir()}
+	ctx := context.Background()
+	if err := f.users.AddShards(ctx, []string{"shard0", "shard1", "shard2", maps.HoldShard}); err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			for _, s := range []*maps.Store{f.users, f.logical} {
+				if id, err := s.LastLogID(sctx); err == nil {
+					s.ReportSyncer(sctx, maps.SyncerState{Name: "fake", Applied: id, Seen: time.Now(), Ready: true})
+				}
+			}
+			select {
+			case <-sctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	f.cfg = Config{Redis: rdb, Users: f.users, Logical: f.logical, Shards: f.users, Wait: 10 * time.Second, LeaseTTL: 300 * time.Millisecond, Log: slog.New(slog.DiscardHandler)}
+	return f
+}
+
+// hooks returns hooks that append "STEP SUBJECT FROM TO" to a log file.
+func (f *fixture) hooks() Hooks {
+	line := func(name string) string {
+		return `echo "` + name + ` $SHARDMAP_USER$SHARDMAP_LOGICAL $SHARDMAP_FROM $SHARDMAP_TO $SHARDMAP_STEP" >> ` + filepath.Join(f.dir, "hooks")
+	}
+	return Hooks{Freeze: line("freeze"), Unfreeze: line("unfreeze"), Copy: line("copy"), Verify: line("verify"), Cleanup: line("cleanup"),
+		Timeout: 10 * time.Second, RetryDelay: time.Millisecond}
+}
+
+func (f *fixture) hookLog(t *testing.T) string {
+	b, err := os.ReadFile(filepath.Join(f.dir, "hooks"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// history is every shard the change log gave user, in order ("-" = del).
+func history(t *testing.T, s *maps.Store, user string) []string {
+	t.Helper()
+	changes, _, err := s.ReadLog(context.Background(), maps.ZeroID, 10000, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, c := range changes {
+		if c.User != user {
+			continue
+		}
+		if c.Op == maps.OpDel {
+			out = append(out, "-")
+		} else {
+			out = append(out, c.Shard)
+		}
+	}
+	return out
+}
+
+func (f *fixture) set(t *testing.T, s *maps.Store, user, shard string) {
+	t.Helper()
+	if _, err := s.Set(context.Background(), maps.Assignment{User: user, Shard: shard}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (f *fixture) route(t *testing.T, s *maps.Store, user string) string {
+	t.Helper()
+	sh, ok, err := s.Get(context.Background(), user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok {
+		return ""
+	}
+	return sh
+}
+
+func TestMoveWithFreeze(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.set(t, f.users, "alice", "shard0")
+	var mu sync.Mutex
+	var done []Step
+	cfg := f.cfg
+	cfg.OnStep = func(mv Move, s Step) { mu.Lock(); done = append(done, s); mu.Unlock() }
+	m := New(cfg)
+	mv, err := m.Start(ctx, Request{Subject: "alice", To: "shard1", Reason: "even out", Freeze: true, Hooks: f.hooks()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mv.State != StateDone || mv.Step != StepDone || mv.From != "shard0" || mv.FlipID == "" || mv.FreezeID == "" {
+		t.Fatalf("move: %+v", mv)
+	}
+	if got := fmt.Sprint(done); got != "[plan freeze copy flip verify cleanup]" {
+		t.Errorf("steps done: %s", got)
+	}
+	if got := fmt.Sprint(history(t, f.users, "alice")); got != "[shard0 shardmap_hold shard1]" {
+		t.Errorf("routing history: %s", got)
+	}
+	want := "freeze alice shard0 shard1 freeze\ncopy alice shard0 shard1 copy\nunfreeze alice shard0 shard1 flip\nverify alice shard0 shard1 verify\ncleanup alice shard0 shard1 cleanup\n"
+	if got := f.hookLog(t); got != want {
+		t.Errorf("hooks ran:\n%s\nwant:\n%s", got, want)
+	}
+	got, err := m.Get(ctx, mv.ID)
+	if err != nil || got.State != StateDone || got.Reason != "even out" || got.Driven {
+		t.Fatalf("get: %+v %v", got, err)
+	}
+	if l, err := m.List(ctx, false); err != nil || len(l) != 0 {
+		t.Errorf("unfinished moves: %v %v", l, err)
+	}
+	if l, err := m.List(ctx, true); err != nil || len(l) != 1 || l[0].ID != mv.ID {
+		t.Errorf("all moves: %v %v", l, err)
+	}
+	// The lock is free: alice can move again (without a freeze: one write).
+	mv2, err := m.Start(ctx, Request{Subject: "alice", To: "shard2"})
+	if err != nil || mv2.State != StateDone {
+		t.Fatalf("second move: %+v %v", mv2, err)
+	}
+	if got := fmt.Sprint(history(t, f.users, "alice")); got != "[shard0 shardmap_hold shard1 shard2]" {
+		t.Errorf("routing history: %s", got)
+	}
+	if _, err := m.Resume(ctx, mv.ID); !errors.Is(err, ErrFinished) {
+		t.Errorf("resume of a done move: %v", err)
+	}
+	if _, err := m.Abort(ctx, mv.ID); !errors.Is(err, ErrFinished) {
+		t.Errorf("abort of a done move: %v", err)
+	}
+}
+
+// A user with no assignment moves with --from; abort deletes the
+// assignment again.
+func TestMoveUnassignedUser(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	m := New(f.cfg)
+	if _, err := m.Start(ctx, Request{Subject: "bob", To: "shard1"}); !errors.Is(err, maps.ErrInvalid) || !strings.Contains(err.Error(), "--from") {
+		t.Fatalf("no assignment, no --from: %v", err)
+	}
+	h := f.hooks()
+	h.Copy = "exit 1"
+	mv, err := m.Start(ctx, Request{Subject: "bob", From: "shard0", To: "shard1", Freeze: true, Hooks: h})
+	var se *StepError
+	if !errors.As(err, &se) || se.Step != StepCopy || mv.State != StateFailed {
+		t.Fatalf("failing copy: %v", err)
+	}
+	if r := f.route(t, f.users, "bob"); r != maps.HoldShard {
+		t.Fatalf("bob during the failed copy: %q", r)
+	}
+	if _, err := m.Abort(ctx, mv.ID); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.route(t, f.users, "bob"); r != "" {
+		t.Fatalf("bob after abort: %q, want no assignment", r)
+	}
+	if got := fmt.Sprint(history(t, f.users, "bob")); got != "[shardmap_hold -]" {
+		t.Errorf("history: %s", got)
+	}
+	if !strings.Contains(f.hookLog(t), "unfreeze bob shard0 shard1 abort") {
+		t.Errorf("abort did not run the unfreeze hook: %q", f.hookLog(t))
+	}
+}
+
+// Killed at each step, before or after its action, and resumed: the same
+// end state, each routing value written once.
+func TestMoveCrashAtEachStepThenResume(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	for _, step := range Steps[:len(Steps)-1] {
+		for _, after := range []bool{false, true} {
+			user := fmt.Sprintf("u-%s-%v", step, after)
+			f.set(t, f.users, user, "shard0")
+			cfg := f.cfg
+			cfg.crash = func(s Step, a bool) bool { return s == step && a == after }
+			_, err := New(cfg).Start(ctx, Request{Subject: user, To: "shard2", Freeze: true, Hooks: f.hooks()})
+			if !errors.Is(err, errCrashed) {
+				t.Fatalf("%s: start: %v", user, err)
+			}
+			m := New(f.cfg)
+			l, err := m.List(ctx, false)
+			if err != nil || len(l) != 1 || l[0].State != StateRunning || l[0].Step != step {
+				t.Fatalf("%s: after the crash: %+v %v", user, l, err)
+			}
+			id := l[0].ID
+			// Another move of the same user is refused, naming this one.
+			if _, err := m.Start(ctx, Request{Subject: user, To: "shard1"}); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), id) {
+				t.Fatalf("%s: second move: %v", user, err)
+			}
+			// The dead process's lease expires; then resume goes on.
+			var mv *Move
+			testenv.WaitFor(t, 10*time.Second, "resume after the lease expires", func() error {
+				mv, err = m.Resume(ctx, id)
+				if errors.Is(err, ErrBusy) {
+					return err
+				}
+				return nil
+			})
+			if err != nil || mv.State != StateDone {
+				t.Fatalf("%s: resume: %+v %v", user, mv, err)
+			}
+			if got := fmt.Sprint(history(t, f.users, user)); got != "[shard0 shardmap_hold shard2]" {
+				t.Errorf("%s: routing history %s", user, got)
+			}
+		}
+	}
+	log := f.hookLog(t)
+	for _, h := range []string{"freeze", "copy", "unfreeze", "verify", "cleanup"} {
+		if n := strings.Count(log, "\n"+h+" "); n < 10 {
+			t.Errorf("hook %s ran %d times for 12 moves (at least once each, twice when killed in it)", h, n)
+		}
+	}
+}
+
+func TestAbort(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	m := New(f.cfg)
+	// Stopped at flip (the routing frozen): abort restores it.
+	f.set(t, f.users, "carol", "shard0")
+	cfg := f.cfg
+	cfg.crash = func(s Step, a bool) bool { return s == StepFlip && !a }
+	_, err := New(cfg).Start(ctx, Request{Subject: "carol", To: "shard1", Freeze: true, Hooks: f.hooks()})
+	if !errors.Is(err, errCrashed) {
+		t.Fatal(err)
+	}
+	l, _ := m.List(ctx, false)
+	id := l[0].ID
+	if _, err := m.Abort(ctx, id); !errors.Is(err, ErrBusy) {
+		t.Fatalf("abort while the lease lives: %v", err)
+	}
+	var mv *Move
+	testenv.WaitFor(t, 10*time.Second, "abort after the lease expires", func() error {
+		mv, err = m.Abort(ctx, id)
+		if errors.Is(err, ErrBusy) {
+			return err
+		}
+		return nil
+	})
+	if err != nil || mv.State != StateAborted {
+		t.Fatalf("abort: %+v %v", mv, err)
+	}
+	if r := f.route(t, f.users, "carol"); r != "shard0" {
+		t.Errorf("carol after abort: %q", r)
+	}
+	if _, err := m.Resume(ctx, id); !errors.Is(err, ErrFinished) {
+		t.Errorf("resume of an aborted move: %v", err)
+	}
+	// Without a freeze, stopped before the flip: routing never changed.
+	f.set(t, f.users, "dave", "shard0")
+	h := f.hooks()
+	h.Copy = "exit 7"
+	mv, err = m.Start(ctx, Request{Subject: "dave", To: "shard1", Hooks: h})
+	if !errors.Is(err, &HookError{}) && !strings.Contains(err.Error(), "exit status 7") {
+		t.Fatalf("failing copy: %v", err)
+	}
+	if mv.Attempts != 1 || !strings.Contains(mv.Error, "exit status 7") {
+		t.Errorf("failed record: %+v", mv)
+	}
+	if _, err := m.Abort(ctx, mv.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(history(t, f.users, "dave")); got != "[shard0]" {
+		t.Errorf("dave's routing history: %s", got)
+	}
+	// Once cleanup has started, abort is refused.
+	f.set(t, f.users, "erin", "shard0")
+	h = f.hooks()
+	h.Cleanup = "exit 1"
+	mv, err = m.Start(ctx, Request{Subject: "erin", To: "shard1", Hooks: h})
+	if se := (*StepError)(nil); !errors.As(err, &se) || se.Step != StepCleanup {
+		t.Fatalf("failing cleanup: %v", err)
+	}
+	if _, err := m.Abort(ctx, mv.ID); !errors.Is(err, ErrTooLate) {
+		t.Fatalf("abort at cleanup: %v", err)
+	}
+	if r := f.route(t, f.users, "erin"); r != "shard1" {
+		t.Errorf("erin: %q", r)
+	}
+}
+
+// Someone else changes the routing while a move is stopped: the flip
+// refuses to overwrite it, and so does abort.
+func TestMoveRoutingChangedBySomeoneElse(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	m := New(f.cfg)
+	f.set(t, f.users, "frank", "shard0")
+	h := f.hooks()
+	flag := filepath.Join(f.dir, "copy-ok")
+	h.Copy = "test -e " + flag
+	mv, err := m.Start(ctx, Request{Subject: "frank", To: "shard1", Hooks: h})
+	if err == nil {
+		t.Fatal("copy passed")
+	}
+	f.set(t, f.users, "frank", "shard2")
+	os.WriteFile(flag, nil, 0o644)
+	_, err = m.Resume(ctx, mv.ID)
+	var se *StepError
+	if !errors.As(err, &se) || se.Step != StepFlip || !errors.Is(err, ErrRoutingChanged) {
+		t.Fatalf("resume: %v", err)
+	}
+	if _, err := m.Abort(ctx, mv.ID); !errors.Is(err, ErrRoutingChanged) {
+		t.Fatalf("abort: %v", err)
+	}
+	if r := f.route(t, f.users, "frank"); r != "shard2" {
+		t.Errorf("frank: %q", r)
+	}
+}
+
+func TestMoveBadInput(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.set(t, f.users, "alice", "shard0")
+	f.set(t, f.users, "held", maps.HoldShard)
+	m := New(f.cfg)
+	for _, c := range []struct {
+		req  Request
+		want string
+	}{
+		{Request{Subject: "alice", To: "shard9"}, `destination "shard9" is not a backend HAProxy is known to have`},
+		{Request{Subject: "alice", To: maps.HoldShard}, "holding backend, never a destination"},
+		{Request{Subject: "alice", To: "shard0"}, `already on "shard0"`},
+		{Request{Subject: "alice", To: "bad shard"}, "shards are HAProxy backend names"},
+		{Request{Subject: "al ice", To: "shard1"}, "users are"},
+		{Request{Subject: "alice", To: "shard1", From: "shard2"}, `--from "shard2": user "alice" is on "shard0"`},
+		{Request{Subject: "nobody", To: "shard1"}, "--from SHARD"},
+		{Request{Subject: "held", To: "shard1"}, "frozen"},
+		{Request{Kind: KindLogical, Subject: "07", To: "shard1"}, "without leading zeros"},
+		{Request{Kind: KindLogical, Subject: "7", To: "shard1"}, "not in the logical map"},
+		{Request{Kind: "team", Subject: "7", To: "shard1"}, "want user or logical"},
+	} {
+		_, err := m.Start(ctx, c.req)
+		if !errors.Is(err, maps.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want ErrInvalid with %q", c.req, err, c.want)
+		}
+	}
+	for _, id := range []string{"x", "20260101-000000-abcdeg"} {
+		if _, err := m.Resume(ctx, id); !errors.Is(err, maps.ErrInvalid) {
+			t.Errorf("resume %q: %v", id, err)
+		}
+	}
+	if _, err := m.Abort(ctx, "20260101-000000-abcdef"); !errors.Is(err, ErrNotFound) || !errors.Is(err, maps.ErrInvalid) {
+		t.Errorf("abort of an unknown move: %v", err)
+	}
+	// --freeze without the holding backend in HAProxy.
+	if err := f.rdb.SRem(ctx, f.users.ShardsKey(), maps.HoldShard).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Start(ctx, Request{Subject: "alice", To: "shard1", Freeze: true}); !errors.Is(err, maps.ErrInvalid) ||
+		!strings.Contains(err.Error(), "HAProxy has no backend shardmap_hold; render the config from the topology") {
+		t.Errorf("freeze without hold: %v", err)
+	}
+	if l, err := m.List(ctx, true); err != nil || len(l) != 0 {
+		t.Errorf("moves recorded for bad input: %v %v", l, err)
+	}
+}
+
+func TestMoveLogical(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.set(t, f.logical, "3", "shard0")
+	m := New(f.cfg)
+	mv, err := m.Start(ctx, Request{Kind: KindLogical, Subject: "3", To: "shard1", Freeze: true, Hooks: f.hooks()})
+	if err != nil || mv.State != StateDone {
+		t.Fatalf("%+v %v", mv, err)
+	}
+	if got := fmt.Sprint(history(t, f.logical, "3")); got != "[shard0 shardmap_hold shard1]" {
+		t.Errorf("logical history: %s", got)
+	}
+	if !strings.Contains(f.hookLog(t), "copy 3 shard0 shard1 copy") {
+		t.Errorf("hooks: %q", f.hookLog(t))
+	}
+	// A user named 3 in the users' map is another subject: not locked by it.
+	if got := history(t, f.users, "3"); len(got) != 0 {
+		t.Errorf("users' map touched: %v", got)
+	}
+	if _, err := New(Config{Redis: f.rdb, Users: f.users, Shards: f.users}).Start(ctx, Request{Kind: KindLogical, Subject: "3", To: "shard2"}); !errors.Is(err, maps.ErrInvalid) {
+		t.Errorf("logical move without a logical map: %v", err)
+	}
+}
+
+// Moves of different users run in parallel on one Mover.
+func TestMoveParallel(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	m := New(f.cfg)
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	for i := range errs {
+		u := fmt.Sprintf("p%d", i)
+		f.set(t, f.users, u, "shard0")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = m.Start(ctx, Request{Subject: u, To: "shard1", Freeze: true, Hooks: f.hooks()})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("p%d: %v", i, err)
+		}
+		if r := f.route(t, f.users, fmt.Sprintf("p%d", i)); r != "shard1" {
+			t.Errorf("p%d: %q", i, r)
+		}
+	}
+}
