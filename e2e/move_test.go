@@ -1,10 +1,10 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	stdmaps "maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -174,6 +175,7 @@ type moveRecord struct {
 	To      string `json:"to"`
 	Step    string `json:"step"`
 	State   string `json:"state"`
+	Driven  bool   `json:"driven"`
 }
 
 func (m *moveStack) moves() []moveRecord {
@@ -197,44 +199,38 @@ func (m *moveStack) move(id string) moveRecord {
 	return moveRecord{}
 }
 
-// waitUndriven waits until no process holds move id's owner lease (a
-// killed mapctl's lease expires by its TTL), so that --resume and --abort
-// may take it over.
+// waitUndriven waits until no process drives move id (the "driven" field
+// of mapctl moves: a killed mapctl's owner lease expires by its TTL), so
+// that --resume and --abort may take it over.
 func (m *moveStack) waitUndriven(id string) {
 	m.t.Helper()
-	rdb := m.redis.Client(m.t)
-	key := maps.DefaultPrefix + ":move:owner:" + id
 	testenv.WaitFor(m.t, 60*time.Second, "the lease of move "+id+" to expire", func() error {
-		n, err := rdb.Exists(context.Background(), key).Result()
-		if err != nil {
-			return err
-		}
-		if n != 0 {
-			return fmt.Errorf("%s still held", key)
+		if mv := m.move(id); mv.Driven {
+			return fmt.Errorf("move %s still driven: %+v", id, mv)
 		}
 		return nil
 	})
 }
 
-// kvResp is one answer of the demo backends' /kv/KEY, or of the holding
-// backend (Hold: 503, Retry-After, body "shardmap_hold: ...").
+// kvResp is one answer of the demo backends' /kv or /kv/KEY, or of the
+// holding backend (Hold: 503, Retry-After, body "shardmap_hold: ...").
 type kvResp struct {
 	Status int
 	Hold   bool
-	Shard  string `json:"shard"`
-	Server int    `json:"server"`
-	Value  string `json:"value"`
-	Found  bool   `json:"found"`
+	Shard  string            `json:"shard"`
+	Server int               `json:"server"`
+	Value  string            `json:"value"` // PUT /kv/KEY
+	Data   map[string]string `json:"data"`  // GET /kv: all the user's data on the shard
 	Body   string
 }
 
-// kv sends GET (value nil) or PUT /kv/v as user through HAProxy.
-func (m *moveStack) kv(user string, value *string) (kvResp, error) {
-	method, body := http.MethodGet, io.Reader(nil)
-	if value != nil {
-		method, body = http.MethodPut, strings.NewReader(*value)
+// kv sends GET /kv (key "") or PUT /kv/KEY as user through HAProxy.
+func (m *moveStack) kv(user, key, value string) (kvResp, error) {
+	method, path, body := http.MethodGet, "/kv", io.Reader(nil)
+	if key != "" {
+		method, path, body = http.MethodPut, "/kv/"+key, strings.NewReader(value)
 	}
-	req, _ := http.NewRequest(method, m.front+"/kv/v", body)
+	req, _ := http.NewRequest(method, m.front+path, body)
 	req.AddCookie(&http.Cookie{Name: "user", Value: user})
 	resp, err := m.http.Do(req)
 	if err != nil {
@@ -257,10 +253,10 @@ func (m *moveStack) kv(user string, value *string) (kvResp, error) {
 	return r, nil
 }
 
-// mustPut writes value for user and wants it acknowledged by shard.
-func (m *moveStack) mustPut(user, value, shard string) {
+// mustPut writes key=value for user and wants it acknowledged by shard.
+func (m *moveStack) mustPut(user, key, value, shard string) {
 	m.t.Helper()
-	r, err := m.kv(user, &value)
+	r, err := m.kv(user, key, value)
 	if err != nil || r.Status != 200 || r.Shard != shard || r.Value != value {
 		m.t.Fatalf("PUT %s as %s: %+v %v, want acknowledged by %s", value, user, r, err, shard)
 	}
@@ -282,21 +278,24 @@ func (m *moveStack) adminData(user, shard string) map[string]string {
 }
 
 // checker makes requests as one user all through a move and checks each
-// answer as it comes. It alone writes the user's key v, one request at a
-// time (a PUT of a fresh value, then a GET, and so on), so "the latest
-// acknowledged write" is well defined: W, the value of the last PUT answered
-// 200 (before the checker starts, the one the test wrote on the old shard).
-// The rule, for every response:
+// answer as it comes. It alone writes the user's data, one request at a
+// time: a PUT of a new key (k1, k3, ...), then a GET of all the user's data
+// on the shard that answers, and so on. So "the acknowledged writes" are
+// well defined: A, the keys and values of every PUT answered 200 (plus the
+// one the test wrote on the old shard before the checker started); the
+// latest acknowledged write is the last of them, and no write overwrites
+// another, so a lost write stays visible. The rule, for every response:
 //
 //   - a 503 is allowed only from the holding backend (body "shardmap_hold:
-//     ...", Retry-After 5); a held PUT is not acknowledged and W stays;
+//     ...", Retry-After 5); a held PUT is not acknowledged (not in A);
 //   - a 200 must come from the move's old shard (from) or new one (to),
 //     and never from the old shard once the new one has answered (routing
 //     only goes forward: from, hold, to);
-//   - a 200 to a GET must return W, found: a shard that lacks the latest
-//     acknowledged write (a write that landed on the old shard after the
-//     copy, or the old shard's data read after the flip and cleanup) is
-//     "the wrong shard with stale data";
+//   - a 200 to a GET must return exactly A: the shard that answers holds
+//     every acknowledged write, the latest included, and nothing else. A
+//     shard that lacks one (a write that landed on the old shard after the
+//     copy, read on the new one after the flip; or the old shard read after
+//     the flip) is "the wrong shard with stale data";
 //   - anything else (a transport error, another status) is a failure.
 //
 // In-flight requests across the freeze are the application's to drain;
@@ -306,7 +305,7 @@ type checker struct {
 	m          *moveStack
 	user       string
 	from, to   string
-	w          string // the latest acknowledged write
+	acked      map[string]string // A: every acknowledged write
 	stop, done chan struct{}
 	stopOnce   sync.Once
 
@@ -314,6 +313,8 @@ type checker struct {
 	responses  []string // every response, "op status shard value"
 	violations []string
 	counts     map[string]int // "hold", from, to
+
+	fromAcks, toAnswers atomic.Int64 // PUTs acknowledged by from, 200s from to: read while it runs
 }
 
 const (
@@ -321,8 +322,8 @@ const (
 	maxFor      = 3 * time.Minute
 )
 
-func (m *moveStack) startChecker(user, from, to, w string) *checker {
-	c := &checker{m: m, user: user, from: from, to: to, w: w, stop: make(chan struct{}), done: make(chan struct{}), counts: map[string]int{}}
+func (m *moveStack) startChecker(user, from, to string, acked map[string]string) *checker {
+	c := &checker{m: m, user: user, from: from, to: to, acked: stdmaps.Clone(acked), stop: make(chan struct{}), done: make(chan struct{}), counts: map[string]int{}}
 	go c.run()
 	m.t.Cleanup(c.halt) // a test that fails before finish
 	return c
@@ -342,16 +343,19 @@ func (c *checker) run() {
 			return
 		case <-tick.C:
 		}
-		var put *string
-		op := "GET"
+		key, value, op := "", "", "GET"
 		if n%2 == 1 {
-			v := fmt.Sprintf("%s-%d", c.user, n)
-			put, op = &v, "PUT "+v
+			key, value = fmt.Sprintf("k%d", n), fmt.Sprintf("%s-%d", c.user, n)
+			op = "PUT " + key
 		}
-		r, err := c.m.kv(c.user, put)
-		c.responses = append(c.responses, fmt.Sprintf("%s: %d %s %q", op, r.Status, r.Shard, r.Value))
+		r, err := c.m.kv(c.user, key, value)
+		c.responses = append(c.responses, fmt.Sprintf("%s: %d %s", op, r.Status, r.Shard))
 		bad := func(why string) {
-			c.violations = append(c.violations, fmt.Sprintf("request %d %s: %s (%+v, err %v)", n, op, why, r, err))
+			body := r.Body
+			if len(body) > 200 {
+				body = body[:200] + "..."
+			}
+			c.violations = append(c.violations, fmt.Sprintf("request %d %s: %s (status %d, shard %q, body %q, err %v)", n, op, why, r.Status, r.Shard, body, err))
 		}
 		switch {
 		case err != nil:
@@ -364,17 +368,21 @@ func (c *checker) run() {
 			bad("served by a shard the move does not involve")
 		case r.Shard == c.from && sawTo:
 			bad("served by the old shard after the new one answered")
-		case put != nil && r.Value != *put:
+		case key != "" && r.Value != value:
 			bad("PUT not echoed")
-		case put != nil:
-			c.w = *put
-		case !r.Found || r.Value != c.w:
-			bad(fmt.Sprintf("stale read: the latest acknowledged write is %q", c.w))
+		case key != "":
+			c.acked[key] = value
+			if r.Shard == c.from {
+				c.fromAcks.Add(1)
+			}
+		case !stdmaps.Equal(r.Data, c.acked):
+			bad(fmt.Sprintf("stale read: %s holds %d keys, want the %d acknowledged writes (%s)", r.Shard, len(r.Data), len(c.acked), diff(c.acked, r.Data)))
 		}
 		if err == nil && r.Status == 200 {
 			c.counts[r.Shard]++
 			if r.Shard == c.to {
 				sawTo = true
+				c.toAnswers.Add(1)
 			}
 		}
 	}
@@ -387,8 +395,8 @@ func (c *checker) halt() {
 }
 
 // finish stops the checker and fails the test on any violation; it returns
-// the latest acknowledged write.
-func (c *checker) finish() string {
+// the acknowledged writes.
+func (c *checker) finish() map[string]string {
 	c.m.t.Helper()
 	c.halt()
 	c.m.t.Logf("checker %s: %d requests: %d held (503), %d from %s, %d from %s, %d violations",
@@ -400,14 +408,14 @@ func (c *checker) finish() string {
 		}
 		c.m.t.Errorf("checker %s: %d violations, first:\n%s", c.user, len(c.violations), strings.Join(v, "\n"))
 	}
-	return c.w
+	return c.acked
 }
 
 // wantMoved checks a move's outcome: the record says done, Redis, the live
 // map and the map file route user to to, the user's next request reads
-// their latest write w on to, the hooks copied the data to to and cleaned it
-// up on from.
-func (m *moveStack) wantMoved(id, user, from, to, w string) {
+// on to exactly their acknowledged writes, the hooks copied the data to to
+// and cleaned it up on from.
+func (m *moveStack) wantMoved(id, user, from, to string, acked map[string]string) {
 	m.t.Helper()
 	if mv := m.move(id); mv.Subject != user || mv.From != from || mv.To != to || mv.State != "done" || mv.Step != "done" {
 		m.t.Errorf("move %s: %+v, want %s %s->%s done/done", id, mv, user, from, to)
@@ -416,15 +424,15 @@ func (m *moveStack) wantMoved(id, user, from, to, w string) {
 		m.t.Errorf("redis routes %s to %q, want %s", user, got, to)
 	}
 	m.waitConverged(30 * time.Second)
-	r, err := m.kv(user, nil)
-	if err != nil || r.Status != 200 || r.Shard != to || !r.Found || r.Value != w {
-		m.t.Errorf("after the move, GET as %s: %+v %v, want %q from %s", user, r, err, w, to)
+	r, err := m.kv(user, "", "")
+	if err != nil || r.Status != 200 || r.Shard != to || !stdmaps.Equal(r.Data, acked) {
+		m.t.Errorf("after the move, GET as %s: %+v %v, want the %d acknowledged writes from %s", user, r, err, len(acked), to)
 	}
 	if d := m.adminData(user, from); len(d) != 0 {
 		m.t.Errorf("after cleanup, %s still has %s's data: %v", from, user, d)
 	}
-	if d := m.adminData(user, to); d["v"] != w || len(d) != 1 {
-		m.t.Errorf("on %s, %s's data is %v, want exactly v=%q", to, user, d, w)
+	if d := m.adminData(user, to); !stdmaps.Equal(d, acked) {
+		m.t.Errorf("on %s, %s's data differs from the acknowledged writes: %s", to, user, diff(acked, d))
 	}
 }
 
@@ -456,7 +464,7 @@ func TestMove(t *testing.T) {
 			m.restartSyncer()
 		}
 		m.mustMapctl("set", user, from, "--wait")
-		m.mustPut(user, user+"-0", from)
+		m.mustPut(user, "k0", user+"-0", from)
 		for _, g := range open {
 			m.openGate(user, g)
 		}
@@ -469,7 +477,7 @@ func TestMove(t *testing.T) {
 		if _, errs, code := m.mapctl("move", user, "--to", maps.HoldShard); code != 2 {
 			t.Errorf("move to the holding backend: exit %d (%s), want 2: it is never a destination", code, errs)
 		}
-		c := m.startChecker(user, from, to, user+"-0")
+		c := m.startChecker(user, from, to, map[string]string{"k0": user + "-0"})
 		out, errs, code := m.mapctl(m.moveArgs(user, to)...)
 		w := c.finish()
 		id, _, _ := strings.Cut(out, "\n")
@@ -546,7 +554,7 @@ func TestMove(t *testing.T) {
 			if kp.step == "freeze" {
 				m.stopSyncer()
 			}
-			c := m.startChecker(user, from, to, user+"-0")
+			c := m.startChecker(user, from, to, map[string]string{"k0": user + "-0"})
 			p, id := m.startMove(m.moveArgs(user, to)...)
 			hook := kp.hold(user, to, p)
 			p.Kill() // SIGKILL, by PID
@@ -567,11 +575,63 @@ func TestMove(t *testing.T) {
 		})
 	}
 
+	// The negative control: without --freeze, a write acknowledged by the
+	// old shard after the copy (here: while the syncer is stopped, so
+	// HAProxy still routes there after the flip is in Redis) is missing on
+	// the new shard, and the checker must see the stale read.
+	t.Run("without freeze the checker sees lost writes", func(t *testing.T) {
+		m.t = t
+		user, from, to := "nofreeze", "shard2", "shard0"
+		prepare(user, from, "verify", "cleanup")
+		c := m.startChecker(user, from, to, map[string]string{"k0": user + "-0"})
+		var args []string
+		for _, a := range m.moveArgs(user, to) {
+			if a != "--freeze" {
+				args = append(args, a)
+			}
+		}
+		p, _ := m.startMove(args...)
+		m.blockedHook(user, "copy", p)
+		m.stopSyncer()
+		m.openGate(user, "copy")
+		inRedis(user, to, p)
+		acked := c.fromAcks.Load()
+		testenv.WaitFor(t, 30*time.Second, "a write acknowledged by "+from+" after the flip is in Redis", func() error {
+			if c.fromAcks.Load() <= acked {
+				return fmt.Errorf("none yet")
+			}
+			return nil
+		})
+		m.restartSyncer()
+		// The demo's verify hook notices the lost writes too: the move
+		// stops there (exit 1), routed to the new shard.
+		if err, done := p.Wait(60 * time.Second); !done || err == nil || !strings.Contains(p.Output(), "failed at verify") || !strings.Contains(p.Output(), "missing on "+to) {
+			t.Errorf("mapctl move without --freeze: done=%v err=%v, want exit 1 at verify, keys missing on %s:\n%s", done, err, to, p.Output())
+		}
+		testenv.WaitFor(t, 30*time.Second, "the checker to reach "+to, func() error {
+			if c.toAnswers.Load() < 2 { // a PUT and a GET, or two GETs: one is a GET
+				return fmt.Errorf("none yet")
+			}
+			return nil
+		})
+		c.halt()
+		stale := 0
+		for _, v := range c.violations {
+			if strings.Contains(v, "stale read") {
+				stale++
+			}
+		}
+		if stale == 0 {
+			t.Errorf("without --freeze and with writes on %s after the copy, the checker saw no stale read: %d violations %v", from, len(c.violations), c.violations)
+		}
+		t.Logf("checker %s (expected to fail): %d violations, %d stale reads, first: %v", user, len(c.violations), stale, c.violations[:min(1, len(c.violations))])
+	})
+
 	t.Run("abort before flip", func(t *testing.T) {
 		m.t = t
 		user, from, to := "abe", "shard2", "shard3"
 		prepare(user, from, "verify", "cleanup")
-		c := m.startChecker(user, from, to, user+"-0")
+		c := m.startChecker(user, from, to, map[string]string{"k0": user + "-0"})
 		p, id := m.startMove(m.moveArgs(user, to)...)
 		hook := m.blockedHook(user, "copy", p)
 
@@ -607,10 +667,10 @@ func TestMove(t *testing.T) {
 		if err != nil || live[user] != from {
 			t.Errorf("after abort, HAProxy's live map routes %s to %q (%v), want %s", user, live[user], err, from)
 		}
-		r, err := m.kv(user, nil)
 		w := c.finish()
-		if err != nil || r.Status != 200 || r.Shard != from || r.Value != w {
-			t.Errorf("after abort, GET as %s: %+v %v, want %q from %s", user, r, err, w, from)
+		r, err := m.kv(user, "", "")
+		if err != nil || r.Status != 200 || r.Shard != from || !stdmaps.Equal(r.Data, w) {
+			t.Errorf("after abort, GET as %s: %+v %v, want the %d acknowledged writes from %s", user, r, err, len(w), from)
 		}
 		if d := m.adminData(user, to); len(d) != 0 {
 			t.Errorf("abort before the copy, yet %s has %s's data: %v", to, user, d)

@@ -69,8 +69,8 @@ func TestKVAndHooks(t *testing.T) {
 		return code, out.String() + errb.String()
 	}
 	move := []string{"SHARDMAP_USER", "3", "SHARDMAP_FROM", "shard0", "SHARDMAP_TO", "shard1"}
-	if code, out := hook("verify", move...); code != 1 || !strings.Contains(out, "not equal") {
-		t.Errorf("verify before copy: %d %q, want 1, not equal", code, out)
+	if code, out := hook("verify", move...); code != 1 || !strings.Contains(out, "missing on shard1: note") {
+		t.Errorf("verify before copy: %d %q, want 1, note missing on shard1", code, out)
 	}
 	if code, out := hook("copy", move...); code != 0 {
 		t.Fatalf("copy: %d %s", code, out)
@@ -78,8 +78,9 @@ func TestKVAndHooks(t *testing.T) {
 	if _, out := kvCall(t, b0, "GET", "/kv", "3", ""); len(out["data"].(map[string]any)) != 1 || out["data"].(map[string]any)["note"] != "hello" {
 		t.Errorf("after copy, user 3 on shard1: %v, want exactly note=hello", out)
 	}
+	kvCall(t, b0, "PUT", "/kv/note", "3", "written on shard1 after the flip")
 	if code, out := hook("verify", move...); code != 0 {
-		t.Errorf("verify after copy: %d %s", code, out)
+		t.Errorf("verify after copy and a newer write on the new shard: %d %s", code, out)
 	}
 	if code, out := hook("cleanup", move...); code != 0 {
 		t.Fatalf("cleanup: %d %s", code, out)
@@ -87,8 +88,8 @@ func TestKVAndHooks(t *testing.T) {
 	if _, out := kvCall(t, a0, "GET", "/kv/note", "3", ""); out["found"] != false {
 		t.Errorf("after cleanup, on shard0: %v, want not found", out)
 	}
-	if _, out := kvCall(t, b0, "GET", "/kv/note", "3", ""); out["value"] != "hello" {
-		t.Errorf("after cleanup, on shard1: %v, want hello", out)
+	if _, out := kvCall(t, b0, "GET", "/kv/note", "3", ""); out["value"] != "written on shard1 after the flip" {
+		t.Errorf("after cleanup, on shard1: %v, want the newer write kept", out)
 	}
 
 	if code, out := hook("copy", "SHARDMAP_USER", "3", "SHARDMAP_FROM", "shard0", "SHARDMAP_TO", "shard9"); code != 1 || !strings.Contains(out, "shard9") {
