@@ -153,16 +153,24 @@ func (a *app) move(cmd *cobra.Command, user string, o moveOpts) error {
 	case o.fromFile != "":
 		return a.moveFile(ctx, cmd, o)
 	case o.abort != "":
+		m := a.mover(errOut, nil)
+		if _, err := m.Get(ctx, o.abort); err != nil { // an unknown ID prints nothing
+			return err
+		}
 		fmt.Fprintln(out, o.abort)
-		mv, err := a.mover(errOut, nil).Abort(ctx, o.abort)
+		mv, err := m.Abort(ctx, o.abort)
 		if err != nil {
 			return moveErr(err)
 		}
 		fmt.Fprintf(out, "aborted: %s %s routed to %s again\n", mv.Kind, mv.Subject, routeName(mv.Route))
 		return nil
 	case o.resume != "":
+		m := a.mover(errOut, stepPrinter(out, nil))
+		if _, err := m.Get(ctx, o.resume); err != nil {
+			return err
+		}
 		fmt.Fprintln(out, o.resume)
-		_, err := a.mover(errOut, stepPrinter(out, nil)).Resume(ctx, o.resume)
+		_, err := m.Resume(ctx, o.resume)
 		return moveErr(err)
 	}
 	req := move.Request{Kind: move.KindUser, Subject: user, To: o.to, From: o.from, Reason: o.reason, Freeze: o.freeze, Hooks: o.hooks}
@@ -175,7 +183,12 @@ func (a *app) move(cmd *cobra.Command, user string, o moveOpts) error {
 	} else if err := a.checkKey(ctx, user); err != nil {
 		return err
 	}
-	_, err := a.mover(errOut, stepPrinter(out, func(mv move.Move) { fmt.Fprintln(out, mv.ID) })).Start(ctx, req)
+	printed := false
+	_, err := a.mover(errOut, stepPrinter(out, func(mv move.Move) { fmt.Fprintln(out, mv.ID); printed = true })).Start(ctx, req)
+	var se *move.StepError
+	if errors.As(err, &se) && !printed { // recorded, but failed before plan was done
+		fmt.Fprintln(out, se.ID)
+	}
 	return moveErr(err)
 }
 
