@@ -119,11 +119,11 @@ Try, in another terminal:
   bin/mapctl set 3 shard1 --wait      # user 3's next page load comes from shard1
   curl -s -b user=3 http://127.0.0.1:7000/ | grep served
   bin/mapctl del 3 --wait             # back to the default shard, shard0
-  # move user 3 with their data (each shard keeps a tiny key-value store; the page shows it):
-  curl -s -b user=3 -X PUT --data hello http://127.0.0.1:7000/kv/note
-  bin/mapctl move 3 --to shard4 --freeze --copy-cmd 'bin/demo-backends copy' \
+  # move user 4 with their data (each shard keeps a tiny key-value store; the page shows it):
+  curl -s -b user=4 -X PUT --data hello http://127.0.0.1:7000/kv/note
+  bin/mapctl move 4 --to shard1 --freeze --copy-cmd 'bin/demo-backends copy' \
       --verify-cmd 'bin/demo-backends verify' --cleanup-cmd 'bin/demo-backends cleanup'
-  curl -s -b user=3 http://127.0.0.1:7000/kv/note   # "shard":"shard4", "value":"hello"
+  curl -s -b user=4 http://127.0.0.1:7000/kv/note   # "shard":"shard1", "value":"hello"
   bin/mapctl status --socket $DIR/admin.sock --map $DIR/users.map
   # a spare server on :8018 joins shard2 without a reload (and is added to the topology):
   bin/mapctl shard add-server shard2 127.0.0.1:8018 --topology $DIR/topology.yaml
