@@ -138,11 +138,17 @@ func (m *moveStack) killHook(pid int) {
 	}
 }
 
+// moveWait is mapctl's --timeout for the moves: the bound of each wait for
+// the fleet (freeze, flip, abort). Generous: the kill points at freeze and
+// flip hold mapctl in that wait until the test kills it, and a syncer
+// restarted under -race on a busy machine may take seconds to catch up.
+const moveWait = "60s"
+
 // moveArgs is `mapctl move USER --to TO --freeze` with the three gated hooks.
 func (m *moveStack) moveArgs(user, to string) []string {
 	return []string{"move", user, "--to", to, "--freeze", "--reason", "e2e",
 		"--copy-cmd", m.hookCmd("copy"), "--verify-cmd", m.hookCmd("verify"), "--cleanup-cmd", m.hookCmd("cleanup"),
-		"--hook-timeout", "2m", "--retries", "0"}
+		"--hook-timeout", "2m", "--retries", "0", "--timeout", moveWait}
 }
 
 // startMove runs mapctl move in the background (a Proc the test can kill by
@@ -566,7 +572,7 @@ func TestMove(t *testing.T) {
 			}
 			kp.release(user)
 			m.waitUndriven(id)
-			out, errs, code := m.mapctl("move", "--resume", id)
+			out, errs, code := m.mapctl("move", "--resume", id, "--timeout", moveWait)
 			w := c.finish()
 			if code != 0 {
 				t.Fatalf("mapctl move --resume %s: exit %d:\n%s%s", id, code, out, errs)
@@ -653,7 +659,7 @@ func TestMove(t *testing.T) {
 		p.Kill()
 		m.killHook(hook)
 		m.waitUndriven(id)
-		if out, errs, code := m.mapctl("move", "--abort", id); code != 0 {
+		if out, errs, code := m.mapctl("move", "--abort", id, "--timeout", moveWait); code != 0 {
 			t.Fatalf("mapctl move --abort %s: exit %d:\n%s%s", id, code, out, errs)
 		}
 		if mv := m.move(id); mv.State != "aborted" {
