@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/shardmap/shardmap/internal/testenv"
+	"github.com/shardmap/shardmap/maps"
 )
 
 // mapctl move's command-line contract (docs/MOVES.md) on a real syncer and
@@ -161,3 +163,55 @@ func (s *moveCLIBuf) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 func (s *moveCLIBuf) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// mapctl move --logical in routing: ids (a logical map in Redis): the
+// logical map changes through the move, with SHARDMAP_LOGICAL for the hooks.
+// The logical map's syncer is a stand-in reporting the log's last ID (the
+// ids syncer itself is e2e/ids_sync_test.go's).
+func TestMoveCLILogical(t *testing.T) {
+	s := newStack(t)
+	s.startSyncer() // publishes the shards
+	rdb := s.redis.Client(t)
+	logical := maps.NewStore(rdb, maps.LogicalPrefix(""))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-done })
+	if _, err := logical.SetMany(ctx, []maps.Assignment{{User: "0", Shard: "shard0"}, {User: "1", Shard: "shard1"}, {User: "2", Shard: "shard2"}}); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			if id, err := logical.LastLogID(ctx); err == nil {
+				logical.ReportSyncer(ctx, maps.SyncerState{Name: "stand-in", Applied: id, Seen: time.Now(), Ready: true})
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}()
+	seen := filepath.Join(t.TempDir(), "seen")
+	out := s.mustMapctl("move", "--logical", "1", "--to", "shard3", "--copy-cmd", `echo "$SHARDMAP_LOGICAL $SHARDMAP_FROM $SHARDMAP_TO" > `+seen)
+	if lines := strings.Split(out, "\n"); len(lines) != 8 || lines[6] != "cleanup done" {
+		t.Errorf("stdout %q", out)
+	}
+	if b, _ := os.ReadFile(seen); string(b) != "1 shard1 shard3\n" {
+		t.Errorf("copy hook saw %q", b)
+	}
+	if sh, _, _ := logical.Get(ctx, "1"); sh != "shard3" {
+		t.Errorf("logical shard 1 on %q, want shard3", sh)
+	}
+	if o := s.mustMapctl("moves", "--all"); !strings.Contains(o, "logical:1") {
+		t.Errorf("moves: %q", o)
+	}
+	for _, bad := range [][]string{
+		{"move", "--logical", "3", "--to", "shard2"},  // no such logical shard
+		{"move", "--logical", "01", "--to", "shard2"}, // not canonical
+		{"move", "alice", "--to", "shard2"},           // routing: ids takes IDs
+	} {
+		if _, errs, code := s.mapctl(bad...); code != 2 {
+			t.Errorf("mapctl %v: exit %d: %s, want 2", bad, code, errs)
+		}
+	}
+}

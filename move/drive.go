@@ -20,7 +20,12 @@ var errCrashed = errors.New("crashed (test)")
 // (the next step) after; a failed step records state failed and returns a
 // *StepError.
 func (m *Mover) drive(ctx context.Context, mv *Move, token string) (*Move, error) {
-	stop := m.keepLease(ctx, mv.ID, token)
+	// Losing the lease (another process took the move over after this one
+	// stalled for longer than the TTL) cancels the running step: two
+	// processes must not run the same hook at once for long.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := m.keepLease(ctx, mv.ID, token, func() { cancel(ErrLeaseLost) })
 	defer stop()
 	for mv.Step != StepDone {
 		step := mv.Step
@@ -34,6 +39,9 @@ func (m *Mover) drive(ctx context.Context, mv *Move, token string) (*Move, error
 		}
 		start := time.Now()
 		if err := m.runStep(ctx, mv, token); err != nil {
+			if errors.Is(context.Cause(ctx), ErrLeaseLost) {
+				err = fmt.Errorf("%w: %w", ErrLeaseLost, err)
+			}
 			return mv, m.fail(ctx, mv, token, err)
 		}
 		if m.cfg.crash != nil && m.cfg.crash(step, true) {
@@ -201,7 +209,7 @@ func (m *Mover) Abort(ctx context.Context, id string) (*Move, error) {
 	if err := abortable(mv); err != nil {
 		return mv, err
 	}
-	stop := m.keepLease(ctx, id, token)
+	stop := m.keepLease(ctx, id, token, nil)
 	defer stop()
 	r := m.routing(mv.Kind)
 	cur, ok, err := r.Get(ctx, mv.Subject)

@@ -60,7 +60,7 @@ func newFixture(t *testing.T) *fixture {
 		}
 	}()
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	f.cfg = Config{Redis: rdb, Users: f.users, Logical: f.logical, Shards: f.users, Wait: 10 * time.Second, LeaseTTL: 300 * time.Millisecond, Log: slog.New(slog.DiscardHandler)}
+	f.cfg = Config{Redis: rdb, Users: f.users, Logical: f.logical, Shards: f.users, Wait: 10 * time.Second, LeaseTTL: time.Second, Log: slog.New(slog.DiscardHandler)}
 	return f
 }
 
@@ -448,5 +448,41 @@ func TestMoveParallel(t *testing.T) {
 		if r := f.route(t, f.users, fmt.Sprintf("p%d", i)); r != "shard1" {
 			t.Errorf("p%d: %q", i, r)
 		}
+	}
+}
+
+// A process that loses its lease (another took the move over) stops its
+// running hook and writes nothing more to the record.
+func TestMoveLeaseLostStopsTheHook(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.set(t, f.users, "gina", "shard0")
+	m := New(f.cfg)
+	started := filepath.Join(f.dir, "started")
+	h := f.hooks()
+	h.Copy = "touch " + started + "; sleep 300"
+	h.Timeout = time.Hour
+	done := make(chan error, 1)
+	go func() { _, err := m.Start(ctx, Request{Subject: "gina", To: "shard1", Hooks: h}); done <- err }()
+	testenv.WaitFor(t, 10*time.Second, "the copy hook to start", func() error { _, err := os.Stat(started); return err })
+	l, err := m.List(ctx, false)
+	if err != nil || len(l) != 1 {
+		t.Fatalf("%v %v", l, err)
+	}
+	// Another process takes the lease.
+	if err := f.rdb.Set(ctx, m.ownerKey(l[0].ID), "someone-else", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrLeaseLost) {
+			t.Fatalf("start: %v, want ErrLeaseLost", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the hook kept running after the lease was lost")
+	}
+	mv, err := m.Get(ctx, l[0].ID)
+	if err != nil || mv.State != StateRunning || mv.Step != StepCopy {
+		t.Errorf("record after losing the lease: %+v %v (the new owner's to write)", mv, err)
 	}
 }

@@ -244,7 +244,9 @@ func (m *Mover) acquire(ctx context.Context, id string) (string, error) {
 
 // keepLease renews the lease every third of its TTL until the returned stop
 // is called; stop does not release it (save with end, or release, does).
-func (m *Mover) keepLease(ctx context.Context, id, token string) (stop func()) {
+// When the lease is found taken by another process, lost (if not nil) is
+// called and renewing ends.
+func (m *Mover) keepLease(ctx context.Context, id, token string, lost func()) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -261,6 +263,9 @@ func (m *Mover) keepLease(ctx context.Context, id, token string) (stop func()) {
 				rcancel()
 				if err == nil && n == 0 {
 					m.log.Warn("move lease lost", "move", id)
+					if lost != nil {
+						lost()
+					}
 					return
 				}
 			}

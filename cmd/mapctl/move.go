@@ -56,6 +56,9 @@ success. A step may run again after a crash: hooks must be idempotent.
 # comments), --parallel at a time, with the same flags; it prints one line
 per move and a summary, and exits 1 if any failed.
 
+The global --timeout bounds each wait for the fleet (after the freeze, the
+flip and an abort), not the whole move; hooks have --hook-timeout.
+
 Exit status: 0 done (or aborted), 1 failed, 2 bad input.`,
 		Example: `  mapctl move alice --to shard2 --freeze --copy-cmd '/usr/local/bin/copy-user' --cleanup-cmd '/usr/local/bin/drop-user'
   mapctl move 42 --to shard1 --from shard0 --reason 'hot user'

@@ -39,9 +39,13 @@ is only "behind", a problem when its oldest missing change is older than
 --max-lag. Syncers gone for longer than --retention are not shown (mapctl
 syncers prune deletes them); standby syncers are shown and never a problem.
 
+Unfinished moves (mapctl move) are shown when there are any: how many, and
+each failed one with its step and error; they are not problems.
+
 With -o json it prints one JSON object: "redis", "syncers" (as mapctl
 syncers -o json), "syncers_hidden", "active_live", "file" and "live" (null
-when not compared), and "problems", the count it exits 1 on.`,
+when not compared), "moves" ({"in_progress", "failed": [IDs], "error"}), and
+"problems", the count it exits 1 on.`,
 		Example: `  mapctl status
   mapctl status --socket /run/haproxy/admin.sock --map /etc/haproxy/users.map
   mapctl status -o json | jq .problems`,
