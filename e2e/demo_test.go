@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,10 +59,21 @@ func browserStep(t *testing.T, path string) context.Context {
 	return step
 }
 
+// text reads the element with id in the page.
+func text(step context.Context, t *testing.T, id string) string {
+	t.Helper()
+	s, err := chromedp.Run(step, chromedp.Text(chromedp.ID(id)))
+	if err != nil {
+		t.Fatalf("read #%s: %v", id, err)
+	}
+	return s
+}
+
 // The demo, driven as a person would: make demo's script brings the stack up
 // on its fixed loopback ports; headless Chromium logs in as user 3, reads
 // which shard served the page, mapctl moves user 3, a reload shows the new
-// shard. Screenshots are saved in the test's temp dir.
+// shard; mapctl move, with the demo's hooks, moves user 3 and their data to
+// shard4. Screenshots are saved in the test's temp dir.
 func TestDemoInBrowser(t *testing.T) {
 	browser := chromium(t)
 	start := time.Now()
@@ -138,6 +150,30 @@ func TestDemoInBrowser(t *testing.T) {
 		t.Fatalf("after mapctl set 3 shard1 and a reload: %q, want user 3 on shard1", got)
 	}
 	shot("user3-shard1.png")
+
+	// Move user 3 with their data, as the demo's banner says: a note kept
+	// on shard1, mapctl move with the demo's hooks (admin endpoint :8090),
+	// and the page shows the note on shard4.
+	req, _ := http.NewRequest(http.MethodPut, "http://127.0.0.1:7000/kv/note", strings.NewReader("hello"))
+	req.AddCookie(&http.Cookie{Name: "user", Value: "3"})
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("PUT /kv/note as user 3: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	hook := func(verb string) string { return filepath.Join(binDir, "demo-backends") + " " + verb }
+	out, err = exec.Command(filepath.Join(binDir, "mapctl"), "move", "3", "--to", "shard4", "--freeze",
+		"--copy-cmd", hook("copy"), "--verify-cmd", hook("verify"), "--cleanup-cmd", hook("cleanup")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("mapctl move 3 --to shard4: %v %s", err, out)
+	}
+	if err := chromedp.Do(step, chromedp.Reload(), chromedp.WaitVisible(chromedp.ID("logout"))); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if got, data := served(), text(step, t, "data"); !strings.HasPrefix(got, "user 3 on shard4") || !strings.Contains(data, "note=hello") {
+		t.Fatalf("after mapctl move 3 --to shard4 and a reload: %q, %q, want user 3 on shard4 with note=hello", got, data)
+	}
+	shot("user3-shard4-moved.png")
 	t.Logf("screenshots in %s", shots)
 }
 

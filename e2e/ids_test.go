@@ -20,15 +20,20 @@ import (
 )
 
 // startDemoBackends runs cmd/demo-backends with one server per shard on n
-// consecutive free loopback ports and returns the first port. Free ports
-// can be taken between the check and the start: it tries again on another
-// range.
-func startDemoBackends(t *testing.T, n int) int {
+// consecutive free loopback ports and returns the first port; with admin,
+// its admin endpoint (the move hooks') listens on the next port, base+n.
+// Free ports can be taken between the check and the start: it tries again
+// on another range.
+func startDemoBackends(t *testing.T, n int, admin bool) int {
 	t.Helper()
+	ports := n
+	if admin {
+		ports++
+	}
 	for try := 0; try < 5; try++ {
 		base := testenv.FreePort(t)
 		free := true
-		for i := 1; i < n && free; i++ {
+		for i := 1; i < ports && free; i++ {
 			ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(base+i)))
 			if err != nil {
 				free = false
@@ -39,8 +44,12 @@ func startDemoBackends(t *testing.T, n int) int {
 		if !free {
 			continue
 		}
-		p := testenv.Start(t, "demo-backends", []string{filepath.Join(binDir, "demo-backends"),
-			"--base-port", strconv.Itoa(base), "--shards", strconv.Itoa(n), "--servers", "1"})
+		args := []string{filepath.Join(binDir, "demo-backends"),
+			"--base-port", strconv.Itoa(base), "--shards", strconv.Itoa(n), "--servers", "1"}
+		if admin {
+			args = append(args, "--admin", net.JoinHostPort("127.0.0.1", strconv.Itoa(base+n)))
+		}
+		p := testenv.Start(t, "demo-backends", args)
 		up := false
 		testenv.WaitFor(t, 10*time.Second, "demo backends up", func() error {
 			if p.Exited() || strings.Contains(p.Output(), "demo backends up") {
@@ -64,7 +73,7 @@ func startDemoBackends(t *testing.T, n int) int {
 // "set map" of the logical map re-routes a whole logical shard live.
 func TestIDsRouting(t *testing.T) {
 	names := []string{"shard0", "shard1", "shard2", "shard3"}
-	base := startDemoBackends(t, len(names))
+	base := startDemoBackends(t, len(names), false)
 	dir := t.TempDir()
 	port := testenv.FreePort(t)
 	topo := &haproxy.Topology{

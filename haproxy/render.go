@@ -19,6 +19,12 @@ import (
 //
 // Backends use "balance roundrobin", which HAProxy 2.6 allows dynamic
 // servers ("add server") in, so servers join a shard without a reload.
+//
+// The config also has the holding backend maps.HoldShard, in either routing
+// mode: no servers, every request answered by HAProxy itself with 503, a
+// Retry-After of t.EffectiveHoldRetryAfter() seconds and a one-line text
+// body naming the backend. A user routed to it (mapctl move --freeze) is
+// served by no shard until the move routes them on.
 func Render(t *Topology, source string) ([]byte, error) {
 	if err := t.Validate(); err != nil {
 		return nil, err
@@ -92,6 +98,12 @@ func Render(t *Topology, source string) ([]byte, error) {
 			w("    server %s %s weight %d%s", s.Name(), s.Addr, s.EffectiveWeight(), check)
 		}
 	}
+	r := t.EffectiveHoldRetryAfter()
+	w("")
+	w("# Users being moved with mapctl move --freeze wait here: no shard serves them")
+	w("# while their data is copied. Not a data shard.")
+	w("backend %s", maps.HoldShard)
+	w("    http-request return status 503 content-type text/plain string \"%s: this user is being moved between shards, retry in %d s\" hdr Retry-After %d", maps.HoldShard, r, r)
 	return b.Bytes(), nil
 }
 

@@ -4,6 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"os/user"
@@ -11,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/shardmap/shardmap/internal/testenv"
 )
@@ -225,5 +230,75 @@ func TestRenderDeltaMap(t *testing.T) {
 	}
 	if _, err := ParseTopology([]byte("routing: ids\ndelta_map: true\n" + string(src))); !errors.Is(err, ErrTopology) {
 		t.Errorf("routing: ids with delta_map: %v, want ErrTopology", err)
+	}
+}
+
+// The holding backend maps.HoldShard is rendered in both routing modes and,
+// on a real HAProxy (2.6, or 3.0 with SHARDMAP_HAPROXY), answers a user the
+// map routes to it with 503, the topology's Retry-After (default 5) and a
+// body naming it, while the other users still reach their shard.
+func TestRenderHoldBackend(t *testing.T) {
+	checkOption(t, "hold_retry_after", map[string]string{
+		"":                       "\nbackend shardmap_hold\n    http-request return status 503 content-type text/plain string \"shardmap_hold: this user is being moved between shards, retry in 5 s\" hdr Retry-After 5\n",
+		"hold_retry_after: 30\n": " hdr Retry-After 30\n",
+	}, []string{"-1", "3601", "soon"})
+	reserved := "default_shard: s0\nmap: /m/users.map\nfrontend: 127.0.0.1:7000\nstats: 127.0.0.1:8404\nsocket: /m/a.sock\n" +
+		"shards: {s0: {servers: [{addr: '127.0.0.1:1'}]}, shardmap_hold: {servers: [{addr: '127.0.0.1:2'}]}}\n"
+	if _, err := ParseTopology([]byte(reserved)); !errors.Is(err, ErrTopology) || !strings.Contains(err.Error(), "reserved") {
+		t.Errorf("a shard named shardmap_hold: err = %v, want ErrTopology saying the name is reserved", err)
+	}
+
+	shard := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "s0") }))
+	defer shard.Close()
+	for _, routing := range []string{RoutingUsers, RoutingIDs} {
+		t.Run(routing, func(t *testing.T) {
+			dir := t.TempDir()
+			port := testenv.FreePort(t)
+			topo := &Topology{
+				Cookie:         "user",
+				DefaultShard:   "s0",
+				Map:            filepath.Join(dir, "users.map"),
+				Frontend:       fmt.Sprintf("127.0.0.1:%d", port),
+				Stats:          fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+				Socket:         filepath.Join(dir, "admin.sock"),
+				HoldRetryAfter: 7,
+				Shards:         map[string]Shard{"s0": {Servers: []Server{{Addr: strings.TrimPrefix(shard.URL, "http://")}}}},
+			}
+			held := "alice"
+			if routing == RoutingIDs {
+				topo.Routing = RoutingIDs
+				held = "123456789"
+				if _, err := CreateLogicalMap(topo); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.WriteFile(topo.Map, []byte(held+" shardmap_hold\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := Render(topo, "test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			testenv.StartHAProxy(t, dir, string(cfg), topo.Socket)
+			get := func(user string) (*http.Response, string) {
+				t.Helper()
+				req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/x", port), nil)
+				req.AddCookie(&http.Cookie{Name: "user", Value: user})
+				resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				return resp, string(b)
+			}
+			resp, body := get(held)
+			if resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "7" || !strings.HasPrefix(body, "shardmap_hold: ") {
+				t.Errorf("held user: %d Retry-After %q body %q, want 503, 7, shardmap_hold: ...", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+			}
+			if resp, body := get("4242"); resp.StatusCode != 200 || body != "s0" {
+				t.Errorf("another user: %d %q, want 200 s0", resp.StatusCode, body)
+			}
+		})
 	}
 }

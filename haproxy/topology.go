@@ -59,8 +59,20 @@ type Topology struct {
 	DeltaMap bool `yaml:"delta_map,omitempty"`
 	// IDs is the ID layout of routing: ids (zero fields: ids.Default's).
 	// Only with routing: ids.
-	IDs    ids.Layout       `yaml:"ids,omitempty"`
-	Shards map[string]Shard `yaml:"shards"`
+	IDs ids.Layout `yaml:"ids,omitempty"`
+	// HoldRetryAfter is the Retry-After, in whole seconds, of the holding
+	// backend maps.HoldShard ("shardmap_hold") that Render always adds:
+	// a backend without servers that answers every request with 503, this
+	// header and a short text body. `mapctl move --freeze` routes a user
+	// there while their data is copied. 0 means DefaultHoldRetryAfter;
+	// otherwise 1 to 3600. The syncer publishes every HAProxy backend as a
+	// known shard, so the holding backend is one too (a user may be routed
+	// to it), but it is not a shard of Shards, holds no data, and is never
+	// the destination of a move nor counted by the rebalance planner: code
+	// that lists the data shards reads Shards (ShardNames), or skips
+	// maps.HoldShard in the store's known shards.
+	HoldRetryAfter int              `yaml:"hold_retry_after,omitempty"`
+	Shards         map[string]Shard `yaml:"shards"`
 	// Syncer is the syncer's configuration (syncer --config takes this
 	// file). After ParseTopology it is never nil: the syncer: section, or
 	// the file SyncerConfig names, or empty, with Map defaulting to the
@@ -100,6 +112,18 @@ func (t *Topology) IDLayout() ids.Layout { return t.IDs.WithDefaults() }
 // DefaultStatsTimeout is the Runtime API idle timeout rendered when the
 // topology does not set stats_timeout.
 const DefaultStatsTimeout = 30 * time.Second
+
+// DefaultHoldRetryAfter is the holding backend's Retry-After, in seconds,
+// when the topology does not set hold_retry_after.
+const DefaultHoldRetryAfter = 5
+
+// EffectiveHoldRetryAfter is HoldRetryAfter with the default applied.
+func (t *Topology) EffectiveHoldRetryAfter() int {
+	if t.HoldRetryAfter == 0 {
+		return DefaultHoldRetryAfter
+	}
+	return t.HoldRetryAfter
+}
 
 // EffectiveStatsTimeout is StatsTimeout with the default applied.
 func (t *Topology) EffectiveStatsTimeout() time.Duration {
@@ -244,6 +268,9 @@ func (t *Topology) Validate() error {
 	if d := t.StatsTimeout; d != 0 && (d < time.Millisecond || d > 24*time.Hour || d%time.Millisecond != 0) {
 		return bad("stats_timeout %s: want whole milliseconds from 1ms to 24h (or unset for %s)", d, DefaultStatsTimeout)
 	}
+	if r := t.HoldRetryAfter; r < 0 || r > 3600 {
+		return bad("hold_retry_after %d: want whole seconds from 1 to 3600 (or unset for %d)", r, DefaultHoldRetryAfter)
+	}
 	if g := t.SocketGroup; g != "" && !groupName(g) {
 		return bad("socket_group %q: want a group name, 1..32 bytes of [a-z0-9_-], starting with a letter or '_'", g)
 	}
@@ -262,6 +289,9 @@ func (t *Topology) Validate() error {
 	for _, name := range t.ShardNames() {
 		if err := maps.ValidateShard(name); err != nil {
 			return bad("shard %q: %v", name, err)
+		}
+		if name == maps.HoldShard {
+			return bad("shard %q: the name is reserved for the holding backend the config always has (mapctl move --freeze)", name)
 		}
 		sh := t.Shards[name]
 		if len(sh.Servers) == 0 {

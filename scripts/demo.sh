@@ -20,7 +20,7 @@ for bin in haproxy redis-server "$BIN/mapctl" "$BIN/syncer" "$BIN/demo-backends"
   command -v "$bin" >/dev/null 2>&1 || [ -x "$bin" ] || { echo "demo: $bin is missing (run: make demo)" >&2; exit 1; }
 done
 taken=()
-for port in 6379 7000 8404 9477 $(seq 8000 8018); do
+for port in 6379 7000 8404 8090 9477 $(seq 8000 8018); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then taken+=("$port"); fi
 done
 if [ ${#taken[@]} -gt 0 ]; then
@@ -63,7 +63,7 @@ redis-server --port 6379 --bind 127.0.0.1 --dir "$DIR" --save "" --appendonly no
 pids+=($!)
 backend_ids=()
 if [ "$ROUTING" = ids ]; then backend_ids=(--ids --redis redis://127.0.0.1:6379/0); fi
-"$BIN"/demo-backends --base-port 8000 --shards 6 --servers 3 --spare shard2 "${backend_ids[@]}" >"$DIR/backends.log" 2>&1 &
+"$BIN"/demo-backends --base-port 8000 --shards 6 --servers 3 --spare shard2 --admin 127.0.0.1:8090 "${backend_ids[@]}" >"$DIR/backends.log" 2>&1 &
 pids+=($!)
 "$BIN"/mapctl config render --topology "$TOPO" -o "$DIR/haproxy.cfg"  # ids: writes logical.map too
 touch "$DIR/users.map" "$DIR/moved.map"
@@ -119,6 +119,11 @@ Try, in another terminal:
   bin/mapctl set 3 shard1 --wait      # user 3's next page load comes from shard1
   curl -s -b user=3 http://127.0.0.1:7000/ | grep served
   bin/mapctl del 3 --wait             # back to the default shard, shard0
+  # move user 4 with their data (each shard keeps a tiny key-value store; the page shows it):
+  curl -s -b user=4 -X PUT --data hello http://127.0.0.1:7000/kv/note
+  bin/mapctl move 4 --to shard1 --freeze --copy-cmd 'bin/demo-backends copy' \
+      --verify-cmd 'bin/demo-backends verify' --cleanup-cmd 'bin/demo-backends cleanup'
+  curl -s -b user=4 http://127.0.0.1:7000/kv/note   # "shard":"shard1", "value":"hello"
   bin/mapctl status --socket $DIR/admin.sock --map $DIR/users.map
   # a spare server on :8018 joins shard2 without a reload (and is added to the topology):
   bin/mapctl shard add-server shard2 127.0.0.1:8018 --topology $DIR/topology.yaml

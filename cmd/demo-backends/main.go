@@ -10,6 +10,14 @@
 // (hash PREFIX:demo:ids, demo user -> ID): user u's ID is on a logical shard
 // in the middle of shard u%shards' block of the topology's spread, and the
 // cookie carries the ID. The page shows the ID and its parts.
+//
+// Each shard keeps its users' data in a tiny key-value store (/kv, see
+// kv.go), so that mapctl move has data to move; `demo-backends copy`,
+// `verify` and `cleanup` are the move's hooks for it, through the admin
+// endpoint --admin:
+//
+//	mapctl move 3 --to shard1 --freeze --copy-cmd 'bin/demo-backends copy' \
+//	    --verify-cmd 'bin/demo-backends verify' --cleanup-cmd 'bin/demo-backends cleanup'
 package main
 
 import (
@@ -26,6 +34,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -42,6 +51,7 @@ var page = template.Must(template.New("page").Parse(`<!doctype html>
 {{if .User}}
 <h1>Hello, user {{.User}}</h1>
 <p id="served">user {{.User}} on {{.Shard}}, server {{.Server}}</p>
+<p id="data">your data on {{.Shard}}: {{if .Data}}{{range $k, $v := .Data}}{{$k}}={{$v}} {{end}}{{else}}none (PUT /kv/KEY to keep some){{end}}</p>
 {{with .ID}}<p id="id">ID {{.ID}}: made {{.Time}}, logical shard {{.Logical}}, sequence {{.Sequence}}</p>{{end}}
 <form method="post" action="/logout"><button id="logout">Log out</button></form>
 {{else}}
@@ -62,6 +72,7 @@ type server struct {
 	index   int
 	maxUser int
 	ids     *demoIDs // nil: the cookie is the user number
+	kv      *kvStore // the shards' data, shared by every server
 }
 
 // demoIDs gives each demo user one real ID, kept in Redis.
@@ -107,6 +118,9 @@ func (s server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.URL.Path == "/healthz":
 		fmt.Fprintln(w, "ok")
 		return
+	case r.URL.Path == "/kv" || strings.HasPrefix(r.URL.Path, "/kv/"):
+		s.serveKV(w, r)
+		return
 	case r.URL.Path == "/login" && r.Method == http.MethodPost:
 		u, err := strconv.Atoi(r.FormValue("user"))
 		if err != nil || u < 0 || u > s.maxUser || r.FormValue("password") != password {
@@ -138,6 +152,9 @@ func (s server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if c, err := r.Cookie("user"); err == nil {
 		data["User"] = c.Value
+		if d, err := s.kv.user(s.shard, c.Value); err == nil {
+			data["Data"] = d
+		}
 		if s.ids != nil {
 			if _, p, err := ids.Parse(c.Value); err == nil {
 				data["ID"] = idParts{ID: c.Value, Time: p.Time(ids.Default).Format(time.RFC3339Nano), Logical: p.Logical, Sequence: p.Sequence}
@@ -150,6 +167,17 @@ func (s server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func main() {
+	if len(os.Args) > 1 {
+		switch verb := os.Args[1]; verb {
+		case "copy", "verify", "cleanup":
+			os.Exit(hookMain(verb, os.Args[2:], os.Stdout, os.Stderr))
+		}
+	}
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: demo-backends [flags]\n"+
+			"       demo-backends copy|verify|cleanup [--admin HOST:PORT]   (mapctl move hooks; -h for theirs)\n")
+		flag.PrintDefaults()
+	}
 	var (
 		host     = flag.String("host", "127.0.0.1", "address to listen on (loopback)")
 		basePort = flag.Int("base-port", 8000, "port of the first server")
@@ -160,9 +188,24 @@ func main() {
 		withIDs  = flag.Bool("ids", false, "routing: ids: give each user a real ID (made in Redis, docs/IDS.md) and put it in the cookie")
 		redisURL = flag.String("redis", "redis://127.0.0.1:6379/0", "Redis URL, with --ids")
 		prefix   = flag.String("prefix", maps.DefaultPrefix, "Redis key prefix, with --ids")
+		admin    = flag.String("admin", "", "serve the admin endpoint the move hooks call (demo-backends copy|verify|cleanup) on this loopback HOST:PORT; off when empty (make demo: "+DefaultAdmin+")")
 	)
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if *admin != "" {
+		if err := checkLoopback(*admin); err != nil {
+			log.Error("demo backends", "err", err)
+			os.Exit(2)
+		}
+	}
+	var shardNames []string
+	for i := 0; i < *shards; i++ {
+		shardNames = append(shardNames, fmt.Sprintf("shard%d", i))
+	}
+	if *spare != "" {
+		shardNames = append(shardNames, *spare)
+	}
+	kv := newKVStore(shardNames)
 	var demo *demoIDs
 	if *withIDs {
 		opt, err := redis.ParseURL(*redisURL)
@@ -191,7 +234,7 @@ func main() {
 			log.Error("demo backend cannot listen", "addr", addr, "err", err)
 			os.Exit(1)
 		}
-		h := server{shard: fmt.Sprintf("shard%d", i / *servers), index: i % *servers, maxUser: *users - 1, ids: demo}
+		h := server{shard: fmt.Sprintf("shard%d", i / *servers), index: i % *servers, maxUser: *users - 1, ids: demo, kv: kv}
 		if i == *shards**servers { // the spare
 			h.shard, h.index = *spare, *servers
 		}
@@ -199,7 +242,18 @@ func main() {
 		srvs = append(srvs, srv)
 		go srv.Serve(ln)
 	}
-	log.Info("demo backends up", "servers", len(srvs), "first", net.JoinHostPort(*host, strconv.Itoa(*basePort)))
+	if *admin != "" {
+		ln, err := net.Listen("tcp", *admin)
+		if err != nil {
+			log.Error("demo backends: admin endpoint cannot listen", "addr", *admin, "err", err)
+			os.Exit(1)
+		}
+		srv := &http.Server{Handler: adminHandler(kv), ReadHeaderTimeout: 5 * time.Second}
+		srvs = append(srvs, srv)
+		go srv.Serve(ln)
+		log.Info("demo backends admin endpoint up", "addr", *admin)
+	}
+	log.Info("demo backends up", "servers", n, "first", net.JoinHostPort(*host, strconv.Itoa(*basePort)))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	<-ctx.Done()
