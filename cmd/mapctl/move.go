@@ -17,6 +17,7 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/shardmap/shardmap/maps"
@@ -89,16 +90,23 @@ Exit status: 0 done (or aborted), 1 failed, 2 bad input.`,
 	f.StringVar(&o.abort, "abort", "", "roll the move ID back to its old routing and mark it aborted")
 	f.StringVar(&o.fromFile, "from-file", "", `run every move of a plan file ("USER SHARD" or "logical:L SHARD" lines)`)
 	f.IntVar(&o.parallel, "parallel", 1, "with --from-file: moves run at once")
-	f.BoolVar(&o.freeze, "freeze", false, "route to "+maps.HoldShard+" (503 + Retry-After) from before the copy until the flip")
-	f.StringVar(&o.hooks.Freeze, "freeze-cmd", "", "hook run at the freeze step (after the routing freeze, if --freeze)")
-	f.StringVar(&o.hooks.Unfreeze, "unfreeze-cmd", "", "hook run after the flip (and on --abort)")
-	f.StringVar(&o.hooks.Copy, "copy-cmd", "", "hook that copies the data from SHARDMAP_FROM to SHARDMAP_TO")
-	f.StringVar(&o.hooks.Verify, "verify-cmd", "", "hook run after the flip to check the data on SHARDMAP_TO")
-	f.StringVar(&o.hooks.Cleanup, "cleanup-cmd", "", "hook that deletes the data on SHARDMAP_FROM")
-	f.DurationVar(&o.hooks.Timeout, "hook-timeout", move.DefaultHookTimeout, "each hook attempt is killed (its whole process group) after this")
-	f.IntVar(&o.hooks.Retries, "retries", move.DefaultRetries, "further attempts of a failed hook")
-	f.DurationVar(&o.hooks.RetryDelay, "retry-delay", move.DefaultRetryDelay, "wait before the first retry, doubled before each next one")
+	addMoveFlags(f, &o.freeze, &o.hooks, "")
 	return c
+}
+
+// addMoveFlags defines the flags of the move procedure (--freeze and the
+// hooks) on f, their help prefixed with when (e.g. "with --apply: "); move
+// and rebalance plan --apply share them.
+func addMoveFlags(f *pflag.FlagSet, freeze *bool, hooks *move.Hooks, when string) {
+	f.BoolVar(freeze, "freeze", false, when+"route to "+maps.HoldShard+" (503 + Retry-After) from before the copy until the flip")
+	f.StringVar(&hooks.Freeze, "freeze-cmd", "", when+"hook run at the freeze step (after the routing freeze, if --freeze)")
+	f.StringVar(&hooks.Unfreeze, "unfreeze-cmd", "", when+"hook run after the flip (and on --abort)")
+	f.StringVar(&hooks.Copy, "copy-cmd", "", when+"hook that copies the data from SHARDMAP_FROM to SHARDMAP_TO")
+	f.StringVar(&hooks.Verify, "verify-cmd", "", when+"hook run after the flip to check the data on SHARDMAP_TO")
+	f.StringVar(&hooks.Cleanup, "cleanup-cmd", "", when+"hook that deletes the data on SHARDMAP_FROM")
+	f.DurationVar(&hooks.Timeout, "hook-timeout", move.DefaultHookTimeout, when+"each hook attempt is killed (its whole process group) after this")
+	f.IntVar(&hooks.Retries, "retries", move.DefaultRetries, when+"further attempts of a failed hook")
+	f.DurationVar(&hooks.RetryDelay, "retry-delay", move.DefaultRetryDelay, when+"wait before the first retry, doubled before each next one")
 }
 
 // mover returns a Mover on the app's stores; hooks' output and warnings go

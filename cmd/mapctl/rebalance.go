@@ -146,15 +146,7 @@ See docs/REBALANCE.md.`,
 	f.BoolVar(&o.apply, "apply", false, "run the moves through the move procedure (mapctl move), then print the plan with each move's outcome")
 	f.IntVar(&o.parallel, "parallel", 1, "with --apply: moves run at once")
 	f.StringVar(&o.reason, "reason", "", "with --apply: why, recorded with each move (default: the plan's measure)")
-	f.BoolVar(&o.freeze, "freeze", false, "with --apply: route to "+maps.HoldShard+" (503 + Retry-After) from before the copy until the flip")
-	f.StringVar(&o.hooks.Freeze, "freeze-cmd", "", "with --apply: hook run at the freeze step")
-	f.StringVar(&o.hooks.Unfreeze, "unfreeze-cmd", "", "with --apply: hook run after the flip")
-	f.StringVar(&o.hooks.Copy, "copy-cmd", "", "with --apply: hook that copies the data from SHARDMAP_FROM to SHARDMAP_TO")
-	f.StringVar(&o.hooks.Verify, "verify-cmd", "", "with --apply: hook run after the flip to check the data on SHARDMAP_TO")
-	f.StringVar(&o.hooks.Cleanup, "cleanup-cmd", "", "with --apply: hook that deletes the data on SHARDMAP_FROM")
-	f.DurationVar(&o.hooks.Timeout, "hook-timeout", move.DefaultHookTimeout, "with --apply: each hook attempt is killed (its whole process group) after this")
-	f.IntVar(&o.hooks.Retries, "retries", move.DefaultRetries, "with --apply: further attempts of a failed hook")
-	f.DurationVar(&o.hooks.RetryDelay, "retry-delay", move.DefaultRetryDelay, "with --apply: wait before the first retry, doubled before each next one")
+	addMoveFlags(f, &o.freeze, &o.hooks, "with --apply: ")
 	out = outputFlag(c)
 	return c
 }
