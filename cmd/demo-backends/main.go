@@ -171,11 +171,14 @@ func main() {
 		switch verb := os.Args[1]; verb {
 		case "copy", "verify", "cleanup":
 			os.Exit(hookMain(verb, os.Args[2:], os.Stdout, os.Stderr))
+		case "load":
+			os.Exit(loadMain(os.Args[2:], os.Stdout, os.Stderr))
 		}
 	}
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: demo-backends [flags]\n"+
-			"       demo-backends copy|verify|cleanup [--admin HOST:PORT]   (mapctl move hooks; -h for theirs)\n")
+			"       demo-backends copy|verify|cleanup [--admin HOST:PORT]   (mapctl move hooks; -h for theirs)\n"+
+			"       demo-backends load --users U1,U2,... [--rate N] [--duration D]   (bounded load through HAProxy; -h for its flags)\n")
 		flag.PrintDefaults()
 	}
 	var (
