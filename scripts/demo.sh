@@ -127,6 +127,12 @@ Try, in another terminal:
   bin/mapctl status --socket $DIR/admin.sock --map $DIR/users.map
   # a spare server on :8018 joins shard2 without a reload (and is added to the topology):
   bin/mapctl shard add-server shard2 127.0.0.1:8018 --topology $DIR/topology.yaml
+  # rebalance by load: users 6-11 join user 3 on shard3, load them (3rd terminal), spread them:
+  for u in 6 7 8 9 10 11; do bin/mapctl set \$u shard3 --wait; done
+  bin/demo-backends load --users 3,6,7,8,9,10,11 --rate 50 --duration 2m
+  bin/mapctl rebalance plan --by load --sample 2s --socket $DIR/admin.sock --apply --freeze \\
+      --copy-cmd 'bin/demo-backends copy' --verify-cmd 'bin/demo-backends verify' --cleanup-cmd 'bin/demo-backends cleanup'
+  # then watch http://127.0.0.1:8404/stats: shard3's session rate falls, the others' rise
 EOT
 fi
 [ "$TOPO" = "$DIR/topology.yaml" ] || cp "$TOPO" "$DIR/topology.yaml"
