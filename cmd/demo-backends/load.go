@@ -172,7 +172,9 @@ func loadMain(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "demo-backends load: %v\n", err)
+		if bad := (*loadFlagError)(nil); errors.As(err, &bad) { // the flag package printed its own
+			fmt.Fprintf(stderr, "demo-backends load: %v\n", err)
+		}
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
