@@ -220,7 +220,7 @@ func (m *Mover) Abort(ctx context.Context, id string) (*Move, error) {
 		cur = ""
 	}
 	if cur != mv.Route {
-		if cur != mv.To && (cur != maps.HoldShard || !mv.Freeze) {
+		if !setByMove(mv, cur) {
 			return mv, fmt.Errorf("abort move %s: %w: %s %q is routed to %s, which the move did not set; not rolled back",
 				id, ErrRoutingChanged, mv.Kind, mv.Subject, shown(cur))
 		}
@@ -243,6 +243,22 @@ func (m *Mover) Abort(ctx context.Context, id string) (*Move, error) {
 	}
 	m.log.Info("move aborted", "move", id, "step", mv.Step, "route", mv.Route)
 	return mv, nil
+}
+
+// setByMove reports whether the routing value cur may have been written by
+// mv: its destination once the flip step has started, the holding backend
+// (with a freeze) from the freeze step until the flip step is done. Any
+// other value, e.g. the destination set by an operator before the flip, is
+// someone else's and abort does not overwrite it.
+func setByMove(mv *Move, cur string) bool {
+	i := stepIndex(mv.Step)
+	switch {
+	case cur == mv.To:
+		return i >= stepIndex(StepFlip)
+	case cur == maps.HoldShard:
+		return mv.Freeze && i >= stepIndex(StepFreeze) && i <= stepIndex(StepFlip)
+	}
+	return false
 }
 
 func abortable(mv *Move) error {

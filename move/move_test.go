@@ -486,3 +486,29 @@ func TestMoveLeaseLostStopsTheHook(t *testing.T) {
 		t.Errorf("record after losing the lease: %+v %v (the new owner's to write)", mv, err)
 	}
 }
+
+// A move stopped before its flip never routed the user to its destination:
+// if the user is routed there now, someone else did it (mapctl set), and
+// abort must not overwrite that with the old shard.
+func TestAbortBeforeFlipKeepsAConcurrentSetToTheDestination(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	m := New(f.cfg)
+	for _, freeze := range []bool{false, true} {
+		user := fmt.Sprintf("henry-%v", freeze)
+		f.set(t, f.users, user, "shard0")
+		h := f.hooks()
+		h.Copy = "exit 3"
+		mv, err := m.Start(ctx, Request{Subject: user, To: "shard1", Freeze: freeze, Hooks: h})
+		if se := (*StepError)(nil); !errors.As(err, &se) || se.Step != StepCopy {
+			t.Fatalf("%s: failing copy: %v", user, err)
+		}
+		f.set(t, f.users, user, "shard1") // an operator's mapctl set
+		if _, err := m.Abort(ctx, mv.ID); !errors.Is(err, ErrRoutingChanged) {
+			t.Errorf("%s: abort: %v, want ErrRoutingChanged", user, err)
+		}
+		if r := f.route(t, f.users, user); r != "shard1" {
+			t.Errorf("%s: routed to %q after abort, want the operator's shard1", user, r)
+		}
+	}
+}
