@@ -316,3 +316,23 @@ func TestLargeShardIsQuick(t *testing.T) {
 		t.Errorf("%d moves", len(p.Moves))
 	}
 }
+
+// Half of one shard's users move: the search skips the users already moved
+// in amortised constant time. It used to walk past every one of them on
+// each pick, so that 500,000 moves among 1M users took hours (a quadratic
+// count of candidates looked at).
+func TestPickCostDoesNotGrowWithTheMovesMade(t *testing.T) {
+	in := Input{Measure: ByUsers, Shards: up("s0", "s1"), Subjects: users("u", "s0", 20000), MaxMoves: 20000}
+	probes := 0
+	p, err := proposeCounting(in, &probes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(t, in, p)
+	if len(p.Moves) != 10000 {
+		t.Fatalf("%d moves, want 10000", len(p.Moves))
+	}
+	if probes > 4*len(p.Moves) {
+		t.Errorf("%d candidates looked at for %d moves: the search walks past the moved ones", probes, len(p.Moves))
+	}
+}
