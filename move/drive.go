@@ -186,10 +186,13 @@ func (m *Mover) hook(ctx context.Context, mv *Move, step Step, command string) e
 // Abort rolls the routing of move id back to what it was when the move
 // started, waits for the fleet to have it, runs the unfreeze hook when the
 // move has one and got past planning, and records the move aborted (which
-// frees its subject). It returns the move as recorded. Refused with
-// ErrTooLate once the cleanup step has started, ErrFinished when done or
-// aborted, ErrBusy while a live process drives it, and ErrRoutingChanged
-// when the routing is neither the start's nor a value the move set.
+// frees its subject). It returns the move as recorded. A routing that is
+// neither the start's nor a value the move set (someone else changed it
+// since) is left as it is, and the move is aborted all the same: nothing of
+// the move's is left to roll back. Refused with ErrTooLate once the cleanup
+// step has started, ErrFinished when done or aborted, ErrBusy while a live
+// process drives it; ErrRoutingChanged when the routing changes during the
+// rollback itself.
 func (m *Mover) Abort(ctx context.Context, id string) (*Move, error) {
 	mv, err := m.load(ctx, id)
 	if err != nil {
@@ -219,22 +222,25 @@ func (m *Mover) Abort(ctx context.Context, id string) (*Move, error) {
 	if !ok {
 		cur = ""
 	}
-	if cur != mv.Route {
-		if !setByMove(mv, cur) {
-			return mv, fmt.Errorf("abort move %s: %w: %s %q is routed to %s, which the move did not set; not rolled back",
-				id, ErrRoutingChanged, mv.Kind, mv.Subject, shown(cur))
-		}
+	switch {
+	case cur == mv.Route:
+	case !setByMove(mv, cur):
+		// Someone else routed it since: nothing of the move's is left in
+		// the routing to roll back, and theirs is not overwritten.
+		m.log.Warn("move abort leaves the routing someone else set", "move", id, "route", cur)
+	default:
 		lid, err := m.route(ctx, mv, cur, mv.Route)
 		if err != nil {
 			return mv, fmt.Errorf("abort move %s: %w", id, err)
 		}
+		cur = mv.Route
 		if err := r.WaitApplied(ctx, lid, m.cfg.Wait); err != nil {
 			return mv, fmt.Errorf("abort move %s: rolled back to %s in Redis, but: %w", id, shown(mv.Route), err)
 		}
 	}
 	if mv.Step != StepPlan {
 		if err := m.hook(ctx, mv, stepAbort, mv.Hooks.Unfreeze); err != nil {
-			return mv, fmt.Errorf("abort move %s: routing rolled back, but: %w", id, err)
+			return mv, fmt.Errorf("abort move %s: routing is %s, but: %w", id, shown(cur), err)
 		}
 	}
 	mv.State, mv.Error, mv.Updated = StateAborted, "", time.Now()

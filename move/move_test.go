@@ -324,7 +324,7 @@ func TestAbort(t *testing.T) {
 }
 
 // Someone else changes the routing while a move is stopped: the flip
-// refuses to overwrite it, and so does abort.
+// refuses to overwrite it, and so does abort (which ends the move).
 func TestMoveRoutingChangedBySomeoneElse(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
@@ -344,8 +344,9 @@ func TestMoveRoutingChangedBySomeoneElse(t *testing.T) {
 	if !errors.As(err, &se) || se.Step != StepFlip || !errors.Is(err, ErrRoutingChanged) {
 		t.Fatalf("resume: %v", err)
 	}
-	if _, err := m.Abort(ctx, mv.ID); !errors.Is(err, ErrRoutingChanged) {
-		t.Fatalf("abort: %v", err)
+	// Abort ends the move and leaves the routing someone else set.
+	if got, err := m.Abort(ctx, mv.ID); err != nil || got.State != StateAborted {
+		t.Fatalf("abort: %+v %v", got, err)
 	}
 	if r := f.route(t, f.users, "frank"); r != "shard2" {
 		t.Errorf("frank: %q", r)
@@ -504,11 +505,51 @@ func TestAbortBeforeFlipKeepsAConcurrentSetToTheDestination(t *testing.T) {
 			t.Fatalf("%s: failing copy: %v", user, err)
 		}
 		f.set(t, f.users, user, "shard1") // an operator's mapctl set
-		if _, err := m.Abort(ctx, mv.ID); !errors.Is(err, ErrRoutingChanged) {
-			t.Errorf("%s: abort: %v, want ErrRoutingChanged", user, err)
+		if got, err := m.Abort(ctx, mv.ID); err != nil || got.State != StateAborted {
+			t.Errorf("%s: abort: %+v %v", user, got, err)
 		}
 		if r := f.route(t, f.users, user); r != "shard1" {
 			t.Errorf("%s: routed to %q after abort, want the operator's shard1", user, r)
+		}
+	}
+}
+
+// Someone else routed the user elsewhere while a move was stopped: the move
+// can no longer flip, and abort must still end it (leaving that routing as
+// it is: nothing of the move's is left to roll back), or the user's lock is
+// held for ever and no move of the user is possible again short of
+// flapping its live routing back to the move's start.
+func TestAbortAfterSomeoneElseRoutedTheUserFreesIt(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	m := New(f.cfg)
+	for _, freeze := range []bool{false, true} {
+		user := fmt.Sprintf("ivy-%v", freeze)
+		f.set(t, f.users, user, "shard0")
+		h := f.hooks()
+		flag := filepath.Join(f.dir, "copy-ok-"+user)
+		h.Copy = "test -e " + flag
+		mv, err := m.Start(ctx, Request{Subject: user, To: "shard1", Freeze: freeze, Hooks: h})
+		if err == nil {
+			t.Fatalf("%s: copy passed", user)
+		}
+		f.set(t, f.users, user, "shard2") // the operator decides otherwise
+		os.WriteFile(flag, nil, 0o644)
+		if _, err := m.Resume(ctx, mv.ID); !errors.Is(err, ErrRoutingChanged) {
+			t.Fatalf("%s: resume: %v, want ErrRoutingChanged", user, err)
+		}
+		got, err := m.Abort(ctx, mv.ID)
+		if err != nil || got.State != StateAborted {
+			t.Fatalf("%s: abort: %+v %v", user, got, err)
+		}
+		if r := f.route(t, f.users, user); r != "shard2" {
+			t.Errorf("%s: routed to %q after abort, want the operator's shard2 left alone", user, r)
+		}
+		if !strings.Contains(f.hookLog(t), "unfreeze "+user+" shard0 shard1 abort") {
+			t.Errorf("%s: the unfreeze hook did not run on abort:\n%s", user, f.hookLog(t))
+		}
+		if _, err := m.Start(ctx, Request{Subject: user, To: "shard0", Hooks: f.hooks()}); err != nil {
+			t.Errorf("%s: a new move after the abort: %v", user, err)
 		}
 	}
 }

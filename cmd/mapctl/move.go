@@ -165,6 +165,22 @@ func (a *app) move(cmd *cobra.Command, user string, o moveOpts) error {
 		if err != nil {
 			return moveErr(err)
 		}
+		st := a.store
+		if mv.Kind == move.KindLogical {
+			st = a.logical
+		}
+		cur, ok, err := st.Get(ctx, mv.Subject)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			cur = ""
+		}
+		if cur != mv.Route { // someone else routed it since the move started
+			fmt.Fprintf(out, "aborted: %s %s left routed to %s (someone else set it; the move did not roll it back to %s)\n",
+				mv.Kind, mv.Subject, routeName(cur), routeName(mv.Route))
+			return nil
+		}
 		fmt.Fprintf(out, "aborted: %s %s routed to %s again\n", mv.Kind, mv.Subject, routeName(mv.Route))
 		return nil
 	case o.resume != "":
