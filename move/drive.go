@@ -89,7 +89,21 @@ func (m *Mover) fail(ctx context.Context, mv *Move, token string, err error) err
 func (m *Mover) runStep(ctx context.Context, mv *Move, token string) error {
 	switch mv.Step {
 	case StepPlan:
-		return nil // recorded by Start
+		// Recorded by Start, which read the routing before it took the
+		// subject's lock: another move (or a set) may have changed it in
+		// between, and the hooks must not run with a From that is stale.
+		cur, ok, err := m.routing(mv.Kind).Get(ctx, mv.Subject)
+		if err != nil {
+			return fmt.Errorf("plan: %w", err)
+		}
+		if !ok {
+			cur = ""
+		}
+		if cur != mv.Route {
+			return fmt.Errorf("plan: %w: %s %q is routed to %s since the move read %s",
+				ErrRoutingChanged, mv.Kind, mv.Subject, shown(cur), shown(mv.Route))
+		}
+		return nil
 	case StepFreeze:
 		if mv.Freeze {
 			id, err := m.route(ctx, mv, mv.Route, maps.HoldShard)

@@ -553,3 +553,33 @@ func TestAbortAfterSomeoneElseRoutedTheUserFreesIt(t *testing.T) {
 		}
 	}
 }
+
+// The routing changes between plan's read and the record (another move of
+// the user finished in between, or a mapctl set): the move must not run its
+// hooks with a From that is no longer where the data is.
+func TestRoutingChangedBetweenPlanAndRecordStopsAtPlan(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.set(t, f.users, "jack", "shard0")
+	cfg := f.cfg
+	cfg.crash = func(s Step, after bool) bool {
+		if s == StepPlan && !after {
+			f.set(t, f.users, "jack", "shard2") // as if another move of jack just finished
+		}
+		return false
+	}
+	mv, err := New(cfg).Start(ctx, Request{Subject: "jack", To: "shard1", Hooks: f.hooks()})
+	var se *StepError
+	if !errors.As(err, &se) || se.Step != StepPlan || !errors.Is(err, ErrRoutingChanged) {
+		t.Fatalf("start: %v, want a StepError at plan wrapping ErrRoutingChanged", err)
+	}
+	if log := f.hookLog(t); log != "" {
+		t.Errorf("hooks ran with the stale From shard0:\n%s", log)
+	}
+	if got, err := New(f.cfg).Abort(ctx, mv.ID); err != nil || got.State != StateAborted {
+		t.Fatalf("abort: %+v %v", got, err)
+	}
+	if r := f.route(t, f.users, "jack"); r != "shard2" {
+		t.Errorf("jack: %q", r)
+	}
+}
