@@ -215,6 +215,9 @@ func (m *Mover) Abort(ctx context.Context, id string) (*Move, error) {
 	if err := abortable(mv); err != nil {
 		return mv, err
 	}
+	if _, no := m.routing(mv.Kind).(noRouting); no {
+		return mv, fmt.Errorf("abort move %s: %w", id, errNoLogical) // before any hook runs
+	}
 	token, err := m.acquire(ctx, id)
 	if err != nil {
 		return mv, err

@@ -225,9 +225,30 @@ func New(cfg Config) *Mover {
 
 func (m *Mover) routing(k Kind) Routing {
 	if k == KindLogical {
+		if m.cfg.Logical == nil {
+			// A logical move's record in Redis (another process's, or one
+			// written by hand) read by a Mover without a logical map.
+			return noRouting{}
+		}
 		return m.cfg.Logical
 	}
 	return m.cfg.Users
+}
+
+// errNoLogical is every answer of noRouting.
+var errNoLogical = fmt.Errorf("%w: a logical shard's move, but no logical map (routing: ids) is configured", maps.ErrInvalid)
+
+// noRouting is the routing of logical moves when Config.Logical is nil.
+type noRouting struct{}
+
+func (noRouting) Get(context.Context, string) (string, bool, error) { return "", false, errNoLogical }
+func (noRouting) SetIf(context.Context, maps.Assignment, string) (string, error) {
+	return "", errNoLogical
+}
+func (noRouting) DelIf(context.Context, string, string) (string, error) { return "", errNoLogical }
+func (noRouting) LastLogID(context.Context) (string, error)             { return "", errNoLogical }
+func (noRouting) WaitApplied(context.Context, string, time.Duration) error {
+	return errNoLogical
 }
 
 func busy(k Kind, subject, holder string) error {
@@ -365,6 +386,9 @@ func (m *Mover) Resume(ctx context.Context, id string) (*Move, error) {
 	}
 	if mv.State == StateDone || mv.State == StateAborted {
 		return mv, fmt.Errorf("move %s is %s: %w", id, mv.State, ErrFinished)
+	}
+	if _, no := m.routing(mv.Kind).(noRouting); no {
+		return mv, fmt.Errorf("move %s: %w", id, errNoLogical) // before any hook runs
 	}
 	token, err := m.acquire(ctx, id)
 	if err != nil {

@@ -583,3 +583,38 @@ func TestRoutingChangedBetweenPlanAndRecordStopsAtPlan(t *testing.T) {
 		t.Errorf("jack: %q", r)
 	}
 }
+
+// A Mover without a logical map (Config.Logical nil) that finds a logical
+// move in Redis (recorded by another mapctl, or a record written by hand)
+// answers with an error, never a nil-interface panic.
+func TestLogicalRecordWithoutLogicalMapIsAnError(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.set(t, f.logical, "3", "shard0")
+	cfg := f.cfg
+	cfg.crash = func(s Step, after bool) bool { return s == StepCopy && !after }
+	mv, err := New(cfg).Start(ctx, Request{Kind: KindLogical, Subject: "3", To: "shard1", Hooks: f.hooks()})
+	if !errors.Is(err, errCrashed) {
+		t.Fatal(err)
+	}
+	cfg = f.cfg
+	cfg.Logical = nil
+	m := New(cfg)
+	// The dead process's lease expires; then resume and abort answer.
+	testenv.WaitFor(t, 10*time.Second, "the lease to expire", func() error {
+		n, err := f.rdb.Exists(ctx, m.ownerKey(mv.ID)).Result()
+		if err == nil && n != 0 {
+			err = errors.New("lease still held")
+		}
+		return err
+	})
+	if _, err := m.Resume(ctx, mv.ID); !errors.Is(err, maps.ErrInvalid) {
+		t.Errorf("resume of a logical move without a logical map: %v", err)
+	}
+	if strings.Contains(f.hookLog(t), "copy") {
+		t.Errorf("resume ran the copy hook:\n%s", f.hookLog(t))
+	}
+	if _, err := m.Abort(ctx, mv.ID); err == nil {
+		t.Error("abort of a logical move without a logical map passed")
+	}
+}
