@@ -306,7 +306,7 @@ func (a *app) moveFile(ctx context.Context, cmd *cobra.Command, o moveOpts) erro
 	m := a.mover(errOut, nil)
 	jobs := make(chan planLine)
 	var wg sync.WaitGroup
-	failed := 0
+	failed, done := 0, 0
 	for range min(o.parallel, max(len(plan), 1)) {
 		wg.Add(1)
 		go func() {
@@ -327,6 +327,7 @@ func (a *app) moveFile(ctx context.Context, cmd *cobra.Command, o moveOpts) erro
 					failed++
 					fmt.Fprintf(out, "%s %s %s failed at %s: %v\n", mv.ID, subject, p.to, mv.Step, err)
 				default:
+					done++
 					fmt.Fprintf(out, "%s %s %s done\n", mv.ID, subject, p.to)
 				}
 				if bar != nil {
@@ -347,7 +348,12 @@ func (a *app) moveFile(ctx context.Context, cmd *cobra.Command, o moveOpts) erro
 	}
 	close(jobs)
 	wg.Wait()
-	fmt.Fprintf(out, "summary: %d moves, %d done, %d failed\n", len(plan), len(plan)-failed, failed)
+	// Moves an interrupt kept from starting are neither done nor failed.
+	if notStarted := len(plan) - done - failed; notStarted > 0 {
+		fmt.Fprintf(out, "summary: %d moves, %d done, %d failed, %d not started\n", len(plan), done, failed, notStarted)
+	} else {
+		fmt.Fprintf(out, "summary: %d moves, %d done, %d failed\n", len(plan), done, failed)
+	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("move --from-file %s: interrupted: %w", o.fromFile, err)
 	}
