@@ -246,11 +246,12 @@ func proposeCounting(in Input, probes *int) (Plan, error) {
 	for _, st := range shards {
 		if st.Up {
 			up = append(up, st)
-			plan.Mean += st.Before
 		}
 	}
-	if len(up) > 0 {
-		plan.Mean /= float64(len(up))
+	for _, st := range up {
+		// Each term divided first: finite loads whose sum is not still
+		// have a finite mean.
+		plan.Mean += st.Before / float64(len(up))
 	}
 	plan.MaxDeviationBefore = maxDeviation(up, plan.Mean)
 

@@ -1,6 +1,7 @@
 package rebalance
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -334,5 +335,22 @@ func TestPickCostDoesNotGrowWithTheMovesMade(t *testing.T) {
 	}
 	if probes > 4*len(p.Moves) {
 		t.Errorf("%d candidates looked at for %d moves: the search walks past the moved ones", probes, len(p.Moves))
+	}
+}
+
+// Loads that are each finite but whose sum is not (the Go API takes any
+// finite load): the mean and deviations stay finite, so the plan encodes
+// as JSON (which refuses +Inf and NaN).
+func TestHugeFiniteLoadsGiveFiniteFigures(t *testing.T) {
+	in := Input{Measure: ByLoad, Shards: []Shard{{Name: "a", Load: 1.7e308, Up: true}, {Name: "b", Load: 1.7e308, Up: true}, {Name: "c", Up: true}},
+		Subjects: users("u", "a", 10), MaxMoves: 10}
+	p := propose(t, in)
+	for name, v := range map[string]float64{"mean": p.Mean, "max deviation before": p.MaxDeviationBefore, "max deviation after": p.MaxDeviationAfter} {
+		if math.IsInf(v, 0) || math.IsNaN(v) {
+			t.Errorf("%s is %v", name, v)
+		}
+	}
+	if _, err := json.Marshal(p); err != nil {
+		t.Errorf("the plan does not encode: %v", err)
 	}
 }
