@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 )
 
 type fixture struct {
+	redis   *testenv.Redis
 	rdb     redis.UniversalClient
 	users   *maps.Store
 	logical *maps.Store
@@ -34,7 +36,7 @@ func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	r := testenv.StartRedis(t)
 	rdb := r.Client(t)
-	f := &fixture{rdb: rdb, users: maps.NewStore(rdb, ""), logical: maps.NewStore(rdb, maps.LogicalPrefix("")), dir: t.TempDir()}
+	f := &fixture{redis: r, rdb: rdb, users: maps.NewStore(rdb, ""), logical: maps.NewStore(rdb, maps.LogicalPrefix("")), dir: t.TempDir()}
 	ctx := context.Background()
 	if err := f.users.AddShards(ctx, []string{"shard0", "shard1", "shard2", maps.HoldShard}); err != nil {
 		t.Fatal(err)
@@ -616,5 +618,33 @@ func TestLogicalRecordWithoutLogicalMapIsAnError(t *testing.T) {
 	}
 	if _, err := m.Abort(ctx, mv.ID); err == nil {
 		t.Error("abort of a logical move without a logical map passed")
+	}
+}
+
+// Redis stops answering the driving process (a partition, a paused Redis)
+// while a hook runs: after a lease TTL with no renewal confirmed, another
+// process may have taken the move over, so this one must stop its hook
+// rather than keep running it alongside the new owner's.
+func TestMoveUnrenewableLeaseStopsTheHook(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.set(t, f.users, "kate", "shard0")
+	m := New(f.cfg)
+	started := filepath.Join(f.dir, "started")
+	h := f.hooks()
+	h.Copy = "touch " + started + "; sleep 300"
+	h.Timeout = time.Hour
+	done := make(chan error, 1)
+	go func() { _, err := m.Start(ctx, Request{Subject: "kate", To: "shard1", Hooks: h}); done <- err }()
+	testenv.WaitFor(t, 10*time.Second, "the copy hook to start", func() error { _, err := os.Stat(started); return err })
+	f.redis.Pause(t)
+	defer f.redis.Signal(syscall.SIGCONT)
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrLeaseLost) {
+			t.Fatalf("start: %v, want ErrLeaseLost", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the hook kept running with a lease nobody could renew")
 	}
 }
