@@ -106,7 +106,7 @@ func (m *Mover) runStep(ctx context.Context, mv *Move, token string) error {
 		return nil
 	case StepFreeze:
 		if mv.Freeze {
-			id, err := m.route(ctx, mv, mv.Route, maps.HoldShard)
+			id, err := m.route(ctx, mv, token, mv.Route, maps.HoldShard)
 			if err != nil {
 				return fmt.Errorf("freeze: %w", err)
 			}
@@ -126,7 +126,7 @@ func (m *Mover) runStep(ctx context.Context, mv *Move, token string) error {
 		if mv.Freeze {
 			expected = maps.HoldShard
 		}
-		id, err := m.route(ctx, mv, expected, mv.To)
+		id, err := m.route(ctx, mv, token, expected, mv.To)
 		if err != nil {
 			return fmt.Errorf("flip: %w", err)
 		}
@@ -147,17 +147,23 @@ func (m *Mover) runStep(ctx context.Context, mv *Move, token string) error {
 }
 
 // route sets the subject's routing to want ("" = no assignment) if it is
-// expected, and returns the change-log ID to wait for. A value that already
+// expected and token still holds the move's lease (ErrLeaseLost), and returns the change-log ID to wait for. A value that already
 // is want (the write happened before a crash) is success; anything else is
 // ErrRoutingChanged.
-func (m *Mover) route(ctx context.Context, mv *Move, expected, want string) (string, error) {
+func (m *Mover) route(ctx context.Context, mv *Move, token, expected, want string) (string, error) {
 	r := m.routing(mv.Kind)
 	var id string
 	var err error
+	// Written only while this process holds the move's lease: a process
+	// that stalled past the TTL must not write over its successor's steps.
+	fence := maps.Fence{Key: m.ownerKey(mv.ID), Token: token}
 	if want == "" {
-		id, err = r.DelIf(ctx, mv.Subject, expected)
+		id, err = r.DelIfFenced(ctx, mv.Subject, expected, fence)
 	} else {
-		id, err = r.SetIf(ctx, maps.Assignment{User: mv.Subject, Shard: want}, expected)
+		id, err = r.SetIfFenced(ctx, maps.Assignment{User: mv.Subject, Shard: want}, expected, fence)
+	}
+	if errors.Is(err, maps.ErrFenced) {
+		return "", fmt.Errorf("move %s: %w (%w)", mv.ID, ErrLeaseLost, err)
 	}
 	var ce *maps.ChangedError
 	if errors.As(err, &ce) {
@@ -246,7 +252,7 @@ func (m *Mover) Abort(ctx context.Context, id string) (*Move, error) {
 		// the routing to roll back, and theirs is not overwritten.
 		m.log.Warn("move abort leaves the routing someone else set", "move", id, "route", cur)
 	default:
-		lid, err := m.route(ctx, mv, cur, mv.Route)
+		lid, err := m.route(ctx, mv, token, cur, mv.Route)
 		if err != nil {
 			return mv, fmt.Errorf("abort move %s: %w", id, err)
 		}

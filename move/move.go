@@ -160,8 +160,10 @@ func (e *StepError) Unwrap() error { return e.Err }
 // logical map's. *maps.Store implements it.
 type Routing interface {
 	Get(ctx context.Context, key string) (string, bool, error)
-	SetIf(ctx context.Context, a maps.Assignment, expected string) (string, error)
-	DelIf(ctx context.Context, key, expected string) (string, error)
+	// SetIfFenced and DelIfFenced: compare-and-set that writes only while
+	// the move's owner lease is the caller's (maps.ErrFenced otherwise).
+	SetIfFenced(ctx context.Context, a maps.Assignment, expected string, fence maps.Fence) (string, error)
+	DelIfFenced(ctx context.Context, key, expected string, fence maps.Fence) (string, error)
 	LastLogID(ctx context.Context) (string, error)
 	WaitApplied(ctx context.Context, id string, within time.Duration) error
 }
@@ -242,11 +244,13 @@ var errNoLogical = fmt.Errorf("%w: a logical shard's move, but no logical map (r
 type noRouting struct{}
 
 func (noRouting) Get(context.Context, string) (string, bool, error) { return "", false, errNoLogical }
-func (noRouting) SetIf(context.Context, maps.Assignment, string) (string, error) {
+func (noRouting) SetIfFenced(context.Context, maps.Assignment, string, maps.Fence) (string, error) {
 	return "", errNoLogical
 }
-func (noRouting) DelIf(context.Context, string, string) (string, error) { return "", errNoLogical }
-func (noRouting) LastLogID(context.Context) (string, error)             { return "", errNoLogical }
+func (noRouting) DelIfFenced(context.Context, string, string, maps.Fence) (string, error) {
+	return "", errNoLogical
+}
+func (noRouting) LastLogID(context.Context) (string, error) { return "", errNoLogical }
 func (noRouting) WaitApplied(context.Context, string, time.Duration) error {
 	return errNoLogical
 }

@@ -648,3 +648,41 @@ func TestMoveUnrenewableLeaseStopsTheHook(t *testing.T) {
 		t.Fatal("the hook kept running with a lease nobody could renew")
 	}
 }
+
+// The lease passes to another process between a step's record and its
+// routing write (this process stalled past the TTL; the other resumed or
+// aborted the move): the write must not land, or a stale process could
+// freeze a user whose move another process has aborted (on the hold backend
+// for ever) or flip it after an abort.
+func TestRoutingWriteNeedsTheLease(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	for _, step := range []Step{StepFreeze, StepFlip} {
+		user := "liz-" + string(step)
+		f.set(t, f.users, user, "shard0")
+		cfg := f.cfg
+		m := New(cfg)
+		cfg.crash = func(s Step, after bool) bool {
+			if s == step && !after {
+				l, _ := m.List(ctx, false)
+				for _, mv := range l {
+					if mv.Subject == user {
+						f.rdb.Set(ctx, m.ownerKey(mv.ID), "another-process", time.Minute)
+					}
+				}
+			}
+			return false
+		}
+		_, err := New(cfg).Start(ctx, Request{Subject: user, To: "shard1", Freeze: true, Hooks: f.hooks()})
+		if !errors.Is(err, ErrLeaseLost) {
+			t.Errorf("%s: start: %v, want ErrLeaseLost", user, err)
+		}
+		want := "[shard0]"
+		if step == StepFlip {
+			want = "[shard0 shardmap_hold]"
+		}
+		if got := fmt.Sprint(history(t, f.users, user)); got != want {
+			t.Errorf("%s: routing history %s, want %s: written without the lease", user, got, want)
+		}
+	}
+}
