@@ -2,6 +2,7 @@ package maps
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/redis/go-redis/v9"
@@ -27,11 +28,22 @@ func orAbsent(shard string) string {
 	return fmt.Sprintf("shard %q", shard)
 }
 
+// ErrFenced is a fenced compare-and-set whose fence key no longer holds
+// the caller's token (its lease passed to another holder): nothing written.
+var ErrFenced = errors.New("fence lost: another holder owns the lease, nothing written")
+
+// Fence makes a compare-and-set write only while the string Key (a lease,
+// in the store's hash tag) holds Token.
+type Fence struct{ Key, Token string }
+
 // casScript sets ARGV[2] to ARGV[3] ("" = delete) only if its shard is
-// ARGV[4] ("" = none), and logs the change like any set or del. It returns
+// ARGV[4] ("" = none), and logs the change like any set or del. With a
+// third key (a Fence) it first checks that key holds ARGV[5]. It returns
 // {1, id}: done (id is the change's, or the log's last ID when the value
-// already was ARGV[3]), or {0, current} ("" = none) with nothing written.
+// already was ARGV[3]), {0, current} ("" = none) with nothing written, or
+// {2, ”}: the fence is lost, nothing written.
 var casScript = redis.NewScript(prologue + `
+if KEYS[3] and redis.call('GET', KEYS[3]) ~= ARGV[5] then return {2, ''} end
 local u, want, expected = ARGV[2], ARGV[3], ARGV[4]
 local have = get(u)
 local hv = have or ''
@@ -53,7 +65,25 @@ func (s *Store) SetIf(ctx context.Context, a Assignment, expected string) (strin
 	if err := a.Validate(); err != nil {
 		return "", err
 	}
-	return s.cas(ctx, a.User, a.Shard, expected)
+	return s.cas(ctx, a.User, a.Shard, expected, nil)
+}
+
+// SetIfFenced is SetIf that writes only while fence.Key holds fence.Token
+// (ErrFenced otherwise, nothing written), checked in the same atomic script.
+func (s *Store) SetIfFenced(ctx context.Context, a Assignment, expected string, fence Fence) (string, error) {
+	if err := a.Validate(); err != nil {
+		return "", err
+	}
+	return s.cas(ctx, a.User, a.Shard, expected, &fence)
+}
+
+// DelIfFenced is DelIf that writes only while fence.Key holds fence.Token
+// (ErrFenced otherwise, nothing written), checked in the same atomic script.
+func (s *Store) DelIfFenced(ctx context.Context, user, expected string, fence Fence) (string, error) {
+	if err := ValidateUser(user); err != nil {
+		return "", err
+	}
+	return s.cas(ctx, user, "", expected, &fence)
 }
 
 // DelIf removes user's assignment only if its shard is now expected ("" =
@@ -63,10 +93,10 @@ func (s *Store) DelIf(ctx context.Context, user, expected string) (string, error
 	if err := ValidateUser(user); err != nil {
 		return "", err
 	}
-	return s.cas(ctx, user, "", expected)
+	return s.cas(ctx, user, "", expected, nil)
 }
 
-func (s *Store) cas(ctx context.Context, user, want, expected string) (string, error) {
+func (s *Store) cas(ctx context.Context, user, want, expected string, fence *Fence) (string, error) {
 	if expected != "" {
 		if err := ValidateShard(expected); err != nil {
 			return "", err
@@ -77,7 +107,11 @@ func (s *Store) cas(ctx context.Context, user, want, expected string) (string, e
 		return "", err
 	}
 	defer release()
-	res, err := casScript.Run(ctx, w, []string{s.UsersKey(), s.LogKey()}, s.maxLen, user, want, expected).Slice()
+	keys, args := []string{s.UsersKey(), s.LogKey()}, []any{s.maxLen, user, want, expected}
+	if fence != nil {
+		keys, args = append(keys, fence.Key), append(args, fence.Token)
+	}
+	res, err := casScript.Run(ctx, w, keys, args...).Slice()
 	if err != nil {
 		return "", fmt.Errorf("redis compare-and-set %q: %w", user, err)
 	}
@@ -89,7 +123,11 @@ func (s *Store) cas(ctx context.Context, user, want, expected string) (string, e
 	if !isStr {
 		return "", fmt.Errorf("redis compare-and-set %q: unexpected reply %v", user, res)
 	}
-	if ok != 1 {
+	switch ok {
+	case 1:
+	case 2:
+		return "", fmt.Errorf("compare-and-set %q: %w", user, ErrFenced)
+	default:
 		return "", &ChangedError{User: user, Expected: expected, Current: v}
 	}
 	if err := wait(ctx); err != nil {

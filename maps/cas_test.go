@@ -55,3 +55,35 @@ func TestSetIfDelIf(t *testing.T) {
 		t.Fatalf("log: %+v %v", changes, err)
 	}
 }
+
+// A fenced compare-and-set writes only while the fence key holds the token.
+func TestSetIfFenced(t *testing.T) {
+	s, r := newTestStore(t)
+	rdb := r.Client(t)
+	ctx := context.Background()
+	fence := Fence{Key: s.prefix + ":move:owner:x", Token: "me"}
+	if err := rdb.Set(ctx, fence.Key, "someone-else", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SetIfFenced(ctx, Assignment{"bob", "shard1"}, "", fence); !errors.Is(err, ErrFenced) {
+		t.Fatalf("set under another's fence: %v, want ErrFenced", err)
+	}
+	if _, ok, _ := s.Get(ctx, "bob"); ok {
+		t.Fatal("written under another's fence")
+	}
+	if err := rdb.Set(ctx, fence.Key, "me", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SetIfFenced(ctx, Assignment{"bob", "shard1"}, "", fence); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Del(ctx, fence.Key).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DelIfFenced(ctx, "bob", "shard1", fence); !errors.Is(err, ErrFenced) {
+		t.Fatalf("del with the fence gone: %v, want ErrFenced", err)
+	}
+	if sh, _, _ := s.Get(ctx, "bob"); sh != "shard1" {
+		t.Fatalf("bob: %q", sh)
+	}
+}

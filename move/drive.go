@@ -89,10 +89,24 @@ func (m *Mover) fail(ctx context.Context, mv *Move, token string, err error) err
 func (m *Mover) runStep(ctx context.Context, mv *Move, token string) error {
 	switch mv.Step {
 	case StepPlan:
-		return nil // recorded by Start
+		// Recorded by Start, which read the routing before it took the
+		// subject's lock: another move (or a set) may have changed it in
+		// between, and the hooks must not run with a From that is stale.
+		cur, ok, err := m.routing(mv.Kind).Get(ctx, mv.Subject)
+		if err != nil {
+			return fmt.Errorf("plan: %w", err)
+		}
+		if !ok {
+			cur = ""
+		}
+		if cur != mv.Route {
+			return fmt.Errorf("plan: %w: %s %q is routed to %s since the move read %s",
+				ErrRoutingChanged, mv.Kind, mv.Subject, shown(cur), shown(mv.Route))
+		}
+		return nil
 	case StepFreeze:
 		if mv.Freeze {
-			id, err := m.route(ctx, mv, mv.Route, maps.HoldShard)
+			id, err := m.route(ctx, mv, token, mv.Route, maps.HoldShard)
 			if err != nil {
 				return fmt.Errorf("freeze: %w", err)
 			}
@@ -112,7 +126,7 @@ func (m *Mover) runStep(ctx context.Context, mv *Move, token string) error {
 		if mv.Freeze {
 			expected = maps.HoldShard
 		}
-		id, err := m.route(ctx, mv, expected, mv.To)
+		id, err := m.route(ctx, mv, token, expected, mv.To)
 		if err != nil {
 			return fmt.Errorf("flip: %w", err)
 		}
@@ -133,17 +147,23 @@ func (m *Mover) runStep(ctx context.Context, mv *Move, token string) error {
 }
 
 // route sets the subject's routing to want ("" = no assignment) if it is
-// expected, and returns the change-log ID to wait for. A value that already
+// expected and token still holds the move's lease (ErrLeaseLost), and returns the change-log ID to wait for. A value that already
 // is want (the write happened before a crash) is success; anything else is
 // ErrRoutingChanged.
-func (m *Mover) route(ctx context.Context, mv *Move, expected, want string) (string, error) {
+func (m *Mover) route(ctx context.Context, mv *Move, token, expected, want string) (string, error) {
 	r := m.routing(mv.Kind)
 	var id string
 	var err error
+	// Written only while this process holds the move's lease: a process
+	// that stalled past the TTL must not write over its successor's steps.
+	fence := maps.Fence{Key: m.ownerKey(mv.ID), Token: token}
 	if want == "" {
-		id, err = r.DelIf(ctx, mv.Subject, expected)
+		id, err = r.DelIfFenced(ctx, mv.Subject, expected, fence)
 	} else {
-		id, err = r.SetIf(ctx, maps.Assignment{User: mv.Subject, Shard: want}, expected)
+		id, err = r.SetIfFenced(ctx, maps.Assignment{User: mv.Subject, Shard: want}, expected, fence)
+	}
+	if errors.Is(err, maps.ErrFenced) {
+		return "", fmt.Errorf("move %s: %w (%w)", mv.ID, ErrLeaseLost, err)
 	}
 	var ce *maps.ChangedError
 	if errors.As(err, &ce) {
@@ -186,10 +206,13 @@ func (m *Mover) hook(ctx context.Context, mv *Move, step Step, command string) e
 // Abort rolls the routing of move id back to what it was when the move
 // started, waits for the fleet to have it, runs the unfreeze hook when the
 // move has one and got past planning, and records the move aborted (which
-// frees its subject). It returns the move as recorded. Refused with
-// ErrTooLate once the cleanup step has started, ErrFinished when done or
-// aborted, ErrBusy while a live process drives it, and ErrRoutingChanged
-// when the routing is neither the start's nor a value the move set.
+// frees its subject). It returns the move as recorded. A routing that is
+// neither the start's nor a value the move set (someone else changed it
+// since) is left as it is, and the move is aborted all the same: nothing of
+// the move's is left to roll back. Refused with ErrTooLate once the cleanup
+// step has started, ErrFinished when done or aborted, ErrBusy while a live
+// process drives it; ErrRoutingChanged when the routing changes during the
+// rollback itself.
 func (m *Mover) Abort(ctx context.Context, id string) (*Move, error) {
 	mv, err := m.load(ctx, id)
 	if err != nil {
@@ -197,6 +220,9 @@ func (m *Mover) Abort(ctx context.Context, id string) (*Move, error) {
 	}
 	if err := abortable(mv); err != nil {
 		return mv, err
+	}
+	if _, no := m.routing(mv.Kind).(noRouting); no {
+		return mv, fmt.Errorf("abort move %s: %w", id, errNoLogical) // before any hook runs
 	}
 	token, err := m.acquire(ctx, id)
 	if err != nil {
@@ -219,22 +245,25 @@ func (m *Mover) Abort(ctx context.Context, id string) (*Move, error) {
 	if !ok {
 		cur = ""
 	}
-	if cur != mv.Route {
-		if cur != mv.To && (cur != maps.HoldShard || !mv.Freeze) {
-			return mv, fmt.Errorf("abort move %s: %w: %s %q is routed to %s, which the move did not set; not rolled back",
-				id, ErrRoutingChanged, mv.Kind, mv.Subject, shown(cur))
-		}
-		lid, err := m.route(ctx, mv, cur, mv.Route)
+	switch {
+	case cur == mv.Route:
+	case !setByMove(mv, cur):
+		// Someone else routed it since: nothing of the move's is left in
+		// the routing to roll back, and theirs is not overwritten.
+		m.log.Warn("move abort leaves the routing someone else set", "move", id, "route", cur)
+	default:
+		lid, err := m.route(ctx, mv, token, cur, mv.Route)
 		if err != nil {
 			return mv, fmt.Errorf("abort move %s: %w", id, err)
 		}
+		cur = mv.Route
 		if err := r.WaitApplied(ctx, lid, m.cfg.Wait); err != nil {
 			return mv, fmt.Errorf("abort move %s: rolled back to %s in Redis, but: %w", id, shown(mv.Route), err)
 		}
 	}
 	if mv.Step != StepPlan {
 		if err := m.hook(ctx, mv, stepAbort, mv.Hooks.Unfreeze); err != nil {
-			return mv, fmt.Errorf("abort move %s: routing rolled back, but: %w", id, err)
+			return mv, fmt.Errorf("abort move %s: routing is %s, but: %w", id, shown(cur), err)
 		}
 	}
 	mv.State, mv.Error, mv.Updated = StateAborted, "", time.Now()
@@ -243,6 +272,22 @@ func (m *Mover) Abort(ctx context.Context, id string) (*Move, error) {
 	}
 	m.log.Info("move aborted", "move", id, "step", mv.Step, "route", mv.Route)
 	return mv, nil
+}
+
+// setByMove reports whether the routing value cur may have been written by
+// mv: its destination once the flip step has started, the holding backend
+// (with a freeze) from the freeze step until the flip step is done. Any
+// other value, e.g. the destination set by an operator before the flip, is
+// someone else's and abort does not overwrite it.
+func setByMove(mv *Move, cur string) bool {
+	i := stepIndex(mv.Step)
+	switch {
+	case cur == mv.To:
+		return i >= stepIndex(StepFlip)
+	case cur == maps.HoldShard:
+		return mv.Freeze && i >= stepIndex(StepFreeze) && i <= stepIndex(StepFlip)
+	}
+	return false
 }
 
 func abortable(mv *Move) error {

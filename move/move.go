@@ -160,8 +160,10 @@ func (e *StepError) Unwrap() error { return e.Err }
 // logical map's. *maps.Store implements it.
 type Routing interface {
 	Get(ctx context.Context, key string) (string, bool, error)
-	SetIf(ctx context.Context, a maps.Assignment, expected string) (string, error)
-	DelIf(ctx context.Context, key, expected string) (string, error)
+	// SetIfFenced and DelIfFenced: compare-and-set that writes only while
+	// the move's owner lease is the caller's (maps.ErrFenced otherwise).
+	SetIfFenced(ctx context.Context, a maps.Assignment, expected string, fence maps.Fence) (string, error)
+	DelIfFenced(ctx context.Context, key, expected string, fence maps.Fence) (string, error)
 	LastLogID(ctx context.Context) (string, error)
 	WaitApplied(ctx context.Context, id string, within time.Duration) error
 }
@@ -225,9 +227,32 @@ func New(cfg Config) *Mover {
 
 func (m *Mover) routing(k Kind) Routing {
 	if k == KindLogical {
+		if m.cfg.Logical == nil {
+			// A logical move's record in Redis (another process's, or one
+			// written by hand) read by a Mover without a logical map.
+			return noRouting{}
+		}
 		return m.cfg.Logical
 	}
 	return m.cfg.Users
+}
+
+// errNoLogical is every answer of noRouting.
+var errNoLogical = fmt.Errorf("%w: a logical shard's move, but no logical map (routing: ids) is configured", maps.ErrInvalid)
+
+// noRouting is the routing of logical moves when Config.Logical is nil.
+type noRouting struct{}
+
+func (noRouting) Get(context.Context, string) (string, bool, error) { return "", false, errNoLogical }
+func (noRouting) SetIfFenced(context.Context, maps.Assignment, string, maps.Fence) (string, error) {
+	return "", errNoLogical
+}
+func (noRouting) DelIfFenced(context.Context, string, string, maps.Fence) (string, error) {
+	return "", errNoLogical
+}
+func (noRouting) LastLogID(context.Context) (string, error) { return "", errNoLogical }
+func (noRouting) WaitApplied(context.Context, string, time.Duration) error {
+	return errNoLogical
 }
 
 func busy(k Kind, subject, holder string) error {
@@ -365,6 +390,9 @@ func (m *Mover) Resume(ctx context.Context, id string) (*Move, error) {
 	}
 	if mv.State == StateDone || mv.State == StateAborted {
 		return mv, fmt.Errorf("move %s is %s: %w", id, mv.State, ErrFinished)
+	}
+	if _, no := m.routing(mv.Kind).(noRouting); no {
+		return mv, fmt.Errorf("move %s: %w", id, errNoLogical) // before any hook runs
 	}
 	token, err := m.acquire(ctx, id)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 )
 
 type fixture struct {
+	redis   *testenv.Redis
 	rdb     redis.UniversalClient
 	users   *maps.Store
 	logical *maps.Store
@@ -34,7 +36,7 @@ func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	r := testenv.StartRedis(t)
 	rdb := r.Client(t)
-	f := &fixture{rdb: rdb, users: maps.NewStore(rdb, ""), logical: maps.NewStore(rdb, maps.LogicalPrefix("")), dir: t.TempDir()}
+	f := &fixture{redis: r, rdb: rdb, users: maps.NewStore(rdb, ""), logical: maps.NewStore(rdb, maps.LogicalPrefix("")), dir: t.TempDir()}
 	ctx := context.Background()
 	if err := f.users.AddShards(ctx, []string{"shard0", "shard1", "shard2", maps.HoldShard}); err != nil {
 		t.Fatal(err)
@@ -324,7 +326,7 @@ func TestAbort(t *testing.T) {
 }
 
 // Someone else changes the routing while a move is stopped: the flip
-// refuses to overwrite it, and so does abort.
+// refuses to overwrite it, and so does abort (which ends the move).
 func TestMoveRoutingChangedBySomeoneElse(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
@@ -344,8 +346,9 @@ func TestMoveRoutingChangedBySomeoneElse(t *testing.T) {
 	if !errors.As(err, &se) || se.Step != StepFlip || !errors.Is(err, ErrRoutingChanged) {
 		t.Fatalf("resume: %v", err)
 	}
-	if _, err := m.Abort(ctx, mv.ID); !errors.Is(err, ErrRoutingChanged) {
-		t.Fatalf("abort: %v", err)
+	// Abort ends the move and leaves the routing someone else set.
+	if got, err := m.Abort(ctx, mv.ID); err != nil || got.State != StateAborted {
+		t.Fatalf("abort: %+v %v", got, err)
 	}
 	if r := f.route(t, f.users, "frank"); r != "shard2" {
 		t.Errorf("frank: %q", r)
@@ -484,5 +487,202 @@ func TestMoveLeaseLostStopsTheHook(t *testing.T) {
 	mv, err := m.Get(ctx, l[0].ID)
 	if err != nil || mv.State != StateRunning || mv.Step != StepCopy {
 		t.Errorf("record after losing the lease: %+v %v (the new owner's to write)", mv, err)
+	}
+}
+
+// A move stopped before its flip never routed the user to its destination:
+// if the user is routed there now, someone else did it (mapctl set), and
+// abort must not overwrite that with the old shard.
+func TestAbortBeforeFlipKeepsAConcurrentSetToTheDestination(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	m := New(f.cfg)
+	for _, freeze := range []bool{false, true} {
+		user := fmt.Sprintf("henry-%v", freeze)
+		f.set(t, f.users, user, "shard0")
+		h := f.hooks()
+		h.Copy = "exit 3"
+		mv, err := m.Start(ctx, Request{Subject: user, To: "shard1", Freeze: freeze, Hooks: h})
+		if se := (*StepError)(nil); !errors.As(err, &se) || se.Step != StepCopy {
+			t.Fatalf("%s: failing copy: %v", user, err)
+		}
+		f.set(t, f.users, user, "shard1") // an operator's mapctl set
+		if got, err := m.Abort(ctx, mv.ID); err != nil || got.State != StateAborted {
+			t.Errorf("%s: abort: %+v %v", user, got, err)
+		}
+		if r := f.route(t, f.users, user); r != "shard1" {
+			t.Errorf("%s: routed to %q after abort, want the operator's shard1", user, r)
+		}
+	}
+}
+
+// Someone else routed the user elsewhere while a move was stopped: the move
+// can no longer flip, and abort must still end it (leaving that routing as
+// it is: nothing of the move's is left to roll back), or the user's lock is
+// held for ever and no move of the user is possible again short of
+// flapping its live routing back to the move's start.
+func TestAbortAfterSomeoneElseRoutedTheUserFreesIt(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	m := New(f.cfg)
+	for _, freeze := range []bool{false, true} {
+		user := fmt.Sprintf("ivy-%v", freeze)
+		f.set(t, f.users, user, "shard0")
+		h := f.hooks()
+		flag := filepath.Join(f.dir, "copy-ok-"+user)
+		h.Copy = "test -e " + flag
+		mv, err := m.Start(ctx, Request{Subject: user, To: "shard1", Freeze: freeze, Hooks: h})
+		if err == nil {
+			t.Fatalf("%s: copy passed", user)
+		}
+		f.set(t, f.users, user, "shard2") // the operator decides otherwise
+		os.WriteFile(flag, nil, 0o644)
+		if _, err := m.Resume(ctx, mv.ID); !errors.Is(err, ErrRoutingChanged) {
+			t.Fatalf("%s: resume: %v, want ErrRoutingChanged", user, err)
+		}
+		got, err := m.Abort(ctx, mv.ID)
+		if err != nil || got.State != StateAborted {
+			t.Fatalf("%s: abort: %+v %v", user, got, err)
+		}
+		if r := f.route(t, f.users, user); r != "shard2" {
+			t.Errorf("%s: routed to %q after abort, want the operator's shard2 left alone", user, r)
+		}
+		if !strings.Contains(f.hookLog(t), "unfreeze "+user+" shard0 shard1 abort") {
+			t.Errorf("%s: the unfreeze hook did not run on abort:\n%s", user, f.hookLog(t))
+		}
+		if _, err := m.Start(ctx, Request{Subject: user, To: "shard0", Hooks: f.hooks()}); err != nil {
+			t.Errorf("%s: a new move after the abort: %v", user, err)
+		}
+	}
+}
+
+// The routing changes between plan's read and the record (another move of
+// the user finished in between, or a mapctl set): the move must not run its
+// hooks with a From that is no longer where the data is.
+func TestRoutingChangedBetweenPlanAndRecordStopsAtPlan(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.set(t, f.users, "jack", "shard0")
+	cfg := f.cfg
+	cfg.crash = func(s Step, after bool) bool {
+		if s == StepPlan && !after {
+			f.set(t, f.users, "jack", "shard2") // as if another move of jack just finished
+		}
+		return false
+	}
+	mv, err := New(cfg).Start(ctx, Request{Subject: "jack", To: "shard1", Hooks: f.hooks()})
+	var se *StepError
+	if !errors.As(err, &se) || se.Step != StepPlan || !errors.Is(err, ErrRoutingChanged) {
+		t.Fatalf("start: %v, want a StepError at plan wrapping ErrRoutingChanged", err)
+	}
+	if log := f.hookLog(t); log != "" {
+		t.Errorf("hooks ran with the stale From shard0:\n%s", log)
+	}
+	if got, err := New(f.cfg).Abort(ctx, mv.ID); err != nil || got.State != StateAborted {
+		t.Fatalf("abort: %+v %v", got, err)
+	}
+	if r := f.route(t, f.users, "jack"); r != "shard2" {
+		t.Errorf("jack: %q", r)
+	}
+}
+
+// A Mover without a logical map (Config.Logical nil) that finds a logical
+// move in Redis (recorded by another mapctl, or a record written by hand)
+// answers with an error, never a nil-interface panic.
+func TestLogicalRecordWithoutLogicalMapIsAnError(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.set(t, f.logical, "3", "shard0")
+	cfg := f.cfg
+	cfg.crash = func(s Step, after bool) bool { return s == StepCopy && !after }
+	mv, err := New(cfg).Start(ctx, Request{Kind: KindLogical, Subject: "3", To: "shard1", Hooks: f.hooks()})
+	if !errors.Is(err, errCrashed) {
+		t.Fatal(err)
+	}
+	cfg = f.cfg
+	cfg.Logical = nil
+	m := New(cfg)
+	// The dead process's lease expires; then resume and abort answer.
+	testenv.WaitFor(t, 10*time.Second, "the lease to expire", func() error {
+		n, err := f.rdb.Exists(ctx, m.ownerKey(mv.ID)).Result()
+		if err == nil && n != 0 {
+			err = errors.New("lease still held")
+		}
+		return err
+	})
+	if _, err := m.Resume(ctx, mv.ID); !errors.Is(err, maps.ErrInvalid) {
+		t.Errorf("resume of a logical move without a logical map: %v", err)
+	}
+	if strings.Contains(f.hookLog(t), "copy") {
+		t.Errorf("resume ran the copy hook:\n%s", f.hookLog(t))
+	}
+	if _, err := m.Abort(ctx, mv.ID); err == nil {
+		t.Error("abort of a logical move without a logical map passed")
+	}
+}
+
+// Redis stops answering the driving process (a partition, a paused Redis)
+// while a hook runs: after a lease TTL with no renewal confirmed, another
+// process may have taken the move over, so this one must stop its hook
+// rather than keep running it alongside the new owner's.
+func TestMoveUnrenewableLeaseStopsTheHook(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.set(t, f.users, "kate", "shard0")
+	m := New(f.cfg)
+	started := filepath.Join(f.dir, "started")
+	h := f.hooks()
+	h.Copy = "touch " + started + "; sleep 300"
+	h.Timeout = time.Hour
+	done := make(chan error, 1)
+	go func() { _, err := m.Start(ctx, Request{Subject: "kate", To: "shard1", Hooks: h}); done <- err }()
+	testenv.WaitFor(t, 10*time.Second, "the copy hook to start", func() error { _, err := os.Stat(started); return err })
+	f.redis.Pause(t)
+	defer f.redis.Signal(syscall.SIGCONT)
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrLeaseLost) {
+			t.Fatalf("start: %v, want ErrLeaseLost", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the hook kept running with a lease nobody could renew")
+	}
+}
+
+// The lease passes to another process between a step's record and its
+// routing write (this process stalled past the TTL; the other resumed or
+// aborted the move): the write must not land, or a stale process could
+// freeze a user whose move another process has aborted (on the hold backend
+// for ever) or flip it after an abort.
+func TestRoutingWriteNeedsTheLease(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	for _, step := range []Step{StepFreeze, StepFlip} {
+		user := "liz-" + string(step)
+		f.set(t, f.users, user, "shard0")
+		cfg := f.cfg
+		m := New(cfg)
+		cfg.crash = func(s Step, after bool) bool {
+			if s == step && !after {
+				l, _ := m.List(ctx, false)
+				for _, mv := range l {
+					if mv.Subject == user {
+						f.rdb.Set(ctx, m.ownerKey(mv.ID), "another-process", time.Minute)
+					}
+				}
+			}
+			return false
+		}
+		_, err := New(cfg).Start(ctx, Request{Subject: user, To: "shard1", Freeze: true, Hooks: f.hooks()})
+		if !errors.Is(err, ErrLeaseLost) {
+			t.Errorf("%s: start: %v, want ErrLeaseLost", user, err)
+		}
+		want := "[shard0]"
+		if step == StepFlip {
+			want = "[shard0 shardmap_hold]"
+		}
+		if got := fmt.Sprint(history(t, f.users, user)); got != want {
+			t.Errorf("%s: routing history %s, want %s: written without the lease", user, got, want)
+		}
 	}
 }

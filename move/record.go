@@ -244,8 +244,9 @@ func (m *Mover) acquire(ctx context.Context, id string) (string, error) {
 
 // keepLease renews the lease every third of its TTL until the returned stop
 // is called; stop does not release it (save with end, or release, does).
-// When the lease is found taken by another process, lost (if not nil) is
-// called and renewing ends.
+// When the lease is found taken by another process, or no renewal was
+// confirmed for a whole TTL (Redis unreachable from here: by then another
+// process may hold it), lost (if not nil) is called and renewing ends.
 func (m *Mover) keepLease(ctx context.Context, id, token string, lost func()) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -253,21 +254,36 @@ func (m *Mover) keepLease(ctx context.Context, id, token string, lost func()) (s
 		defer close(done)
 		t := time.NewTicker(m.leaseTTL / 3)
 		defer t.Stop()
+		// The lease lasts at least a TTL from the sending of the last
+		// renewal that succeeded (local monotonic time; Redis's clock sets
+		// the expiry); the first is taken as when the caller set it.
+		confirmed := time.Now()
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
+				sent := time.Now()
 				rctx, rcancel := context.WithTimeout(ctx, m.leaseTTL/3)
 				n, err := renewScript.Run(rctx, m.rdb, []string{m.ownerKey(id)}, token, m.leaseTTL.Milliseconds()).Int()
 				rcancel()
-				if err == nil && n == 0 {
+				switch {
+				case err == nil && n == 1:
+					confirmed = sent
+					continue
+				case err == nil:
 					m.log.Warn("move lease lost", "move", id)
-					if lost != nil {
-						lost()
-					}
+				case ctx.Err() != nil:
 					return
+				case time.Since(confirmed) < m.leaseTTL:
+					continue
+				default:
+					m.log.Warn("move lease not renewed for its TTL: taken as lost", "move", id, "err", err)
 				}
+				if lost != nil {
+					lost()
+				}
+				return
 			}
 		}
 	}()

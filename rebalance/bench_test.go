@@ -10,3 +10,14 @@ func BenchmarkPropose20kMovesOf200kUsers(b *testing.B) {
 		}
 	}
 }
+
+// 500,000 moves among 1M users on one of two shards: 146 s before moved
+// candidates were skipped in constant time, 0.84 s after (2-core box).
+func BenchmarkProposeHalfOf1MUsers(b *testing.B) {
+	in := Input{Measure: ByUsers, Shards: up("s0", "s1"), Subjects: users("u", "s0", 1000000), MaxMoves: 500000}
+	for b.Loop() {
+		if _, err := Propose(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -122,6 +122,44 @@ type shardState struct {
 	ShardFigure
 	cands  []int     // subject indexes on it at the start, by (weight, name)
 	weight []float64 // weights of cands, same order
+	// next and prev skip the candidates already moved (disjoint sets with
+	// path halving): next[k] leads to the first free candidate >= k
+	// (len(cands) if none), prev[k+1] to the last free one <= k, plus one
+	// (0 if none). So each pick costs about a binary search, however many
+	// of the shard's subjects have moved.
+	next, prev []int
+	probes     *int // counts the candidates looked at, when not nil
+}
+
+// take marks candidate k moved.
+func (st *shardState) take(k int) {
+	st.next[k] = k + 1
+	st.prev[k+1] = k
+}
+
+// firstFree returns the first free candidate >= k, or len(cands).
+func (st *shardState) firstFree(k int) int {
+	for st.next[k] != k {
+		st.next[k] = st.next[st.next[k]]
+		k = st.next[k]
+		if st.probes != nil {
+			*st.probes++
+		}
+	}
+	return k
+}
+
+// lastFree returns the last free candidate <= k, or -1.
+func (st *shardState) lastFree(k int) int {
+	i := k + 1
+	for st.prev[i] != i {
+		st.prev[i] = st.prev[st.prev[i]]
+		i = st.prev[i]
+		if st.probes != nil {
+			*st.probes++
+		}
+	}
+	return i - 1
 }
 
 // Propose plans the moves that even out in's shards. It is deterministic:
@@ -129,6 +167,12 @@ type shardState struct {
 // ErrInput) names a bad input: a duplicate or empty shard or subject name, a
 // Load that is negative, NaN or infinite, an unknown Measure or MaxMoves < 1.
 func Propose(in Input) (Plan, error) {
+	return proposeCounting(in, nil)
+}
+
+// proposeCounting is Propose; when probes is not nil it counts the candidates
+// pick looked at (tests bound the search's cost with it).
+func proposeCounting(in Input, probes *int) (Plan, error) {
 	if in.Measure != ByUsers && in.Measure != ByLoad {
 		return Plan{}, fmt.Errorf("%w: measure %q: want %s or %s", ErrInput, in.Measure, ByUsers, ByLoad)
 	}
@@ -189,6 +233,12 @@ func Propose(in Input) (Plan, error) {
 		for k := range st.weight {
 			st.weight[k] = w
 		}
+		st.next = make([]int, len(st.cands)+1)
+		st.prev = make([]int, len(st.cands)+1)
+		for k := range st.next {
+			st.next[k], st.prev[k] = k, k
+		}
+		st.probes = probes
 		st.After, st.SubjectsAfter = st.Before, st.SubjectsBefore
 	}
 
@@ -196,17 +246,17 @@ func Propose(in Input) (Plan, error) {
 	for _, st := range shards {
 		if st.Up {
 			up = append(up, st)
-			plan.Mean += st.Before
 		}
 	}
-	if len(up) > 0 {
-		plan.Mean /= float64(len(up))
+	for _, st := range up {
+		// Each term divided first: finite loads whose sum is not still
+		// have a finite mean.
+		plan.Mean += st.Before / float64(len(up))
 	}
 	plan.MaxDeviationBefore = maxDeviation(up, plan.Mean)
 
-	moved := make([]bool, len(subjects))
 	for {
-		m, ok := bestMove(up, moved)
+		m, ok := bestMove(up)
 		if !ok {
 			break
 		}
@@ -214,7 +264,7 @@ func Propose(in Input) (Plan, error) {
 			plan.Stopped = StopMaxMoves
 			break
 		}
-		moved[m.idx] = true
+		m.from.take(m.k)
 		m.from.After -= m.w
 		m.from.SubjectsAfter--
 		m.to.After += m.w
@@ -229,7 +279,7 @@ func Propose(in Input) (Plan, error) {
 }
 
 type step struct {
-	idx      int
+	idx, k   int
 	w        float64
 	from, to *shardState
 }
@@ -237,7 +287,7 @@ type step struct {
 // bestMove finds the next move: sources from the highest figure down,
 // destinations from the lowest up (ties by name), the first pair with a
 // subject whose move lowers the sum of squared deviations.
-func bestMove(up []*shardState, moved []bool) (step, bool) {
+func bestMove(up []*shardState) (step, bool) {
 	src := slices.Clone(up)
 	sort.SliceStable(src, func(i, j int) bool {
 		if src[i].After != src[j].After {
@@ -258,8 +308,8 @@ func bestMove(up []*shardState, moved []bool) (step, bool) {
 			if !(gap > 0) {
 				break // every later destination is at least as high
 			}
-			if k, ok := pick(from, moved, gap); ok {
-				return step{idx: from.cands[k], w: from.weight[k], from: from, to: to}, true
+			if k, ok := pick(from, gap); ok {
+				return step{idx: from.cands[k], k: k, w: from.weight[k], from: from, to: to}, true
 			}
 		}
 	}
@@ -268,39 +318,23 @@ func bestMove(up []*shardState, moved []bool) (step, bool) {
 
 // pick returns the candidate of src not yet moved whose weight is nearest
 // gap/2 among those with 0 < weight < gap (less a rounding margin); among
-// equal weights, the first name. Its cost is bounded by the subjects
-// already moved, not by the subjects on the shard.
-func pick(src *shardState, moved []bool, gap float64) (int, bool) {
+// equal weights, the first name. Moved candidates are skipped in amortised
+// constant time (firstFree, lastFree), so its cost is about a binary search.
+func pick(src *shardState, gap float64) (int, bool) {
 	limit := gap - 1e-9*math.Max(1, gap)
 	half := gap / 2
 	w := src.weight
-	free := func(k int) bool { return !moved[src.cands[k]] }
 	valid := func(k int) bool { return w[k] > 0 && w[k] < limit }
 	best, bestDist := -1, math.Inf(1)
+	mid := sort.SearchFloat64s(w, half)
 	// At or above half: the first free candidate from the first weight >= half.
-	for k := sort.SearchFloat64s(w, half); k < len(w); k++ {
-		if free(k) {
-			if valid(k) {
-				best, bestDist = k, w[k]-half
-			}
-			break
-		}
+	if k := src.firstFree(mid); k < len(w) && valid(k) {
+		best, bestDist = k, w[k]-half
 	}
 	// Below half: the highest free weight, then the first free candidate of
 	// that weight.
-	for k := sort.SearchFloat64s(w, half) - 1; k >= 0; k-- {
-		if !free(k) {
-			continue
-		}
-		if valid(k) && half-w[k] < bestDist {
-			for j := sort.SearchFloat64s(w, w[k]); j <= k; j++ {
-				if free(j) {
-					best = j
-					break
-				}
-			}
-		}
-		break
+	if k := src.lastFree(mid - 1); k >= 0 && valid(k) && half-w[k] < bestDist {
+		best = src.firstFree(sort.SearchFloat64s(w, w[k]))
 	}
 	return best, best >= 0
 }

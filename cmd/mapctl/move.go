@@ -173,6 +173,22 @@ func (a *app) move(cmd *cobra.Command, user string, o moveOpts) error {
 		if err != nil {
 			return moveErr(err)
 		}
+		st := a.store
+		if mv.Kind == move.KindLogical {
+			st = a.logical
+		}
+		cur, ok, err := st.Get(ctx, mv.Subject)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			cur = ""
+		}
+		if cur != mv.Route { // someone else routed it since the move started
+			fmt.Fprintf(out, "aborted: %s %s left routed to %s (someone else set it; the move did not roll it back to %s)\n",
+				mv.Kind, mv.Subject, routeName(cur), routeName(mv.Route))
+			return nil
+		}
 		fmt.Fprintf(out, "aborted: %s %s routed to %s again\n", mv.Kind, mv.Subject, routeName(mv.Route))
 		return nil
 	case o.resume != "":
@@ -298,7 +314,7 @@ func (a *app) moveFile(ctx context.Context, cmd *cobra.Command, o moveOpts) erro
 	m := a.mover(errOut, nil)
 	jobs := make(chan planLine)
 	var wg sync.WaitGroup
-	failed := 0
+	failed, done := 0, 0
 	for range min(o.parallel, max(len(plan), 1)) {
 		wg.Add(1)
 		go func() {
@@ -319,6 +335,7 @@ func (a *app) moveFile(ctx context.Context, cmd *cobra.Command, o moveOpts) erro
 					failed++
 					fmt.Fprintf(out, "%s %s %s failed at %s: %v\n", mv.ID, subject, p.to, mv.Step, err)
 				default:
+					done++
 					fmt.Fprintf(out, "%s %s %s done\n", mv.ID, subject, p.to)
 				}
 				if bar != nil {
@@ -339,7 +356,12 @@ func (a *app) moveFile(ctx context.Context, cmd *cobra.Command, o moveOpts) erro
 	}
 	close(jobs)
 	wg.Wait()
-	fmt.Fprintf(out, "summary: %d moves, %d done, %d failed\n", len(plan), len(plan)-failed, failed)
+	// Moves an interrupt kept from starting are neither done nor failed.
+	if notStarted := len(plan) - done - failed; notStarted > 0 {
+		fmt.Fprintf(out, "summary: %d moves, %d done, %d failed, %d not started\n", len(plan), done, failed, notStarted)
+	} else {
+		fmt.Fprintf(out, "summary: %d moves, %d done, %d failed\n", len(plan), done, failed)
+	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("move --from-file %s: interrupted: %w", o.fromFile, err)
 	}
