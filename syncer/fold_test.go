@@ -174,3 +174,44 @@ func TestDeltaFoldInBackground(t *testing.T) {
 		t.Fatalf("target at seq %d (state %d), delta keys %d", tg.seq, s.state.seq, len(tg.deltaKeys))
 	}
 }
+
+// A target that fell behind the ring, with the state of the load it
+// reconciled with, catches up with one fold of the whole state, not a full
+// sync (a dump of the live maps and a diff).
+func TestBehindTheRingFolds(t *testing.T) {
+	for _, delta := range []bool{false, true} {
+		t.Run(fmt.Sprint("delta=", delta), func(t *testing.T) {
+			s, st, rt, _ := newLoop(t, users(100, "s1"), nil)
+			if delta {
+				rt.delta = map[string]string{}
+			}
+			ctx := context.Background()
+			if err := s.fullSync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			tg := s.targets[0]
+			swaps, fulls := rt.replaced, s.Status().Targets[0].FullSyncs
+			for i := 0; i < 4100; i++ { // more batches than the ring keeps
+				st.set(fmt.Sprintf("u%d", i%150), fmt.Sprint("s", 2+i%3))
+				_, applied, _ := s.state.position()
+				changes, _, err := st.ReadLog(ctx, applied, 10, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.publish(changes)
+			}
+			if _, ok, _ := s.state.since(tg.seq); ok {
+				t.Fatal("the target is still within the ring's reach")
+			}
+			if err := tg.step(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if tg.needFull || s.Status().Targets[0].FullSyncs != fulls {
+				t.Fatal("behind the ring: a full sync, want a fold")
+			}
+			if rt.replaced != swaps+1 || !equalMaps(routes(rt), stateMap(s)) || tg.seq != s.state.seq {
+				t.Fatalf("after catching up: %d swaps (want 1), target seq %d, state %d", rt.replaced-swaps, tg.seq, s.state.seq)
+			}
+		})
+	}
+}

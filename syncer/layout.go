@@ -227,9 +227,14 @@ type deltaWrite struct {
 // startFold begins swapping the base for the state in the background; bs
 // are the batches in hand, which the swap includes.
 func (t *target) startFold(ctx context.Context, why string, bs []*batch) {
-	last := bs[len(bs)-1]
-	job := &foldJob{done: make(chan struct{}), why: why, bs: bs, written: map[string]deltaWrite{},
-		deltaSeq: last.seq, deltaLogID: last.logID}
+	job := &foldJob{done: make(chan struct{}), why: why, bs: bs, written: map[string]deltaWrite{}}
+	if len(bs) > 0 {
+		job.deltaSeq, job.deltaLogID = bs[len(bs)-1].seq, bs[len(bs)-1].logID
+	} else {
+		// Out of the ring's reach: the swap's position is the state's now
+		// or later, and the delta follows from there.
+		job.deltaSeq, job.deltaLogID, _ = t.s.state.position()
+	}
 	gen := t.gen
 	t.folding = job
 	t.log.Info("fold started in the background", "why", why, "delta_entries", len(t.deltaKeys))
@@ -305,5 +310,30 @@ func (t *target) finishFold(ctx context.Context) error {
 		st.DeltaEntries = len(keep)
 	})
 	t.log.Info("folded into the map in the background", "why", job.why, "delta_entries", folded, "kept", len(keep), "log_id", logID)
+	return nil
+}
+
+// catchUp brings a target that fell behind the ring (the state is of the
+// load it reconciled with, so its live maps are not in doubt) to the state
+// with a fold, which needs no list of what changed: cheaper than the full
+// sync's dump and diff, and what a bulk load that outruns the ring needs. A
+// fold running is waited for first.
+func (t *target) catchUp(ctx context.Context) error {
+	if t.folding != nil {
+		return t.waitFold(ctx)
+	}
+	t.log.Info("state moved out of reach, folding the whole state in", "log_id", t.applied)
+	if t.useDelta && t.rtDelta != nil {
+		t.startFold(ctx, reasonBehind, nil)
+		return nil
+	}
+	seq, logID, err := t.fold(ctx, reasonBehind, t.gen)
+	if err != nil {
+		return err
+	}
+	var n int
+	t.s.state.read(func(v view) { n = v.len() })
+	t.seq, t.applied = seq, logID
+	t.s.updateTarget(t, func(st *TargetStatus) { st.Applied, st.Entries, st.seq = logID, n, seq })
 	return nil
 }

@@ -358,6 +358,17 @@ func (t *target) step(ctx context.Context) error {
 		from = t.folding.deltaSeq
 	}
 	bs, ok, next := s.state.since(from)
+	if !ok && t.gen == s.state.generation() {
+		if err := t.catchUp(context.WithoutCancel(ctx)); errors.Is(err, errReloaded) {
+			t.doubt(s.reloadReason())
+			return nil
+		} else if err != nil {
+			t.doubt(reasonDoubt)
+			return fail(kindHAProxy, err)
+		}
+		s.report(ctx, true)
+		return nil
+	}
 	if !ok {
 		reason := reasonBehind
 		if t.gen != s.state.generation() {
