@@ -120,6 +120,16 @@ func TestDeltaFoldInBackground(t *testing.T) {
 		}
 		return tg.apply(ctx, bs)
 	}
+	for i := 0; i < 19; i++ { // to the delta, one short of DeltaMax
+		st.set(fmt.Sprintf("d%d", i), "s3")
+	}
+	publish()
+	if err := apply(); err != nil {
+		t.Fatal(err)
+	}
+	if len(tg.deltaKeys) != 19 || fake.replaced != swaps {
+		t.Fatalf("19 sets: delta %d keys, %d swaps", len(tg.deltaKeys), fake.replaced-swaps)
+	}
 	gate = make(chan struct{})
 	for i := 0; i < 25; i++ { // past DeltaMax: a fold
 		st.set(fmt.Sprintf("u%d", 100+i), "s4")
@@ -135,12 +145,22 @@ func TestDeltaFoldInBackground(t *testing.T) {
 	st.set("probe", "s7")
 	st.set("u5", "s8")
 	publish()
-	if err := apply(); err != nil {
-		t.Fatal(err)
+	applied := make(chan error, 1)
+	go func() { applied <- apply() }()
+	select {
+	case err := <-applied:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second): // a bound on a failure, not a timing assertion
+		close(gate)
+		t.Fatal("a set made during the fold waited for the fold's swap")
 	}
 	if r := mainRT.routes(); r["probe"] != "s7" || r["u5"] != "s8" {
 		t.Fatalf("changes made during the fold are not live before it ends: probe %q u5 %q", r["probe"], r["u5"])
 	}
+	// The delta's entries from before the fold do not count against
+	// DeltaMax meanwhile (they leave it at the end): 19 + 2 > 20 went in.
 	// A delete waits for the fold: apply returns once it ended.
 	st.del("u6")
 	publish()

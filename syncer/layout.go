@@ -202,7 +202,10 @@ func (t *target) fold(ctx context.Context, why string, gen uint64) (uint64, stri
 //
 // During a fold only sets go to the delta: a delete from the base would be
 // undone by the commit of the version being loaded, so a batch with a
-// delete, or one that would pass DeltaMax, waits for the fold to end.
+// delete waits for the fold to end, as does one that would make more than
+// DeltaMax users written since the fold began (the entries from before it
+// leave the delta at its end, so the delta holds up to twice DeltaMax
+// meanwhile).
 type foldJob struct {
 	done chan struct{}
 	// Set by the goroutine before done is closed.

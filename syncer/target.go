@@ -489,9 +489,15 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 	seq, logID := last.seq, last.logID
 	if job := t.folding; job != nil {
 		// A fold runs (layout.go): sets go to the delta now; a delete, or
-		// a delta past DeltaMax, waits for the fold, and the loop then
-		// comes back from the new position.
-		if slices.ContainsFunc(edits, func(e edit) bool { return e.shard == "" }) || len(t.deltaKeys)+adds > s.cfg.DeltaMax {
+		// more than DeltaMax users written since the fold began, waits for
+		// the fold, and the loop then comes back from the new position.
+		fresh := 0
+		for _, e := range edits {
+			if _, ok := job.written[e.user]; !ok {
+				fresh++
+			}
+		}
+		if slices.ContainsFunc(edits, func(e edit) bool { return e.shard == "" }) || len(job.written)+fresh > s.cfg.DeltaMax {
 			return t.waitFold(ctx)
 		}
 		if err := t.send(ctx, edits); err != nil {
