@@ -257,3 +257,19 @@ func TestBulkImportOrderedWithConcurrentWrites(t *testing.T) {
 		}
 	}
 }
+
+// The log is capped at about MAXLEN changes, not MAXLEN bulk entries of up
+// to BulkMaxChanges each.
+func TestBulkLogTrimmedByChanges(t *testing.T) {
+	s, r := newTestStore(t)
+	s.maxLen = 5000
+	ctx := context.Background()
+	if _, err := s.Import(ctx, bulkAs("u", 20*400), 20, nil); err != nil { // 400 entries of 20
+		t.Fatal(err)
+	}
+	// 5000 changes in entries of 20: about 250 entries (MAXLEN ~ trims
+	// whole stream nodes of 100 entries).
+	if n := r.Client(t).XLen(ctx, s.LogKey()).Val(); n < 250 || n > 350 {
+		t.Fatalf("log holds %d entries of 20 changes with MAXLEN 5000, want about 250", n)
+	}
+}

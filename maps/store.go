@@ -163,6 +163,18 @@ local function entries(us, ss)
   end
   return out
 end
+-- trim caps the log after a call that logged changes in entries: at
+-- MAXLEN entries of one change each, and at MAXLEN / (changes per entry),
+-- at least 100 entries, when they were bulk entries: the log then holds
+-- about MAXLEN changes, and its memory stays near that of MAXLEN single
+-- entries rather than growing a thousandfold.
+local function trim(changes, entries)
+  local keep = tonumber(ARGV[1])
+  if changes > entries then
+    keep = math.max(100, math.floor(keep * entries / changes))
+  end
+  redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', keep)
+end
 -- appendLog adds the entries (tables of fields) to the log; it returns
 -- their IDs, or nil and the error with every entry it added deleted.
 local function appendLog(es)
@@ -200,7 +212,7 @@ local function commit(us, ss)
   end
   flush()
   if #ids == 0 then return lastid() end
-  redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[1])
+  trim(#us, #ids)
   return ids[#ids]
 end
 local function failed(err)
@@ -244,7 +256,7 @@ for i = 3 + 3 * m, #ARGV, 2000 do
   redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 1999, #ARGV)))
 end
 if #ids == 0 then return lastid() end
-redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[1])
+trim((#ARGV - 2 - 3 * m) / 2, #ids)
 return ids[#ids]
 `)
 
