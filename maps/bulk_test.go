@@ -273,3 +273,32 @@ func TestBulkLogTrimmedByChanges(t *testing.T) {
 		t.Fatalf("log holds %d entries of 20 changes with MAXLEN 5000, want about 250", n)
 	}
 }
+
+// ReadLog of a few changes from a log of bulk entries reads a few entries,
+// not a page of a thousand (megabytes to return one).
+func TestReadLogDoesNotOverreadBulk(t *testing.T) {
+	s, r := newTestStore(t)
+	ctx := context.Background()
+	if _, err := s.Import(ctx, bulkAs("u", 100_000), 1000, nil); err != nil { // 100 entries of ~11 KB
+		t.Fatal(err)
+	}
+	rdb := r.Client(t)
+	out := func() int64 {
+		info := rdb.Info(ctx, "stats").Val()
+		var n int64
+		for _, l := range strings.Split(info, "\r\n") {
+			if v, ok := strings.CutPrefix(l, "total_net_output_bytes:"); ok {
+				fmt.Sscan(v, &n)
+			}
+		}
+		return n
+	}
+	before := out()
+	changes, _, err := s.ReadLog(ctx, ZeroID, 10, -1)
+	if err != nil || len(changes) != 1000 {
+		t.Fatalf("read: %d changes, %v; want the first entry whole", len(changes), err)
+	}
+	if sent := out() - before; sent > 400_000 {
+		t.Fatalf("Redis sent %d bytes for one entry of ~11 KB", sent)
+	}
+}

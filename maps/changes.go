@@ -44,8 +44,12 @@ const (
 // OpBulk is the op field of a bulk entry; it is never a Change's Op.
 const OpBulk Op = "bulk"
 
-// readPage is the most entries one XREAD or XRANGE of the log asks for.
-const readPage = 1000
+// readPage is the most entries one XREAD or XRANGE of the log asks for;
+// firstPage is what ReadLog asks for first.
+const (
+	readPage  = 1000
+	firstPage = 16
+)
 
 // MaxRecent bounds RecentChanges' n: the call is for a status page, not
 // for reading the log (use ReadLog).
@@ -62,7 +66,10 @@ const MaxRecent = 1000
 // after the last change's ID.
 func (s *Store) ReadLog(ctx context.Context, after string, count int64, block time.Duration) (changes []Change, bad []BadEntry, err error) {
 	count = max(count, 1)
-	page := min(count, readPage)
+	// A first page of a few entries: one bulk entry may hold a thousand
+	// changes, and reading a page of them to return a few would transfer
+	// megabytes for nothing. The next pages are sized on what came.
+	page := min(count, firstPage)
 	streams, err := s.rdb.XRead(ctx, &redis.XReadArgs{
 		Streams: []string{s.LogKey(), after},
 		Count:   page,

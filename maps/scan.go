@@ -33,8 +33,8 @@ func (s *Store) ScanPage(ctx context.Context, cursor uint64, count int64) (page 
 func (s *Store) UsersChangedAfter(ctx context.Context, after, upto string, limit int64) (map[string]bool, error) {
 	users := map[string]bool{}
 	var n int64
+	page := min(limit+1, firstPage) // sized on what came, as in ReadLog
 	for from := "(" + after; ; {
-		page := min(limit+1-n, readPage)
 		msgs, err := s.rdb.XRangeN(ctx, s.LogKey(), from, upto, page).Result()
 		if err != nil {
 			return nil, fmt.Errorf("redis read %s from %s to %s: %w", s.LogKey(), after, upto, err)
@@ -52,6 +52,8 @@ func (s *Store) UsersChangedAfter(ctx context.Context, after, upto string, limit
 		if int64(len(msgs)) < page {
 			return users, nil
 		}
+		per := max(1, (len(changes)+len(msgs)-1)/len(msgs))
+		page = min(readPage, max(1, (limit+1-n)/int64(per)))
 		from = "(" + msgs[len(msgs)-1].ID
 	}
 }
