@@ -274,8 +274,8 @@ func TestBulkLogTrimmedByChanges(t *testing.T) {
 	}
 }
 
-// ReadLog of a few changes from a log of bulk entries reads a few entries,
-// not a page of a thousand (megabytes to return one).
+// ReadLog of 10,000 changes (the syncer's batch) from a log of bulk entries
+// reads about the entries it returns, not a page of a thousand.
 func TestReadLogDoesNotOverreadBulk(t *testing.T) {
 	s, r := newTestStore(t)
 	ctx := context.Background()
@@ -294,11 +294,11 @@ func TestReadLogDoesNotOverreadBulk(t *testing.T) {
 		return n
 	}
 	before := out()
-	changes, _, err := s.ReadLog(ctx, ZeroID, 10, -1)
-	if err != nil || len(changes) != 1000 {
-		t.Fatalf("read: %d changes, %v; want the first entry whole", len(changes), err)
+	changes, _, err := s.ReadLog(ctx, ZeroID, 10_000, -1)
+	if err != nil || len(changes) != 10_000 {
+		t.Fatalf("read: %d changes, %v; want 10 entries whole", len(changes), err)
 	}
 	if sent := out() - before; sent > 400_000 {
-		t.Fatalf("Redis sent %d bytes for one entry of ~11 KB", sent)
+		t.Fatalf("Redis sent %d bytes for 10 entries of ~11 KB", sent)
 	}
 }
