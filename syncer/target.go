@@ -189,6 +189,9 @@ func (t *target) fullSync(ctx context.Context) error {
 	// A connection kept across a reload still talks to the old process (and
 	// keeps it alive): updates sent on it would never reach the new one.
 	t.rt.Close()
+	if t.rtDelta != nil {
+		t.rtDelta.Close()
+	}
 	info, err := t.rt.Info(ctx)
 	if err != nil {
 		return fail(kindHAProxy, err)
