@@ -26,22 +26,34 @@ func (s *Store) ScanPage(ctx context.Context, cursor uint64, count int64) (page 
 	return page, bad, next, nil
 }
 
-// UsersChangedAfter returns the users named by change-log entries after the
-// ID after, up to and including upto (at most limit entries; more is an
-// error, as the caller then cannot tell what changed).
+// UsersChangedAfter returns the users named by the changes of the
+// change-log entries after the ID after, up to and including upto (a bulk
+// entry names each user it sets). More than limit changes is an error, as
+// the caller then cannot tell what changed.
 func (s *Store) UsersChangedAfter(ctx context.Context, after, upto string, limit int64) (map[string]bool, error) {
-	msgs, err := s.rdb.XRangeN(ctx, s.LogKey(), "("+after, upto, limit+1).Result()
-	if err != nil {
-		return nil, fmt.Errorf("redis read %s from %s to %s: %w", s.LogKey(), after, upto, err)
-	}
-	if int64(len(msgs)) > limit {
-		return nil, fmt.Errorf("redis read %s from %s to %s: more than %d entries", s.LogKey(), after, upto, limit)
-	}
-	users := make(map[string]bool, len(msgs))
-	for _, m := range msgs {
-		if u, ok := m.Values["user"].(string); ok {
-			users[u] = true
+	users := map[string]bool{}
+	var n int64
+	page := min(limit+1, firstPage) // sized on what came, as in ReadLog
+	for from := "(" + after; ; {
+		msgs, err := s.rdb.XRangeN(ctx, s.LogKey(), from, upto, page).Result()
+		if err != nil {
+			return nil, fmt.Errorf("redis read %s from %s to %s: %w", s.LogKey(), after, upto, err)
 		}
+		changes, _ := parseChanges(msgs, nil, nil)
+		n += int64(len(changes))
+		if n > limit {
+			return nil, fmt.Errorf("redis read %s from %s to %s: more than %d changes", s.LogKey(), after, upto, limit)
+		}
+		for _, c := range changes {
+			if c.User != "" {
+				users[c.User] = true
+			}
+		}
+		if int64(len(msgs)) < page {
+			return users, nil
+		}
+		per := max(1, (len(changes)+len(msgs)-1)/len(msgs))
+		page = min(readPage, max(1, (limit+1-n)/int64(per)))
+		from = "(" + msgs[len(msgs)-1].ID
 	}
-	return users, nil
 }

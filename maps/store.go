@@ -88,7 +88,8 @@ func (s *Store) ShardsKey() string  { return s.prefix + ":shards" }
 // Every script starts with "#!lua", so Redis refuses it whole, before its
 // first command, when over maxmemory (noeviction), rather than failing a
 // write in the middle. ARGV[1] is always the log's MAXLEN.
-const prologue = `#!lua
+var prologue = `#!lua
+local BULK_MIN, BULK_MAX, BULK_BYTES = ` + strconv.Itoa(BulkMin) + `, ` + strconv.Itoa(BulkMaxChanges) + `, ` + strconv.Itoa(BulkMaxBytes) + `
 local ut = redis.call('TYPE', KEYS[1])['ok']
 local lt = redis.call('TYPE', KEYS[2])['ok']
 if (ut ~= 'none' and ut ~= 'hash') or (lt ~= 'none' and lt ~= 'stream') then
@@ -117,17 +118,69 @@ local function lastid()
   if #r > 0 then return r[1][1] end
   return '0-0'
 end
--- commit writes {user, shard} (shard false: delete) to the log, then the
--- hash; it returns the last new ID, or nil and the error with nothing written.
-local function commit(writes)
-  local ids = {}
-  for _, w in ipairs(writes) do
-    local r
-    if w[2] then
-      r = redis.pcall('XADD', KEYS[2], '*', 'op', 'set', 'user', w[1], 'shard', w[2])
-    else
-      r = redis.pcall('XADD', KEYS[2], '*', 'op', 'del', 'user', w[1])
+-- commit writes the changes us[i] -> ss[i] (ss[i] false: delete) to the
+-- log, then the hash; it returns the last new ID, or nil and the error with
+-- nothing written. A call of at least BULK_MIN changes, all sets, logs them
+-- as bulk entries (see changes.go): up to BULK_MAX sets and BULK_BYTES of
+-- lines plus one line each.
+local function entries(us, ss)
+  local out, bulk = {}, #us >= BULK_MIN
+  for i = 1, #us do
+    if not ss[i] then bulk = false; break end
+  end
+  if not bulk then
+    for i = 1, #us do
+      if ss[i] then
+        out[#out + 1] = {'op', 'set', 'user', us[i], 'shard', ss[i]}
+      else
+        out[#out + 1] = {'op', 'del', 'user', us[i]}
+      end
     end
+    return out
+  end
+  local i = 1
+  while i <= #us do
+    -- parts: user, ' ', index, '\n', ... joined once (no string per line).
+    local index, names, parts, n, size = {}, {}, {}, 0, 0
+    while i <= #us and n < BULK_MAX and size < BULK_BYTES do
+      local u, s = us[i], ss[i]
+      local k = index[s]
+      if not k then
+        names[#names + 1] = s
+        k = tostring(#names - 1)
+        index[s] = k
+      end
+      local p = #parts
+      parts[p + 1] = u
+      parts[p + 2] = ' '
+      parts[p + 3] = k
+      parts[p + 4] = '\n'
+      n = n + 1
+      size = size + #u + 2 + #k
+      i = i + 1
+    end
+    out[#out + 1] = {'op', 'bulk', 'n', tostring(n), 'shards', table.concat(names, ' '), 'sets', table.concat(parts, '', 1, #parts - 1)}
+  end
+  return out
+end
+-- trim caps the log after a call that logged changes in entries: at
+-- MAXLEN entries of one change each, and at MAXLEN / (changes per entry),
+-- at least 100 entries, when they were bulk entries: the log then holds
+-- about MAXLEN changes, and its memory stays near that of MAXLEN single
+-- entries rather than growing a thousandfold.
+local function trim(changes, entries)
+  local keep = tonumber(ARGV[1])
+  if changes > entries then
+    keep = math.max(100, math.floor(keep * entries / changes))
+  end
+  redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', keep)
+end
+-- appendLog adds the entries (tables of fields) to the log; it returns
+-- their IDs, or nil and the error with every entry it added deleted.
+local function appendLog(es)
+  local ids = {}
+  for _, e in ipairs(es) do
+    local r = redis.pcall('XADD', KEYS[2], '*', unpack(e))
     if type(r) == 'table' and r.err then
       for j = 1, #ids, 1000 do
         redis.call('XDEL', KEYS[2], unpack(ids, j, math.min(j + 999, #ids)))
@@ -137,6 +190,11 @@ local function commit(writes)
     end
     ids[#ids + 1] = r
   end
+  return ids
+end
+local function commit(us, ss)
+  local ids, err = appendLog(entries(us, ss))
+  if not ids then return nil, err end
   -- In order, runs of sets as one HSET and of deletes as one HDEL (at
   -- most 500 users a call).
   local run, runSet = {}, true
@@ -145,16 +203,16 @@ local function commit(writes)
     if runSet then redis.call('HSET', KEYS[1], unpack(run)) else redis.call('HDEL', KEYS[1], unpack(run)) end
     run = {}
   end
-  for _, w in ipairs(writes) do
-    local isSet = w[2] and true or false
+  for i = 1, #us do
+    local isSet = ss[i] and true or false
     if isSet ~= runSet or #run >= 1000 then flush() end
     runSet = isSet
-    run[#run + 1] = w[1]
-    if isSet then run[#run + 1] = w[2] end
+    run[#run + 1] = us[i]
+    if isSet then run[#run + 1] = ss[i] end
   end
   flush()
   if #ids == 0 then return lastid() end
-  redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[1])
+  trim(#us, #ids)
   return ids[#ids]
 end
 local function failed(err)
@@ -166,24 +224,46 @@ end
 // change; it returns the ID of the last change, or the stream's last ID when
 // nothing changed, so a caller can always wait for that ID.
 var setScript = redis.NewScript(prologue + `
-local writes = {}
+local us, ss = {}, {}
 prefetch()
 for i = 2, #ARGV, 2 do
   local u, s = ARGV[i], ARGV[i+1]
   if get(u) ~= s then
     cur[u] = s
-    writes[#writes + 1] = {u, s}
+    us[#us + 1] = u
+    ss[#ss + 1] = s
   end
 end
-local id, err = commit(writes)
+local id, err = commit(us, ss)
 if not id then return failed(err) end
 return id
+`)
+
+// importScript is Import's script: it sets every pair it is given and
+// logs each one (changed or not: it reads nothing, which halves Redis's
+// work at 1M users), in bulk entries encoded by the caller (encodeBulk) from
+// the same pairs. ARGV[2] is the number m of entries, ARGV[3..2+3m] their
+// n, shards and sets, and the rest the pairs, user then shard, in order.
+var importScript = redis.NewScript(prologue + `
+local m = tonumber(ARGV[2])
+local es = {}
+for j = 0, m - 1 do
+  es[#es + 1] = {'op', 'bulk', 'n', ARGV[3 + 3 * j], 'shards', ARGV[4 + 3 * j], 'sets', ARGV[5 + 3 * j]}
+end
+local ids, err = appendLog(es)
+if not ids then return failed(err) end
+for i = 3 + 3 * m, #ARGV, 2000 do
+  redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 1999, #ARGV)))
+end
+if #ids == 0 then return lastid() end
+trim((#ARGV - 2 - 3 * m) / 2, #ids)
+return ids[#ids]
 `)
 
 // delScript removes ARGV[2] and logs it; it returns {removed, id}.
 var delScript = redis.NewScript(prologue + `
 if not get(ARGV[2]) then return {0, lastid()} end
-local id, err = commit({{ARGV[2], false}})
+local id, err = commit({ARGV[2]}, {false})
 if not id then return failed(err) end
 return {1, id}
 `)
@@ -194,14 +274,15 @@ return {1, id}
 // pairs it wrote, how many Redis already had, and each user it left alone
 // because Redis has another shard for it.
 var fillScript = redis.NewScript(prologue + `
-local writes, same, res = {}, 0, {}
+local us, ss, same, res = {}, {}, 0, {}
 prefetch()
 for i = 2, #ARGV, 2 do
   local u, s = ARGV[i], ARGV[i+1]
   local have = get(u)
   if not have then
     cur[u] = s
-    writes[#writes + 1] = {u, s}
+    us[#us + 1] = u
+    ss[#ss + 1] = s
   elseif have == s then
     same = same + 1
   else
@@ -209,9 +290,9 @@ for i = 2, #ARGV, 2 do
     res[#res + 1] = have
   end
 end
-local id, err = commit(writes)
+local id, err = commit(us, ss)
 if not id then return failed(err) end
-local out = {id, #writes, same}
+local out = {id, #us, same}
 for _, v in ipairs(res) do out[#out + 1] = v end
 return out
 `)
@@ -410,63 +491,6 @@ func (s *Store) LogHas(ctx context.Context, id string) (bool, error) {
 	return len(msgs) == 1, nil
 }
 
-// ReadLog returns up to count changes after id, waiting up to block for the
-// first one (block < 0: no wait); none and no error when the wait ran out.
-// An entry that fails validation is reported in bad, and is also returned
-// in changes as a Change with only its ID set (Op empty), so the reader can
-// move past it: a caller must apply only changes whose Op is OpSet or OpDel.
-func (s *Store) ReadLog(ctx context.Context, after string, count int64, block time.Duration) (changes []Change, bad []BadEntry, err error) {
-	streams, err := s.rdb.XRead(ctx, &redis.XReadArgs{
-		Streams: []string{s.LogKey(), after},
-		Count:   count,
-		Block:   block,
-	}).Result()
-	if errors.Is(err, redis.Nil) {
-		return nil, nil, nil
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("redis read %s after %s: %w", s.LogKey(), after, err)
-	}
-	for _, st := range streams {
-		changes, bad = parseChanges(st.Messages, changes, bad)
-	}
-	return changes, bad, nil
-}
-
-// parseChanges appends msgs to changes as log entries; an entry that fails
-// validation goes to bad and keeps only its ID in changes, so that a reader
-// moves past it.
-func parseChanges(msgs []redis.XMessage, changes []Change, bad []BadEntry) ([]Change, []BadEntry) {
-	for _, m := range msgs {
-		c, err := parseChange(m)
-		if err != nil {
-			bad = append(bad, BadEntry{User: c.User, Err: fmt.Errorf("log entry %s: %w", m.ID, err)})
-			changes = append(changes, Change{ID: m.ID})
-			continue
-		}
-		changes = append(changes, c)
-	}
-	return changes, bad
-}
-
-func parseChange(m redis.XMessage) (Change, error) {
-	str := func(k string) string { v, _ := m.Values[k].(string); return v }
-	c := Change{ID: m.ID, Op: Op(str("op")), User: str("user"), Shard: str("shard")}
-	switch c.Op {
-	case OpSet:
-		if err := (Assignment{c.User, c.Shard}).Validate(); err != nil {
-			return c, err
-		}
-	case OpDel:
-		if err := ValidateUser(c.User); err != nil {
-			return c, err
-		}
-	default:
-		return c, fmt.Errorf("%w: unknown op %q", ErrInvalid, c.Op)
-	}
-	return c, nil
-}
-
 // CompareIDs orders two change-log IDs ("ms-seq"): -1, 0 or 1.
 func CompareIDs(a, b string) int {
 	am, as := splitID(a)
@@ -559,12 +583,8 @@ func (s *Store) batches(ctx context.Context, what string, script *redis.Script, 
 		var sizes []int
 		for t := 0; t < perTrip && next < len(as); t++ {
 			hi := min(next+batch, len(as))
-			args := make([]any, 0, 1+2*(hi-next))
-			args = append(args, s.maxLen)
-			for _, a := range as[next:hi] {
-				args = append(args, a.User, a.Shard)
-			}
-			cmds = append(cmds, script.Eval(ctx, pipe, keys, args...))
+			sc, args := s.scriptArgs(script, as[next:hi])
+			cmds = append(cmds, sc.Eval(ctx, pipe, keys, args...))
 			sizes = append(sizes, hi-next)
 			next = hi
 		}
@@ -598,14 +618,45 @@ func (s *Store) batches(ctx context.Context, what string, script *redis.Script, 
 	return done, nil
 }
 
+// scriptArgs is the script and arguments for one batch: script's, or,
+// for an import batch of at least BulkMin pairs, importScript's.
+func (s *Store) scriptArgs(script *redis.Script, as []Assignment) (*redis.Script, []any) {
+	if script == importScript && len(as) >= BulkMin {
+		es := encodeBulk(as)
+		args := make([]any, 0, 2+3*len(es)+2*len(as))
+		args = append(args, s.maxLen, len(es))
+		for _, e := range es {
+			args = append(args, e.n, e.shards, e.sets)
+		}
+		for _, a := range as {
+			args = append(args, a.User, a.Shard)
+		}
+		return importScript, args
+	}
+	if script == importScript {
+		script = setScript
+	}
+	args := make([]any, 0, 1+2*len(as))
+	args = append(args, s.maxLen)
+	for _, a := range as {
+		args = append(args, a.User, a.Shard)
+	}
+	return script, args
+}
+
 // Import assigns every pair in batches of batch pairs (500 when <= 0),
 // several batches per round trip, and calls progress with the count done so
 // far. Every pair is validated first. Each batch is atomic; a failure
 // returns a *BatchError with the exact count written. It returns the
-// change-log ID to wait for.
+// change-log ID to wait for. A batch of BulkMin pairs or more is logged as
+// bulk entries (see BulkMin) holding every pair of the batch, changed or
+// not: Import reads nothing, so a re-import logs what it rewrites (readers
+// apply final values, so that is harmless). A smaller batch logs only the
+// pairs that change, one entry each, as SetMany does. A user given twice
+// ends with its last shard.
 func (s *Store) Import(ctx context.Context, as []Assignment, batch int, progress func(done int)) (string, error) {
 	last := ZeroID
-	_, err := s.batches(ctx, "import", setScript, as, batch, progress, func(_ int, c *redis.Cmd) {
+	_, err := s.batches(ctx, "import", importScript, as, batch, progress, func(_ int, c *redis.Cmd) {
 		if id, err := c.Text(); err == nil && CompareIDs(id, last) > 0 {
 			last = id
 		}

@@ -60,7 +60,9 @@ func TestStoreNothingWrittenWhenLogAppendFails(t *testing.T) {
 			for i := 0; i < 1200; i++ {
 				as = append(as, Assignment{fmt.Sprintf("imp%d", i), "shard1"})
 			}
-			_, err := s.Import(ctx, as, 500, nil)
+			// One batch of two bulk entries (BulkMaxChanges and 200): the
+			// first takes the last ID, the second fails, the first is undone.
+			_, err := s.Import(ctx, as, 1200, nil)
 			var be *BatchError
 			if !errors.As(err, &be) || be.Done != 0 {
 				return fmt.Errorf("want a BatchError with 0 done, got %v", err)

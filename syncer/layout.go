@@ -2,9 +2,11 @@ package syncer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	shardmaps "github.com/shardmap/shardmap/maps"
 	"github.com/shardmap/shardmap/runtime"
@@ -183,4 +185,158 @@ func (t *target) fold(ctx context.Context, why string, gen uint64) (uint64, stri
 	t.s.updateTarget(t, func(st *TargetStatus) { st.Folds++; st.DeltaEntries = 0 })
 	t.log.Info("folded into the map", "why", why, "delta_entries", folded, "log_id", logID)
 	return seq, logID, nil
+}
+
+// A fold in the background. In the delta layout, swapping a 1M base takes
+// about a second; changes made meanwhile must not wait for it. So when a
+// target has a second client (rtDelta), apply starts the swap of the base
+// to the state (on the main client) in a goroutine and goes on: the
+// changes published meanwhile go to the delta map on the second client,
+// live at once. Their values are at least as new as the base's at the
+// swap's position S, so the request path never goes back. Once the base is
+// committed, the delta is swapped for one holding only the users written
+// since the state passed S (the others agree with the new base or are older
+// than it), and the target's position becomes the later of S and the last
+// batch written to the delta. Until then the position reported stays where
+// it was: it is a lower bound of what HAProxy routes.
+//
+// During a fold only sets go to the delta: a delete from the base would be
+// undone by the commit of the version being loaded, so a batch with a
+// delete waits for the fold to end, as does one that would make more than
+// DeltaMax users written since the fold began (the entries from before it
+// leave the delta at its end, so the delta holds up to twice DeltaMax
+// meanwhile).
+type foldJob struct {
+	done chan struct{}
+	// Set by the goroutine before done is closed.
+	seq   uint64
+	logID string
+	err   error
+	// Owned by the target's goroutine.
+	why        string
+	bs         []*batch              // the batches the fold brings live (for the apply latency)
+	written    map[string]deltaWrite // users set in the delta during the fold: their last write
+	deltaSeq   uint64                // the last batch applied to the delta
+	deltaLogID string
+}
+
+// deltaWrite is a user's value set in the delta during a fold, and the
+// batch it came with.
+type deltaWrite struct {
+	seq   uint64
+	shard string
+}
+
+// startFold begins swapping the base for the state in the background; bs
+// are the batches in hand, which the swap includes.
+func (t *target) startFold(ctx context.Context, why string, bs []*batch) {
+	job := &foldJob{done: make(chan struct{}), why: why, bs: bs, written: map[string]deltaWrite{}}
+	if len(bs) > 0 {
+		job.deltaSeq, job.deltaLogID = bs[len(bs)-1].seq, bs[len(bs)-1].logID
+	} else {
+		// Out of the ring's reach: the swap's position is the state's now
+		// or later, and the delta follows from there.
+		job.deltaSeq, job.deltaLogID, _ = t.s.state.position()
+	}
+	gen := t.gen
+	t.folding = job
+	t.log.Info("fold started in the background", "why", why, "delta_entries", len(t.deltaKeys))
+	go func() {
+		defer close(job.done)
+		// Once begun, the swap is carried through or fails whole.
+		job.seq, job.logID, job.err = t.swap(context.WithoutCancel(ctx), gen)
+	}()
+}
+
+// foldDone is closed when the background fold's swap ended (nil: none).
+func (t *target) foldDone() <-chan struct{} {
+	if t.folding == nil {
+		return nil
+	}
+	return t.folding.done
+}
+
+// waitFold waits for the background fold, if any, and finishes it.
+func (t *target) waitFold(ctx context.Context) error {
+	if t.folding == nil {
+		return nil
+	}
+	<-t.folding.done
+	return t.finishFold(ctx)
+}
+
+// finishFold ends a background fold whose swap ended: it swaps the delta
+// for the users written since the swap's position and moves the target's
+// position. A failed swap leaves the live maps in doubt.
+func (t *target) finishFold(ctx context.Context) error {
+	job := t.folding
+	t.folding = nil
+	t.s.cfg.Metrics.swapped(t.addr, job.why, job.err)
+	if errors.Is(job.err, errReloaded) {
+		return job.err
+	}
+	if job.err != nil {
+		return fmt.Errorf("fold: %w", job.err)
+	}
+	seq, logID := job.seq, job.logID
+	keep := map[string]struct{}{}
+	var entries []runtime.Entry
+	if job.deltaSeq > job.seq {
+		// A user last written at or before the swap's position has that
+		// value or a newer one in the base: it leaves the delta.
+		seq, logID = job.deltaSeq, job.deltaLogID
+		for u, w := range job.written {
+			if w.seq > job.seq {
+				keep[u] = struct{}{}
+				entries = append(entries, runtime.Entry{Key: u, Value: w.shard})
+			}
+		}
+	}
+	if !t.leaseValid() {
+		return errLeaseLost
+	}
+	if err := t.rt.Replace(ctx, shardmaps.DeltaPath(t.s.cfg.MapName), entries); err != nil {
+		return fmt.Errorf("fold: swap the delta map: %w", err)
+	}
+	folded := len(t.deltaKeys)
+	t.deltaKeys = keep
+	now := time.Now()
+	for _, b := range job.bs {
+		t.s.cfg.Metrics.appliedAt(t.addr, b.times, now)
+	}
+	var n int
+	t.s.state.read(func(v view) { n = v.len() })
+	t.seq, t.applied = seq, logID
+	t.s.updateTarget(t, func(st *TargetStatus) {
+		st.Folds++
+		st.Applied, st.Entries, st.seq = logID, n, seq
+		st.DeltaEntries = len(keep)
+	})
+	t.log.Info("folded into the map in the background", "why", job.why, "delta_entries", folded, "kept", len(keep), "log_id", logID)
+	return nil
+}
+
+// catchUp brings a target that fell behind the ring (the state is of the
+// load it reconciled with, so its live maps are not in doubt) to the state
+// with a fold, which needs no list of what changed: cheaper than the full
+// sync's dump and diff, and what a bulk load that outruns the ring needs. A
+// fold running is waited for first.
+func (t *target) catchUp(ctx context.Context) error {
+	if t.folding != nil {
+		return t.waitFold(ctx)
+	}
+	t.log.Info("state moved out of reach, folding the whole state in", "log_id", t.applied)
+	if t.useDelta && t.rtDelta != nil {
+		t.startFold(ctx, reasonBehind, nil)
+		return nil
+	}
+	seq, logID, err := t.fold(ctx, reasonBehind, t.gen)
+	if err != nil {
+		return err
+	}
+	var n int
+	t.s.state.read(func(v view) { n = v.len() })
+	t.seq, t.applied = seq, logID
+	t.s.updateTarget(t, func(st *TargetStatus) { st.Applied, st.Entries, st.seq = logID, n, seq })
+	return nil
 }

@@ -223,7 +223,14 @@ func New(cfg Config, store Store, dial Dialer) (*Syncer, error) {
 		if err != nil {
 			return nil, fmt.Errorf("syncer: target %q: %w", addr, err)
 		}
-		s.targets = append(s.targets, newTarget(s, addr, rt))
+		// A second client writes the delta map while a fold swaps the
+		// base on the first (layout.go); a dialer that hands out the same
+		// client twice gets folds that block the delta meanwhile.
+		rtDelta, err := dial(addr)
+		if err != nil {
+			return nil, fmt.Errorf("syncer: target %q: %w", addr, err)
+		}
+		s.targets = append(s.targets, newTarget(s, addr, rt, rtDelta))
 	}
 	s.fileLease.ident = func() (string, error) { return fileIdent(cfg.MapFile) }
 	s.file.init(cfg.MapFile, cfg.FileMode)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -37,6 +38,8 @@ type target struct {
 	hasDelta  bool                // HAProxy has the delta map loaded
 	useDelta  bool                // changes go to the delta map (HAProxy before 2.9)
 	deltaKeys map[string]struct{} // the keys in the live delta map
+	rtDelta   Runtime             // writes the delta during a background fold; nil: folds run inline
+	folding   *foldJob            // the background fold running, nil when none (layout.go)
 	inSync    atomic.Bool         // reconciled at least once (read by the status)
 	lastLive  time.Time           // last drift check of the live map
 	forceLive atomic.Bool
@@ -81,16 +84,21 @@ type TargetStatus struct {
 	DriftLiveTook time.Duration `json:"drift_live_took_ns"`
 }
 
-func newTarget(s *Syncer, addr string, rt Runtime) *target {
+func newTarget(s *Syncer, addr string, rt, rtDelta Runtime) *target {
 	t := &target{s: s, addr: addr, rt: rt, needFull: true, applied: maps.ZeroID, kick: make(chan struct{}, 1)}
 	t.log = s.log.With("target", addr)
 	t.lease.ident = func() (string, error) { return leaseTarget(addr, s.cfg.MapName) }
 	t.status.Address = addr
-	if g, ok := rt.(interface{ SetWriteGuard(func() error) }); ok {
-		// Every map write checks the lease right before it is sent.
-		g.SetWriteGuard(t.writeAllowed)
+	for _, c := range []Runtime{rt, rtDelta} {
+		if g, ok := c.(interface{ SetWriteGuard(func() error) }); ok {
+			// Every map write checks the lease right before it is sent.
+			g.SetWriteGuard(t.writeAllowed)
+		}
 	}
 	t.rt = s.cfg.Metrics.runtime(addr, rt) // counts errors by command and reconnects
+	if rtDelta != nil && rtDelta != rt {
+		t.rtDelta = s.cfg.Metrics.runtime(addr, rtDelta)
+	}
 	return t
 }
 
@@ -146,7 +154,13 @@ func (t *target) run(ctx context.Context) {
 		}
 		backoff.reset()
 	}
+	if t.folding != nil {
+		<-t.folding.done
+	}
 	t.rt.Close()
+	if t.rtDelta != nil {
+		t.rtDelta.Close()
+	}
 }
 
 // doubt marks the live map in doubt, for reason (a metrics reason): it is
@@ -168,9 +182,16 @@ func (t *target) doubt(reason string) {
 func (t *target) fullSync(ctx context.Context) error {
 	s := t.s
 	start := time.Now()
+	if t.folding != nil {
+		<-t.folding.done // the live maps are compared whole below
+		t.folding = nil
+	}
 	// A connection kept across a reload still talks to the old process (and
 	// keeps it alive): updates sent on it would never reach the new one.
 	t.rt.Close()
+	if t.rtDelta != nil {
+		t.rtDelta.Close()
+	}
 	info, err := t.rt.Info(ctx)
 	if err != nil {
 		return fail(kindHAProxy, err)
@@ -323,7 +344,34 @@ func (t *target) step(ctx context.Context) error {
 	if err := t.checkLive(ctx); err != nil || t.needFull {
 		return err
 	}
-	bs, ok, next := s.state.since(t.seq)
+	select {
+	case <-t.foldDone():
+		if err := t.finishFold(ctx); errors.Is(err, errReloaded) {
+			t.doubt(s.reloadReason())
+			return nil
+		} else if err != nil {
+			t.doubt(reasonDoubt)
+			return fail(kindHAProxy, err)
+		}
+		s.report(ctx, true)
+	default:
+	}
+	from := t.seq
+	if t.folding != nil {
+		from = t.folding.deltaSeq
+	}
+	bs, ok, next := s.state.since(from)
+	if !ok && t.gen == s.state.generation() {
+		if err := t.catchUp(context.WithoutCancel(ctx)); errors.Is(err, errReloaded) {
+			t.doubt(s.reloadReason())
+			return nil
+		} else if err != nil {
+			t.doubt(reasonDoubt)
+			return fail(kindHAProxy, err)
+		}
+		s.report(ctx, true)
+		return nil
+	}
 	if !ok {
 		reason := reasonBehind
 		if t.gen != s.state.generation() {
@@ -339,6 +387,7 @@ func (t *target) step(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 		case <-next:
+		case <-t.foldDone():
 		case <-timer.C:
 		case <-t.kick:
 			t.putKickBack()
@@ -437,7 +486,8 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 		}
 	}
 	var edits []edit
-	fold := t.tooMuch(nEdits, baseDels, len(t.deltaKeys)+adds)
+	// During a background fold the edits go to the delta (layout.go).
+	fold := t.folding == nil && t.tooMuch(nEdits, baseDels, len(t.deltaKeys)+adds)
 	if !fold {
 		edits = make([]edit, 0, nEdits)
 		s.state.read(func(v view) {
@@ -458,7 +508,42 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 	}
 	spans = nil
 	seq, logID := last.seq, last.logID
-	if fold {
+	if job := t.folding; job != nil {
+		// A fold runs (layout.go): sets go to the delta now; a delete, or
+		// more than DeltaMax users written since the fold began, waits for
+		// the fold, and the loop then comes back from the new position.
+		fresh := 0
+		for _, e := range edits {
+			if _, ok := job.written[e.user]; !ok {
+				fresh++
+			}
+		}
+		if slices.ContainsFunc(edits, func(e edit) bool { return e.shard == "" }) || len(job.written)+fresh > s.cfg.DeltaMax {
+			return t.waitFold(ctx)
+		}
+		if err := t.send(ctx, edits); err != nil {
+			return err
+		}
+		for _, e := range edits {
+			job.written[e.user] = deltaWrite{last.seq, e.shard}
+		}
+		job.deltaSeq, job.deltaLogID = last.seq, last.logID
+		now := time.Now()
+		for _, b := range bs {
+			s.cfg.Metrics.appliedAt(t.addr, b.times, now)
+		}
+		s.updateTarget(t, func(st *TargetStatus) {
+			st.Changes += int64(changes)
+			st.DeltaEntries = len(t.deltaKeys)
+		})
+		t.log.Debug("applied to the delta during a fold", "changes", changes, "edits", len(edits), "log_id", logID)
+		return nil
+	}
+	if fold && t.useDelta && t.rtDelta != nil {
+		t.startFold(ctx, reasonLargeBatch, bs)
+		s.updateTarget(t, func(st *TargetStatus) { st.Changes += int64(changes) })
+		return nil
+	} else if fold {
 		var err error
 		if seq, logID, err = t.fold(ctx, reasonLargeBatch, t.gen); err != nil {
 			return err
@@ -494,7 +579,11 @@ func (t *target) applyOps(ctx context.Context, name string, ops []runtime.Op) er
 	if !t.leaseValid() {
 		return errLeaseLost
 	}
-	results, err := t.rt.Apply(ctx, name, ops)
+	rt := t.rt
+	if t.folding != nil {
+		rt = t.rtDelta // the main client swaps the base meanwhile
+	}
+	results, err := rt.Apply(ctx, name, ops)
 	if err != nil {
 		return err
 	}
@@ -559,6 +648,9 @@ func (t *target) swap(ctx context.Context, gen uint64) (uint64, string, error) {
 // a key missing, extra or duplicated makes a full sync.
 func (t *target) checkLive(ctx context.Context) error {
 	s := t.s
+	if t.folding != nil {
+		return nil // the live maps are between two states until the fold ends
+	}
 	if !t.forceLive.Swap(false) && time.Since(t.lastLive) < s.cfg.ReconcileEvery {
 		return nil
 	}

@@ -1,0 +1,241 @@
+package syncer
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shardmap/shardmap/runtime"
+)
+
+// gatedRT is one client of a fakeRuntime shared by two (the target's main
+// client and its delta client), safe for concurrent use; the main client's
+// swaps of the base wait for gate when it is not nil, after signalling
+// entered.
+type gatedRT struct {
+	*fakeRuntime
+	mu      *sync.Mutex
+	main    bool
+	gate    *chan struct{}
+	entered chan struct{}
+}
+
+func (g *gatedRT) Replace(ctx context.Context, name string, es []runtime.Entry) error {
+	if g.main && !isDelta(name) && *g.gate != nil {
+		g.entered <- struct{}{}
+		<-*g.gate
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.fakeRuntime.Replace(ctx, name, es)
+}
+
+func (g *gatedRT) ReplaceFrom(ctx context.Context, name string, es runtime.Entries) error {
+	return g.Replace(ctx, name, listOf(es))
+}
+
+func (g *gatedRT) Apply(ctx context.Context, name string, ops []runtime.Op) ([]error, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.fakeRuntime.Apply(ctx, name, ops)
+}
+
+func (g *gatedRT) Dump(ctx context.Context, name string, fn func(k, v string) error) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.fakeRuntime.Dump(ctx, name, fn)
+}
+
+func (g *gatedRT) MapEntryCount(ctx context.Context, name string) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.fakeRuntime.MapEntryCount(ctx, name)
+}
+
+// routesLocked is routes under the fake's lock.
+func (g *gatedRT) routes() map[string]string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return routes(g.fakeRuntime)
+}
+
+// In the delta layout a fold swaps the base in the background: a change
+// published meanwhile is live in the delta before the swap ends, a delete
+// waits for it, and once it ends the delta holds only what changed since
+// the swap's position and the maps route as the state says.
+func TestDeltaFoldInBackground(t *testing.T) {
+	st := newFakeStore(users(1000, "s1"))
+	fake := &fakeRuntime{live: map[string]string{}, delta: map[string]string{}}
+	var mu sync.Mutex
+	var gate chan struct{}
+	entered := make(chan struct{}, 1)
+	dials := 0
+	var mainRT *gatedRT
+	dial := func(string) (Runtime, error) {
+		dials++
+		g := &gatedRT{fakeRuntime: fake, mu: &mu, main: dials == 1, gate: &gate, entered: entered}
+		if g.main {
+			mainRT = g
+		}
+		return g, nil
+	}
+	s, err := New(Config{Name: "t", MapName: t.TempDir() + "/users.map", Targets: []string{"/run/test.sock"}, MaxDeleteShare: DefaultMaxDeleteShare,
+		ClaimTTL: time.Hour, DeltaMax: 20, Logger: slog.New(slog.NewTextHandler(&logCapture{}, nil))}, st, dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake.mapName = s.cfg.MapName
+	tg := s.targets[0]
+	if !tg.holdLease(context.Background()) {
+		t.Fatal("no lease")
+	}
+	if tg.rtDelta == nil {
+		t.Fatal("the target has no second client for the delta")
+	}
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	swaps := fake.replaced
+	publish := func() {
+		t.Helper()
+		_, applied, _ := s.state.position()
+		changes, _, err := st.ReadLog(ctx, applied, 1000, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.publish(changes)
+	}
+	// apply does what the target's step does with the batches published.
+	apply := func() error {
+		from := tg.seq
+		if tg.folding != nil {
+			from = tg.folding.deltaSeq
+		}
+		bs, ok, _ := s.state.since(from)
+		if !ok {
+			return fmt.Errorf("state out of reach")
+		}
+		if len(bs) == 0 {
+			return nil
+		}
+		return tg.apply(ctx, bs)
+	}
+	for i := 0; i < 19; i++ { // to the delta, one short of DeltaMax
+		st.set(fmt.Sprintf("d%d", i), "s3")
+	}
+	publish()
+	if err := apply(); err != nil {
+		t.Fatal(err)
+	}
+	if len(tg.deltaKeys) != 19 || fake.replaced != swaps {
+		t.Fatalf("19 sets: delta %d keys, %d swaps", len(tg.deltaKeys), fake.replaced-swaps)
+	}
+	gate = make(chan struct{})
+	for i := 0; i < 25; i++ { // past DeltaMax: a fold
+		st.set(fmt.Sprintf("u%d", 100+i), "s4")
+	}
+	publish()
+	if err := apply(); err != nil {
+		t.Fatal(err)
+	}
+	<-entered // the swap took its snapshot and waits at the base
+	if tg.folding == nil {
+		t.Fatal("no fold running past DeltaMax")
+	}
+	st.set("probe", "s7")
+	st.set("u5", "s8")
+	publish()
+	applied := make(chan error, 1)
+	go func() { applied <- apply() }()
+	select {
+	case err := <-applied:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second): // a bound on a failure, not a timing assertion
+		close(gate)
+		t.Fatal("a set made during the fold waited for the fold's swap")
+	}
+	if r := mainRT.routes(); r["probe"] != "s7" || r["u5"] != "s8" {
+		t.Fatalf("changes made during the fold are not live before it ends: probe %q u5 %q", r["probe"], r["u5"])
+	}
+	// The delta's entries from before the fold do not count against
+	// DeltaMax meanwhile (they leave it at the end): 19 + 2 > 20 went in.
+	// A delete waits for the fold: apply returns once it ended.
+	st.del("u6")
+	publish()
+	done := make(chan error, 1)
+	go func() { done <- apply() }()
+	if _, ok := mainRT.routes()["u6"]; !ok {
+		t.Fatal("u6 deleted from the maps while the base swap was pending")
+	}
+	close(gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if tg.folding != nil {
+		t.Fatal("the fold did not end")
+	}
+	mu.Lock()
+	delta := fmt.Sprint(fake.delta)
+	replaced := fake.replaced
+	mu.Unlock()
+	if replaced != swaps+1 || delta != "map[probe:s7 u5:s8]" {
+		t.Fatalf("after the fold: %d base swaps (want 1), delta %s (want what changed since the swap's position)", replaced-swaps, delta)
+	}
+	gate = nil
+	if err := apply(); err != nil { // the delete, after the fold
+		t.Fatal(err)
+	}
+	if !equalMaps(mainRT.routes(), stateMap(s)) {
+		t.Fatal("the live maps do not route as the state says")
+	}
+	if tg.seq != s.state.seq || len(tg.deltaKeys) != 2 {
+		t.Fatalf("target at seq %d (state %d), delta keys %d", tg.seq, s.state.seq, len(tg.deltaKeys))
+	}
+}
+
+// A target that fell behind the ring, with the state of the load it
+// reconciled with, catches up with one fold of the whole state, not a full
+// sync (a dump of the live maps and a diff).
+func TestBehindTheRingFolds(t *testing.T) {
+	for _, delta := range []bool{false, true} {
+		t.Run(fmt.Sprint("delta=", delta), func(t *testing.T) {
+			s, st, rt, _ := newLoop(t, users(100, "s1"), nil)
+			if delta {
+				rt.delta = map[string]string{}
+			}
+			ctx := context.Background()
+			if err := s.fullSync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			tg := s.targets[0]
+			swaps, fulls := rt.replaced, s.Status().Targets[0].FullSyncs
+			for i := 0; i < 4100; i++ { // more batches than the ring keeps
+				st.set(fmt.Sprintf("u%d", i%150), fmt.Sprint("s", 2+i%3))
+				_, applied, _ := s.state.position()
+				changes, _, err := st.ReadLog(ctx, applied, 10, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.publish(changes)
+			}
+			if _, ok, _ := s.state.since(tg.seq); ok {
+				t.Fatal("the target is still within the ring's reach")
+			}
+			if err := tg.step(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if tg.needFull || s.Status().Targets[0].FullSyncs != fulls {
+				t.Fatal("behind the ring: a full sync, want a fold")
+			}
+			if rt.replaced != swaps+1 || !equalMaps(routes(rt), stateMap(s)) || tg.seq != s.state.seq {
+				t.Fatalf("after catching up: %d swaps (want 1), target seq %d, state %d", rt.replaced-swaps, tg.seq, s.state.seq)
+			}
+		})
+	}
+}
