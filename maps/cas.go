@@ -49,9 +49,9 @@ local have = get(u)
 local hv = have or ''
 if hv ~= expected then return {0, hv} end
 if hv == want then return {1, lastid()} end
-local w = {u, want}
-if want == '' then w = {u, false} end
-local id, err = commit({w})
+local w = want
+if want == '' then w = false end
+local id, err = commit({u}, {w})
 if not id then return failed(err) end
 return {1, id}
 `)
