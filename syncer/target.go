@@ -492,7 +492,12 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 		edits = make([]edit, 0, nEdits)
 		s.state.read(func(v view) {
 			for _, sp := range spans {
-				if sp.from == sp.to {
+				// During a background fold a user whose value ends where
+				// it began is still written: the base being loaded holds
+				// its value at the swap's position, which may fall between
+				// these batches (an s2 between s1 and s1 again, or a user
+				// that came and went: a delete, which waits for the fold).
+				if sp.from == sp.to && t.folding == nil {
 					continue
 				}
 				// A user that had a value may be in the base (in a delta
