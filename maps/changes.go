@@ -181,11 +181,16 @@ func parseBulk(m redis.XMessage, changes []Change) ([]Change, error) {
 	str := func(k string) string { v, _ := m.Values[k].(string); return v }
 	n, err := strconv.Atoi(str("n"))
 	if err != nil || n < 1 || n > BulkMaxChanges {
-		return changes, fmt.Errorf("%w: bulk entry n %q: %s", ErrInvalid, str("n"), bulkRule)
+		return changes, fmt.Errorf("%w: bulk entry n %.20q: %s", ErrInvalid, str("n"), bulkRule)
 	}
 	sets := str("sets")
 	if len(sets) > BulkMaxBytes+MaxUserLen+8 {
 		return changes, fmt.Errorf("%w: bulk entry of %d bytes of sets: at most %d", ErrInvalid, len(sets), BulkMaxBytes+MaxUserLen+8)
+	}
+	// At most n shards: count before splitting, since a split of a hostile
+	// field of separators costs a string header (16 bytes) per byte.
+	if k := strings.Count(str("shards"), " ") + 1; k > n {
+		return changes, fmt.Errorf("%w: bulk entry names %d shards for %d sets: %s", ErrInvalid, k, n, bulkRule)
 	}
 	shards := strings.Split(str("shards"), " ")
 	for _, sh := range shards {
