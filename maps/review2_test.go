@@ -31,3 +31,16 @@ func TestBulkEntryManyShardsIsBounded(t *testing.T) {
 		t.Fatalf("parsing a %d-byte shards field allocated %d bytes", size, got)
 	}
 }
+
+// A bad n is named in the error, not echoed whole: the skipped entry is
+// logged, and a hostile megabyte n would be a megabyte log line.
+func TestBulkEntryHugeNIsNotEchoed(t *testing.T) {
+	m := redis.XMessage{ID: "1-1", Values: map[string]any{"op": "bulk", "n": strings.Repeat("9", 1<<20), "shards": "s1", "sets": "x 0"}}
+	_, bad := parseChanges([]redis.XMessage{m}, nil, nil)
+	if len(bad) != 1 || !errors.Is(bad[0].Err, ErrInvalid) {
+		t.Fatalf("want one ErrInvalid, got %v", bad)
+	}
+	if n := len(bad[0].Err.Error()); n > 1000 {
+		t.Fatalf("the error is %d bytes long: it should name the rule, not echo the input", n)
+	}
+}
