@@ -81,6 +81,17 @@ type stack struct {
 
 func newStack(t *testing.T) *stack {
 	t.Helper()
+	return newStackWith(t, func(_ int, sh string) string {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, sh) }))
+		t.Cleanup(srv.Close)
+		return strings.TrimPrefix(srv.URL, "http://")
+	})
+}
+
+// newStackWith is newStack with shard i's one server at server(i, shard)
+// (host:port).
+func newStackWith(t *testing.T, server func(i int, shard string) string) *stack {
+	t.Helper()
 	s := &stack{t: t, dir: t.TempDir()}
 	s.mapPath = filepath.Join(s.dir, "users.map")
 	s.socket = filepath.Join(s.dir, "admin.sock")
@@ -103,10 +114,8 @@ func newStack(t *testing.T) *stack {
 		StatsTimeout: 10 * time.Second,
 		Shards:       map[string]haproxy.Shard{},
 	}
-	for _, sh := range shards {
-		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, sh) }))
-		t.Cleanup(srv.Close)
-		topo.Shards[sh] = haproxy.Shard{Servers: []haproxy.Server{{Addr: strings.TrimPrefix(srv.URL, "http://")}}}
+	for i, sh := range shards {
+		topo.Shards[sh] = haproxy.Shard{Servers: []haproxy.Server{{Addr: server(i, sh)}}}
 	}
 	cfg, err := haproxy.Render(topo, "e2e newStack")
 	if err != nil {

@@ -18,10 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shardmap/shardmap/haproxy"
 	"github.com/shardmap/shardmap/internal/testenv"
 	"github.com/shardmap/shardmap/maps"
-	"github.com/shardmap/shardmap/runtime"
 )
 
 // moveStack is the e2e stack with the demo backends behind HAProxy: one
@@ -37,42 +35,9 @@ type moveStack struct {
 
 func newMoveStack(t *testing.T) *moveStack {
 	t.Helper()
-	s := &stack{t: t, dir: t.TempDir()}
-	s.mapPath = filepath.Join(s.dir, "users.map")
-	s.socket = filepath.Join(s.dir, "admin.sock")
-	s.redis = testenv.StartRedis(t)
-	s.store = maps.NewStore(s.redis.Client(t), "")
-	if err := os.WriteFile(s.mapPath, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	base := startDemoBackends(t, len(shards), true)
-	port := testenv.FreePort(t)
-	s.front = fmt.Sprintf("http://127.0.0.1:%d", port)
-	topo := &haproxy.Topology{
-		Cookie:       "user",
-		DefaultShard: "shard0",
-		Map:          s.mapPath,
-		Frontend:     fmt.Sprintf("127.0.0.1:%d", port),
-		Stats:        fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
-		Socket:       s.socket,
-		StatsTimeout: 10 * time.Second,
-		Shards:       map[string]haproxy.Shard{},
-	}
-	for i, sh := range shards { // demo-backends names server i's shard shard<i>
-		topo.Shards[sh] = haproxy.Shard{Servers: []haproxy.Server{{Addr: fmt.Sprintf("127.0.0.1:%d", base+i)}}}
-	}
-	cfg, err := haproxy.Render(topo, "e2e move")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.haproxy = testenv.StartHAProxy(t, s.dir, string(cfg), s.socket)
-	rt, err := runtime.New(s.socket, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rt.Close() })
-	s.rt = rt
-	s.http = &http.Client{Timeout: 5 * time.Second}
+	// demo-backends names server i's shard shard<i>.
+	s := newStackWith(t, func(i int, _ string) string { return fmt.Sprintf("127.0.0.1:%d", base+i) })
 	s.startSyncer()
 	m := &moveStack{stack: s, root: t, admin: fmt.Sprintf("127.0.0.1:%d", base+len(shards)), gates: filepath.Join(s.dir, "gates")}
 	if err := os.Mkdir(m.gates, 0o755); err != nil {
