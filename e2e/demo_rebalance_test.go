@@ -55,22 +55,7 @@ func parseDemoLoad(t *testing.T, out []byte) demoLoad {
 // shard3; the same load afterwards is answered by more shards, and the
 // spread of the counts (max - min over the six shards) shrank.
 func TestDemoRebalance(t *testing.T) {
-	demo := testenv.Start(t, "demo", []string{"bash", "../scripts/demo.sh"}, "SHARDMAP_BIN="+binDir)
-	t.Cleanup(func() {
-		demo.Signal(syscall.SIGTERM)
-		if _, done := demo.Wait(20 * time.Second); !done {
-			t.Error("demo did not stop within 20 s of SIGTERM")
-		}
-	})
-	testenv.WaitFor(t, 30*time.Second, "make demo to come up", func() error {
-		if demo.Exited() {
-			t.Fatalf("demo exited:\n%s", demo.Output())
-		}
-		if !strings.Contains(demo.Output(), "shardmap demo is up") {
-			return fmt.Errorf("not up yet")
-		}
-		return nil
-	})
+	demo := startDemo(t, "shardmap demo is up")
 	mapctl, backends := filepath.Join(binDir, "mapctl"), filepath.Join(binDir, "demo-backends")
 	run := func(timeout time.Duration, name string, args ...string) []byte {
 		t.Helper()

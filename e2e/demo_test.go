@@ -77,25 +77,7 @@ func text(step context.Context, t *testing.T, id string) string {
 func TestDemoInBrowser(t *testing.T) {
 	browser := chromium(t)
 	start := time.Now()
-	demo := testenv.Start(t, "demo", []string{"bash", "../scripts/demo.sh"}, "SHARDMAP_BIN="+binDir)
-	t.Cleanup(func() { // runs before the Proc's own kill: let the script stop its children
-		demo.Signal(syscall.SIGTERM)
-		if _, done := demo.Wait(20 * time.Second); !done {
-			t.Error("demo did not stop within 20 s of SIGTERM")
-		}
-		if _, err := os.Stat("/tmp/shardmap-demo"); !os.IsNotExist(err) {
-			t.Errorf("demo left /tmp/shardmap-demo behind: %v", err)
-		}
-	})
-	testenv.WaitFor(t, 30*time.Second, "make demo to come up", func() error {
-		if demo.Exited() {
-			t.Fatalf("demo exited:\n%s", demo.Output())
-		}
-		if !strings.Contains(demo.Output(), "shardmap demo is up") {
-			return fmt.Errorf("not up yet")
-		}
-		return nil
-	})
+	demo := startDemo(t, "shardmap demo is up")
 	t.Logf("demo up in %s", time.Since(start).Round(100*time.Millisecond))
 
 	shots := t.TempDir()
@@ -182,22 +164,7 @@ func TestDemoInBrowser(t *testing.T) {
 // mapctl set ID moves that one ID, mapctl del ID brings it back.
 func TestDemoInBrowserIDs(t *testing.T) {
 	browser := chromium(t)
-	demo := testenv.Start(t, "demo", []string{"bash", "../scripts/demo.sh"}, "SHARDMAP_BIN="+binDir, "ROUTING=ids")
-	t.Cleanup(func() {
-		demo.Signal(syscall.SIGTERM)
-		if _, done := demo.Wait(20 * time.Second); !done {
-			t.Error("demo did not stop within 20 s of SIGTERM")
-		}
-	})
-	testenv.WaitFor(t, 30*time.Second, "make demo ROUTING=ids to come up", func() error {
-		if demo.Exited() {
-			t.Fatalf("demo exited:\n%s", demo.Output())
-		}
-		if !strings.Contains(demo.Output(), "shardmap demo is up in routing: ids") {
-			return fmt.Errorf("not up yet")
-		}
-		return nil
-	})
+	demo := startDemo(t, "shardmap demo is up in routing: ids", "ROUTING=ids")
 	step := browserStep(t, browser)
 	text := func(id string) string {
 		t.Helper()
@@ -243,4 +210,31 @@ func TestDemoInBrowserIDs(t *testing.T) {
 			t.Fatalf("after mapctl %v and a reload: %q, want on %s", c.args, got, c.want)
 		}
 	}
+}
+
+// startDemo runs scripts/demo.sh (make demo) with env, and waits until its
+// output says up. At the test's end it stops the script with SIGTERM and
+// checks that it stopped and removed /tmp/shardmap-demo.
+func startDemo(t *testing.T, up string, env ...string) *testenv.Proc {
+	t.Helper()
+	demo := testenv.Start(t, "demo", []string{"bash", "../scripts/demo.sh"}, append([]string{"SHARDMAP_BIN=" + binDir}, env...)...)
+	t.Cleanup(func() { // runs before the Proc's own kill: let the script stop its children
+		demo.Signal(syscall.SIGTERM)
+		if _, done := demo.Wait(20 * time.Second); !done {
+			t.Error("demo did not stop within 20 s of SIGTERM")
+		}
+		if _, err := os.Stat("/tmp/shardmap-demo"); !os.IsNotExist(err) {
+			t.Errorf("demo left /tmp/shardmap-demo behind: %v", err)
+		}
+	})
+	testenv.WaitFor(t, 30*time.Second, "make demo to come up ("+up+")", func() error {
+		if demo.Exited() {
+			t.Fatalf("demo exited:\n%s", demo.Output())
+		}
+		if !strings.Contains(demo.Output(), up) {
+			return fmt.Errorf("not up yet")
+		}
+		return nil
+	})
+	return demo
 }
