@@ -346,12 +346,9 @@ func (t *target) step(ctx context.Context) error {
 	}
 	select {
 	case <-t.foldDone():
-		if err := t.finishFold(ctx); errors.Is(err, errReloaded) {
-			t.doubt(s.reloadReason())
-			return nil
-		} else if err != nil {
-			t.doubt(reasonDoubt)
-			return fail(kindHAProxy, err)
+		// A reload or a failure ends the step; a finished fold goes on.
+		if err := t.finishFold(ctx); err != nil {
+			return t.settle(ctx, err)
 		}
 		s.report(ctx, true)
 	default:
@@ -362,15 +359,7 @@ func (t *target) step(ctx context.Context) error {
 	}
 	bs, ok, next := s.state.since(from)
 	if !ok && t.gen == s.state.generation() {
-		if err := t.catchUp(context.WithoutCancel(ctx)); errors.Is(err, errReloaded) {
-			t.doubt(s.reloadReason())
-			return nil
-		} else if err != nil {
-			t.doubt(reasonDoubt)
-			return fail(kindHAProxy, err)
-		}
-		s.report(ctx, true)
-		return nil
+		return t.settle(ctx, t.catchUp(context.WithoutCancel(ctx)))
 	}
 	if !ok {
 		reason := reasonBehind
@@ -395,14 +384,23 @@ func (t *target) step(ctx context.Context) error {
 		return nil
 	}
 	// Once taken, batches are applied whole even if we are told to stop.
-	if err := t.apply(context.WithoutCancel(ctx), bs); errors.Is(err, errReloaded) {
-		t.doubt(s.reloadReason())
+	return t.settle(ctx, t.apply(context.WithoutCancel(ctx), bs))
+}
+
+// settle ends a step that sent changes to the target with err, its
+// outcome: a reload of the state meanwhile makes the live map in doubt
+// (not a failure); another error makes it in doubt and is the step's
+// failure; success is reported to Redis at once.
+func (t *target) settle(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(err, errReloaded):
+		t.doubt(t.s.reloadReason())
 		return nil
-	} else if err != nil {
+	case err != nil:
 		t.doubt(reasonDoubt)
 		return fail(kindHAProxy, err)
 	}
-	s.report(ctx, true)
+	t.s.report(ctx, true)
 	return nil
 }
 
