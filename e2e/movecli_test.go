@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -33,7 +31,7 @@ func TestMoveCLIKillAndResume(t *testing.T) {
 	copyCmd := fmt.Sprintf(`if [ -e %s ]; then exit 0; fi; echo $$ > %s; touch %s; sleep 300`, started, pidFile, started)
 	cmd := exec.Command(filepath.Join(binDir, "mapctl"), "--redis", s.redis.URL, "move", "bob", "--to", "shard2", "--copy-cmd", copyCmd)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	var out, errb moveCLIBuf
+	var out, errb testenv.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -150,19 +148,6 @@ func TestMoveCLIFailAbortAndBadInput(t *testing.T) {
 		t.Errorf("a subject twice: exit %d: %s", code, errs)
 	}
 }
-
-// moveCLIBuf is a bytes.Buffer safe to read while a process writes it.
-type moveCLIBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *moveCLIBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *moveCLIBuf) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // mapctl move --logical in routing: ids (a logical map in Redis): the
 // logical map changes through the move, with SHARDMAP_LOGICAL for the hooks.

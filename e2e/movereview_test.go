@@ -29,7 +29,7 @@ func TestMoveCLIFromFileInterruptedSummary(t *testing.T) {
 	cmd := exec.Command(filepath.Join(binDir, "mapctl"), "--redis", s.redis.URL, "move", "--from-file", plan, "--parallel", "1",
 		"--copy-cmd", fmt.Sprintf("touch %s; sleep 300", started))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	var out, errb moveCLIBuf
+	var out, errb testenv.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
