@@ -222,3 +222,28 @@ func TestRealUnknownMap(t *testing.T) {
 		t.Fatalf("Replace: %v", err)
 	}
 }
+
+// AddFrom brings new keys live in the current version, in several payloads,
+// next to the keys the map had.
+func TestRealAddFrom(t *testing.T) {
+	_, c, mapPath := realHAProxy(t, "", Entry{"old", "shard0"})
+	ctx := context.Background()
+	var es []Entry
+	for i := 0; i < 3000; i++ { // several payloads
+		es = append(es, Entry{fmt.Sprintf("user%06d", i), "shard1"})
+	}
+	if err := c.AddFrom(ctx, mapPath, EntryList(es)); err != nil {
+		t.Fatal(err)
+	}
+	got := dumpAll(t, c, mapPath)
+	if len(got) != len(es)+1 || got[0] != "old=shard0" || got[len(got)-1] != "user002999=shard1" {
+		t.Fatalf("live map: %d entries (first %q, last %q), want %d", len(got), got[0], got[len(got)-1], len(es)+1)
+	}
+	ms, err := c.Maps(ctx)
+	if err != nil || len(ms) != 1 || ms[0].CurrVer != 0 || ms[0].EntryCount != len(es)+1 {
+		t.Fatalf("show map: %+v %v", ms, err)
+	}
+	if err := c.AddFrom(ctx, mapPath, EntryList{{"bad key", "shard1"}}); !errors.Is(err, ErrUnsafeWord) {
+		t.Fatalf("AddFrom of a key with a blank: %v, want ErrUnsafeWord", err)
+	}
+}

@@ -70,42 +70,11 @@ func (c *Client) ReplaceFrom(ctx context.Context, mapPath string, src Entries) e
 		src = EntryList(nil)
 	}
 	n := src.Len()
-	// Payloads are cut here (entries starts[i] to starts[i+1]) and built
-	// one at a time when sent: at 1M entries the whole text would be ~20 MB
-	// held at once.
-	starts := []int{0}
-	size := 0
-	for i := range n {
-		k, v := src.At(i)
-		if err := CheckWord(k); err != nil {
-			return fmt.Errorf("runtime replace %s: entry %d key: %w", mapPath, i, err)
-		}
-		if err := CheckWord(v); err != nil {
-			return fmt.Errorf("runtime replace %s: entry %d (%s) value: %w", mapPath, i, k, err)
-		}
-		sz := len(k) + len(v) + 2
-		if size > 0 && size+sz > payloadChunk {
-			starts = append(starts, i)
-			size = 0
-		}
-		size += sz
+	pl, err := cutPayloads(src)
+	if err != nil {
+		return fmt.Errorf("runtime replace %s: %w", mapPath, err)
 	}
-	if size > 0 {
-		starts = append(starts, n)
-	}
-	payloads := len(starts) - 1
-	var b strings.Builder
-	payload := func(i int) string {
-		b.Reset()
-		for j := starts[i]; j < starts[i+1]; j++ {
-			k, v := src.At(j)
-			b.WriteString(k)
-			b.WriteByte(' ')
-			b.WriteString(v)
-			b.WriteByte('\n')
-		}
-		return b.String()
-	}
+	payloads := pl.count()
 
 	ctx, cancel := c.bound(ctx, time.Duration(n)*perEntry)
 	defer cancel()
@@ -139,7 +108,7 @@ func (c *Client) ReplaceFrom(ctx context.Context, mapPath string, src Entries) e
 		if err := c.allowed(); err != nil {
 			return fail(fmt.Errorf("runtime replace %s: before payload %d/%d: %w", mapPath, i+1, payloads, err))
 		}
-		cmd := fmt.Sprintf("add map @%d %s <<\n%s", version, mapPath, payload(i))
+		cmd := fmt.Sprintf("add map @%d %s <<\n%s", version, mapPath, pl.text(i))
 		if err := c.expectEmpty(ctx, cmd, mapPath); err != nil {
 			return fail(fmt.Errorf("runtime replace %s: payload %d/%d: %w", mapPath, i+1, payloads, err))
 		}
@@ -280,6 +249,117 @@ func (c *Client) expectEmpty(ctx context.Context, cmd, mapPath string) error {
 	if out != "" {
 		first, _, _ := strings.Cut(cmd, "\n")
 		return withCmd(cmd, fmt.Errorf("runtime %.60q on %s: haproxy replied %.200q: %w", first, c.path, out, ErrBadReply))
+	}
+	return nil
+}
+
+// payloads cuts a map's entries into payloads of at most payloadChunk
+// bytes: entries starts[i] to starts[i+1] make payload i, built only when it
+// is sent (at 1M entries the whole text would be ~20 MB held at once).
+type payloads struct {
+	src    Entries
+	starts []int
+	b      strings.Builder
+}
+
+// cutPayloads checks every key and value of src with CheckWord and cuts the
+// payloads.
+func cutPayloads(src Entries) (*payloads, error) {
+	p := &payloads{src: src, starts: []int{0}}
+	n, size := src.Len(), 0
+	for i := range n {
+		k, v := src.At(i)
+		if err := CheckWord(k); err != nil {
+			return nil, fmt.Errorf("entry %d key: %w", i, err)
+		}
+		if err := CheckWord(v); err != nil {
+			return nil, fmt.Errorf("entry %d (%s) value: %w", i, k, err)
+		}
+		sz := len(k) + len(v) + 2
+		if size > 0 && size+sz > payloadChunk {
+			p.starts = append(p.starts, i)
+			size = 0
+		}
+		size += sz
+	}
+	if size > 0 {
+		p.starts = append(p.starts, n)
+	}
+	return p, nil
+}
+
+func (p *payloads) count() int { return len(p.starts) - 1 }
+
+// text is payload i: "key value\n" lines.
+func (p *payloads) text(i int) string {
+	p.b.Reset()
+	for j := p.starts[i]; j < p.starts[i+1]; j++ {
+		k, v := p.src.At(j)
+		p.b.WriteString(k)
+		p.b.WriteByte(' ')
+		p.b.WriteString(v)
+		p.b.WriteByte('\n')
+	}
+	return p.b.String()
+}
+
+// AddFrom adds src's entries to the live version of the map, in payloads of
+// at most 8 KB (one fresh connection each, "add map <map> <<"): the way to
+// bring many new keys live at once, about as fast as a Replace loads them
+// and with no walk of the map's entry list (a "set map" on HAProxy 2.6
+// walks it). Each entry is live from its payload's reply on, so a batch is
+// not atomic: entries are live in order.
+//
+// An add never replaces: src's keys must be absent from the map and appear
+// once in src (else the map holds the key twice, and HAProxy routes by the
+// first). No version of the map may be pending meanwhile: HAProxy drops the
+// live version's adds when another version is committed.
+//
+// nil means every payload was answered with success and HAProxy's entry
+// count grew by exactly src.Len(). An error after the first payload
+// leaves some of the entries live (ErrCountMismatch if the replies said
+// success but the count disagrees): the caller must treat the map as in
+// doubt. Every key and value is checked with CheckWord before anything is
+// sent. ErrUnknownMap if HAProxy has no such map. AddFrom holds the
+// client's map-write lock (see Client).
+func (c *Client) AddFrom(ctx context.Context, mapPath string, src Entries) error {
+	if err := checkPath(mapPath); err != nil {
+		return err
+	}
+	n := src.Len()
+	if n == 0 {
+		return nil
+	}
+	pl, err := cutPayloads(src)
+	if err != nil {
+		return fmt.Errorf("runtime add %s: %w", mapPath, err)
+	}
+	ctx, cancel := c.bound(ctx, time.Duration(n)*perEntry)
+	defer cancel()
+	if err := c.lockWrites(ctx); err != nil {
+		return err
+	}
+	defer c.unlockWrites()
+	before, err := c.mapStatus(ctx, mapPath)
+	if err != nil {
+		return fmt.Errorf("runtime add %s: %w", mapPath, err)
+	}
+	for i := range pl.count() {
+		if err := c.allowed(); err != nil {
+			return fmt.Errorf("runtime add %s: before payload %d/%d: %w", mapPath, i+1, pl.count(), err)
+		}
+		cmd := fmt.Sprintf("add map %s <<\n%s", mapPath, pl.text(i))
+		if err := c.expectEmpty(ctx, cmd, mapPath); err != nil {
+			return fmt.Errorf("runtime add %s: payload %d/%d: %w", mapPath, i+1, pl.count(), err)
+		}
+	}
+	after, err := c.mapStatus(ctx, mapPath)
+	if err != nil {
+		return fmt.Errorf("runtime add %s: %w", mapPath, err)
+	}
+	if after.EntryCount-before.EntryCount != n {
+		return withCmd("add_map", fmt.Errorf("runtime add %s: %w: the map grew by %d entries, sent %d",
+			mapPath, ErrCountMismatch, after.EntryCount-before.EntryCount, n))
 	}
 	return nil
 }

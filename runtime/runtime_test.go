@@ -185,6 +185,32 @@ func TestReplaceDetectsLostCommitAndLostPayload(t *testing.T) {
 	}
 }
 
+// A payload HAProxy acknowledges but drops is an error from AddFrom (the
+// count disagrees), never a success.
+func TestAddFromDetectsLostPayload(t *testing.T) {
+	m := newModel(Entry{"old", "s0"})
+	n := 0
+	f := newFake(t, func(cmd string) string {
+		if strings.HasPrefix(cmd, "add map /m.map <<") {
+			if n++; n == 2 {
+				return "\n"
+			}
+		}
+		return m.reply(cmd)
+	})
+	c := newClient(t, f.path)
+	var es []Entry
+	for i := 0; i < 2000; i++ { // several payloads
+		es = append(es, Entry{fmt.Sprintf("user%05d", i), "shard1"})
+	}
+	if err := c.AddFrom(context.Background(), "/m.map", EntryList(es)); !errors.Is(err, ErrCountMismatch) {
+		t.Fatalf("err = %v, want ErrCountMismatch", err)
+	}
+	if n < 3 {
+		t.Fatalf("%d payloads sent, want several", n)
+	}
+}
+
 func TestPrepareReplyParsedStrictly(t *testing.T) {
 	for _, reply := range []string{"New version created: x\n\n", "New version created: -1\n\n", "New version created: 99999999999\n\n",
 		"New version created: 1\nmore\n\n", "version 1\n\n", "\n", "New version created: \n\n"} {
