@@ -18,13 +18,13 @@ type comparison struct {
 	// The counts: users the live maps lack, hold but the state does not,
 	// route to another shard; deletes that reach into the base; delta
 	// entries after the edits.
-	missing, extra, changed, baseDels, deltaAfter int
-	duplicates                                    bool // a map lists a key twice
-	delta                                         map[string]struct{}
-	liveLen                                       int    // users the live maps route
-	seq, gen                                      uint64 // the state's position and load the result holds at
-	logID                                         string
-	n                                             int // users in the state
+	missing, extra, changed int
+	duplicates              bool // a map lists a key twice
+	delta                   map[string]struct{}
+	liveLen                 int    // users the live maps route
+	seq, gen                uint64 // the state's position and load the result holds at
+	logID                   string
+	n                       int // users in the state
 }
 
 // liveKey is a 128-bit hash of a user: the comparison keeps the base map's
@@ -208,7 +208,6 @@ func (t *target) compare(ctx context.Context, maxEdits int, resendTouched bool) 
 				switch {
 				case !has:
 					c.extra++
-					c.baseDels++
 					addEdit(edit{user: p.k, inBase: true})
 				case want != p.v:
 					c.changed++
@@ -244,9 +243,6 @@ func (t *target) compare(ctx context.Context, maxEdits int, resendTouched bool) 
 			switch {
 			case !has:
 				c.extra++
-				if inBase {
-					c.baseDels++
-				}
 				addEdit(edit{user: k, inBase: inBase, inDelta: true})
 			case want != cur:
 				c.changed++
@@ -268,9 +264,6 @@ func (t *target) compare(ctx context.Context, maxEdits int, resendTouched bool) 
 			case has:
 				addEdit(edit{user: u, shard: want, inBase: inBase, inDelta: inDelta})
 			case inBase || inDelta:
-				if inBase {
-					c.baseDels++
-				}
 				addEdit(edit{user: u, inBase: inBase, inDelta: inDelta})
 			}
 		}
@@ -305,17 +298,8 @@ func (t *target) compare(ctx context.Context, maxEdits int, resendTouched bool) 
 	}
 	c.edits = kept
 	c.delta = make(map[string]struct{}, len(delta))
-	c.deltaAfter = len(delta)
 	for k := range delta {
 		c.delta[k] = struct{}{}
-	}
-	for _, e := range c.edits {
-		if _, in := delta[e.user]; !in && e.shard != "" {
-			c.deltaAfter++
-		}
-	}
-	if c.overflow { // the edits not collected could all be new delta entries
-		c.deltaAfter = max(c.deltaAfter, s.cfg.DeltaMax+1)
 	}
 	return c, nil
 }

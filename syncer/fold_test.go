@@ -33,6 +33,10 @@ func (g *gatedRT) Replace(ctx context.Context, name string, es []runtime.Entry) 
 	return g.fakeRuntime.Replace(ctx, name, es)
 }
 
+func (g *gatedRT) AddFrom(ctx context.Context, name string, es runtime.Entries) error {
+	return addVia(ctx, g.Apply, name, es)
+}
+
 func (g *gatedRT) ReplaceFrom(ctx context.Context, name string, es runtime.Entries) error {
 	return g.Replace(ctx, name, listOf(es))
 }
@@ -125,7 +129,7 @@ func TestDeltaFoldInBackground(t *testing.T) {
 		return tg.apply(ctx, bs)
 	}
 	for i := 0; i < 19; i++ { // to the delta, one short of DeltaMax
-		st.set(fmt.Sprintf("d%d", i), "s3")
+		st.set(fmt.Sprintf("u%d", i), "s3")
 	}
 	publish()
 	if err := apply(); err != nil {
@@ -135,7 +139,7 @@ func TestDeltaFoldInBackground(t *testing.T) {
 		t.Fatalf("19 sets: delta %d keys, %d swaps", len(tg.deltaKeys), fake.replaced-swaps)
 	}
 	gate = make(chan struct{})
-	for i := 0; i < 25; i++ { // past DeltaMax: a fold
+	for i := 0; i < 62; i++ { // past four times DeltaMax: a fold at once
 		st.set(fmt.Sprintf("u%d", 100+i), "s4")
 	}
 	publish()
@@ -144,7 +148,7 @@ func TestDeltaFoldInBackground(t *testing.T) {
 	}
 	<-entered // the swap took its snapshot and waits at the base
 	if tg.folding == nil {
-		t.Fatal("no fold running past DeltaMax")
+		t.Fatal("no fold running past four times DeltaMax")
 	}
 	st.set("probe", "s7")
 	st.set("u5", "s8")
@@ -164,7 +168,7 @@ func TestDeltaFoldInBackground(t *testing.T) {
 		t.Fatalf("changes made during the fold are not live before it ends: probe %q u5 %q", r["probe"], r["u5"])
 	}
 	// The delta's entries from before the fold do not count against
-	// DeltaMax meanwhile (they leave it at the end): 19 + 2 > 20 went in.
+	// the limit meanwhile (they leave it at the end): 19 + 62 + 2 went in.
 	// A delete waits for the fold: apply returns once it ended.
 	st.del("u6")
 	publish()

@@ -18,9 +18,12 @@ import (
 // loaded (maps.DeltaPath of the map: the rendered config consults it before
 // the base map, see haproxy.Render) and is older than 2.9, the target writes
 // changes to the small delta map, whose set costs with its own size, and a
-// del both there and in the base. Past DeltaMax delta entries, or for a
-// large batch, it folds: one versioned swap of the base to the state, then
-// one of the delta to empty. Between the two commits both maps agree (every
+// del both there and in the base. It folds — one versioned swap of the
+// base to the state, then one of the delta to empty — for a batch with many
+// deletes, once the delta holds more than DeltaMax entries and no change
+// is waiting (the end of a bulk stream: a fold in the middle of one would
+// make the rest wait or go to the delta anyway), or when it would pass
+// deltaHard. Between the two commits both maps agree (every
 // delta entry equals the state's value for its user at the target's
 // position, or an older one the request path saw already), so no request
 // is ever routed by a value older than one it was routed by before.
@@ -28,6 +31,13 @@ import (
 // Otherwise (no delta map loaded: a config with the single line of the
 // design card; or HAProxy 2.9 and later) the single map is written as it
 // always was, and a delta map HAProxy has is kept empty.
+//
+// In both layouts a user the live maps do not hold (new, or deleted
+// before) is added to the base with a payload "add map" (runtime AddFrom):
+// an add walks nothing, so a bulk import of new users costs HAProxy about
+// what loading them in a swap would, with no swap. Not during a
+// background fold: HAProxy drops the live version's adds when the version
+// being loaded is committed, so new users go to the delta then.
 
 // edit is what one user's entry must become: shard "" deletes it. inBase
 // and inDelta say where the live maps may hold it.
@@ -54,6 +64,7 @@ func (t *target) chooseLayout(ctx context.Context, info runtime.Info) error {
 		t.log.Info("map layout", "layout", layoutName(use), "delta_map_loaded", t.hasDelta, "haproxy_version", info.Version)
 	}
 	t.useDelta = use
+	t.treeMaps = treeMaps(info.Version)
 	return nil
 }
 
@@ -103,47 +114,113 @@ func sameSet(a, b map[string]struct{}) bool {
 	return true
 }
 
-// tooMuch reports whether edits are cheaper as a fold: in the single
-// layout, more than ReplaceAbove edits; in the delta layout, more than
-// ReplaceAbove deletes from the base (each walks it) or a delta that would
-// pass DeltaMax entries.
-func (t *target) tooMuch(edits, baseDels, deltaAfter int) bool {
-	if !t.useDelta {
-		return edits > t.s.cfg.ReplaceAbove
-	}
-	return baseDels > t.s.cfg.ReplaceAbove || deltaAfter > t.s.cfg.DeltaMax
+// editCost counts a batch's edits by what each costs HAProxy: adds (a user
+// the live maps do not hold: to the base, or to the delta during a fold),
+// sets and deletes of users the base may hold (each walks the map's entry
+// list before 2.9), and, in the delta layout, users to add to the delta.
+type editCost struct {
+	adds, sets, dels, deltaAdds int
 }
 
-// send writes edits to the live maps. In the delta layout, deletes go to
-// the base first and then to the delta (so the newest value routes until
-// the user is gone), and everything else to the delta.
+// count adds one user's edit: from and to are its values before and after
+// (none: no value), inDelta whether the delta holds it.
+func (t *target) count(c *editCost, from, to int32, inDelta bool) {
+	switch {
+	case from == to:
+	case to == none:
+		c.dels++
+	case t.useDelta && !inDelta && (from != none || t.folding != nil):
+		c.deltaAdds++
+	case t.useDelta && inDelta, from != none:
+		c.sets++
+	default:
+		c.adds++
+	}
+}
+
+// costOf counts edits as count does, from where the live maps may hold
+// each user (a full sync's diff).
+func (t *target) costOf(edits []edit) editCost {
+	var c editCost
+	for _, e := range edits {
+		switch {
+		case e.shard == "":
+			if e.inBase {
+				c.dels++
+			}
+		case t.useDelta && e.inDelta:
+			c.sets++
+		case !e.inBase && !e.inDelta:
+			c.adds++
+		case t.useDelta:
+			c.deltaAdds++
+		default:
+			c.sets++
+		}
+	}
+	return c
+}
+
+// deltaHard is the most entries the delta may hold: past DeltaMax a fold
+// is due, but a bulk stream still arriving goes on into the delta (an add
+// there walks nothing) up to four times that, so that a reassignment of
+// many users is live before the base is swapped rather than after.
+func (t *target) deltaHard() int { return 4 * t.s.cfg.DeltaMax }
+
+// tooMuch reports whether edits are cheaper as a fold (a swap of the whole
+// base). Adds never are. In the single layout: more than ReplaceAbove sets
+// and deletes before HAProxy 2.9 (each walks the map); from 2.9 on, where
+// they use a tree, more than that or an eighth of the map's n entries,
+// whichever is more (a swap loads every entry, a set costs a few). In the
+// delta layout: more than ReplaceAbove deletes from the base, or a delta
+// that would pass deltaHard entries (DeltaMax without a second client).
+func (t *target) tooMuch(c editCost, n int) bool {
+	switch {
+	case !t.useDelta && t.treeMaps:
+		return c.sets+c.dels > max(t.s.cfg.ReplaceAbove, n/8)
+	case !t.useDelta:
+		return c.sets+c.dels > t.s.cfg.ReplaceAbove
+	case t.rtDelta == nil:
+		return c.dels > t.s.cfg.ReplaceAbove || len(t.deltaKeys)+c.deltaAdds > t.s.cfg.DeltaMax
+	}
+	return c.dels > t.s.cfg.ReplaceAbove || len(t.deltaKeys)+c.deltaAdds > t.deltaHard()
+}
+
+// send writes edits to the live maps. A user the live maps do not hold is
+// added to the base (to the delta during a fold), in payloads. In the delta
+// layout, deletes go to the base first and then to the delta (so the
+// newest value routes until the user is gone), and every other change to
+// the delta.
 func (t *target) send(ctx context.Context, edits []edit) error {
 	base, delta := t.s.cfg.MapName, shardmaps.DeltaPath(t.s.cfg.MapName)
 	var baseOps, deltaOps []runtime.Op
+	var baseAdds, deltaAdds runtime.EntryList
 	for _, e := range edits {
 		switch {
-		case !t.useDelta && e.shard == "":
-			if e.inBase {
-				baseOps = append(baseOps, runtime.Op{Kind: runtime.Del, Key: e.user})
-			}
-		case !t.useDelta && e.inBase:
-			baseOps = append(baseOps, runtime.Op{Kind: runtime.Set, Key: e.user, Value: e.shard})
-		case !t.useDelta:
-			baseOps = append(baseOps, runtime.Op{Kind: runtime.Add, Key: e.user, Value: e.shard})
 		case e.shard == "":
 			if e.inBase {
 				baseOps = append(baseOps, runtime.Op{Kind: runtime.Del, Key: e.user})
 			}
-			if e.inDelta {
+			if t.useDelta && e.inDelta {
 				deltaOps = append(deltaOps, runtime.Op{Kind: runtime.Del, Key: e.user})
 			}
-		case e.inDelta:
+		case t.useDelta && e.inDelta:
 			deltaOps = append(deltaOps, runtime.Op{Kind: runtime.Set, Key: e.user, Value: e.shard})
+		case !e.inBase && t.folding == nil:
+			baseAdds = append(baseAdds, runtime.Entry{Key: e.user, Value: e.shard})
+		case t.useDelta:
+			deltaAdds = append(deltaAdds, runtime.Entry{Key: e.user, Value: e.shard})
+		case e.inBase:
+			baseOps = append(baseOps, runtime.Op{Kind: runtime.Set, Key: e.user, Value: e.shard})
 		default:
-			deltaOps = append(deltaOps, runtime.Op{Kind: runtime.Add, Key: e.user, Value: e.shard})
+			// The single layout has no background fold; kept for safety.
+			baseOps = append(baseOps, runtime.Op{Kind: runtime.Add, Key: e.user, Value: e.shard})
 		}
 	}
 	if err := t.applyOps(ctx, base, baseOps); err != nil {
+		return err
+	}
+	if err := t.addFrom(ctx, base, baseAdds); err != nil {
 		return err
 	}
 	if err := t.applyOps(ctx, delta, deltaOps); err != nil {
@@ -152,10 +229,35 @@ func (t *target) send(ctx context.Context, edits []edit) error {
 	for _, op := range deltaOps {
 		if op.Kind == runtime.Del {
 			delete(t.deltaKeys, op.Key)
-		} else {
-			t.deltaKeys[op.Key] = struct{}{}
 		}
 	}
+	if err := t.addFrom(ctx, delta, deltaAdds); err != nil {
+		return err
+	}
+	for _, e := range deltaAdds {
+		t.deltaKeys[e.Key] = struct{}{}
+	}
+	return nil
+}
+
+// addFrom adds entries the map does not hold (see runtime AddFrom), on the
+// second client during a background fold. A failure leaves the live maps in
+// doubt (some payloads may be live): the caller's error does that.
+func (t *target) addFrom(ctx context.Context, name string, es runtime.EntryList) error {
+	if len(es) == 0 {
+		return nil
+	}
+	if !t.leaseValid() {
+		return errLeaseLost
+	}
+	rt := t.rt
+	if t.folding != nil {
+		rt = t.rtDelta // the main client swaps the base meanwhile
+	}
+	if err := rt.AddFrom(ctx, name, es); err != nil {
+		return err
+	}
+	t.contact()
 	return nil
 }
 
@@ -203,8 +305,8 @@ func (t *target) fold(ctx context.Context, why string, gen uint64) (uint64, stri
 // During a fold only sets go to the delta: a delete from the base would be
 // undone by the commit of the version being loaded, so a batch with a
 // delete waits for the fold to end, as does one that would make more than
-// DeltaMax users written since the fold began (the entries from before it
-// leave the delta at its end, so the delta holds up to twice DeltaMax
+// deltaHard users written since the fold began (the entries from before it
+// leave the delta at its end, so the delta holds up to twice deltaHard
 // meanwhile).
 type foldJob struct {
 	done chan struct{}

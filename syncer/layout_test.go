@@ -62,10 +62,10 @@ func TestDeltaLayout(t *testing.T) {
 		}
 	}
 	st.set("u1", "s2")   // a change: to the delta
-	st.set("new1", "s3") // a new user: to the delta
+	st.set("new1", "s3") // a new user: added to the base
 	st.del("u2")         // a delete: from the base
 	next()
-	if rt.live["u1"] != "s1" || rt.delta["u1"] != "s2" || rt.delta["new1"] != "s3" {
+	if rt.live["u1"] != "s1" || rt.delta["u1"] != "s2" || rt.live["new1"] != "s3" || rt.delta["new1"] != "" {
 		t.Fatalf("sets did not go to the delta: base u1=%q delta %v", rt.live["u1"], rt.delta)
 	}
 	if _, ok := rt.live["u2"]; ok {
@@ -196,5 +196,122 @@ func TestFileDelayFollowsWriteTime(t *testing.T) {
 	f.done(s, context.Background(), fileWrite{id: "1-0", took: time.Second})
 	if got := f.delay(s); got != 4*time.Second {
 		t.Fatalf("delay %s after a 1 s write, want 4 s", got)
+	}
+}
+
+// New users are added to the base in payloads, whatever their number: an
+// add walks nothing, so a bulk import needs no swap of the whole map (it
+// did past ReplaceAbove edits). Existing users changed past ReplaceAbove
+// on HAProxy 2.6 still make one swap.
+func TestNewUsersAreAddedNotSwapped(t *testing.T) {
+	for _, delta := range []bool{false, true} {
+		t.Run(fmt.Sprint("delta=", delta), func(t *testing.T) {
+			s, st, rt, _ := newLoop(t, users(100, "s1"), nil)
+			if delta {
+				rt.delta = map[string]string{}
+			}
+			ctx := context.Background()
+			if err := s.fullSync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			swaps := rt.replaced
+			for i := 0; i < 500; i++ { // far past ReplaceAbove (64)
+				st.set(fmt.Sprintf("new%d", i), "s2")
+			}
+			_, applied, _ := s.state.position()
+			changes, _, err := st.ReadLog(ctx, applied, 1000, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.publish(changes)
+			follow(t, s)
+			if rt.replaced != swaps {
+				t.Fatalf("500 new users: %d swaps, want 0", rt.replaced-swaps)
+			}
+			if len(rt.live) != 600 || rt.live["new499"] != "s2" || len(rt.delta) != 0 {
+				t.Fatalf("base %d entries (new499=%q), delta %d: want the new users in the base", len(rt.live), rt.live["new499"], len(rt.delta))
+			}
+			if !delta {
+				for i := 0; i < 100; i++ { // existing users past ReplaceAbove: one swap
+					st.set(fmt.Sprintf("u%d", i), "s3")
+				}
+				_, applied, _ = s.state.position()
+				changes, _, err = st.ReadLog(ctx, applied, 1000, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.publish(changes)
+				follow(t, s)
+				if rt.replaced != swaps+1 || !equalMaps(rt.live, stateMap(s)) {
+					t.Fatalf("100 sets on 2.6: %d swaps, want 1", rt.replaced-swaps)
+				}
+			}
+		})
+	}
+}
+
+// From HAProxy 2.9 on, set and del use a tree: a batch of sets under an
+// eighth of the map is sent as sets, not as a swap of the whole map.
+func TestTreeMapsSetRatherThanSwap(t *testing.T) {
+	s, st, rt, _ := newLoop(t, users(2000, "s1"), nil)
+	rt.version = "3.0.11-1"
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	swaps := rt.replaced
+	for i := 0; i < 200; i++ { // > ReplaceAbove (64), < 2000/8
+		st.set(fmt.Sprintf("u%d", i), "s2")
+	}
+	_, applied, _ := s.state.position()
+	changes, _, err := st.ReadLog(ctx, applied, 1000, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.publish(changes)
+	follow(t, s)
+	if rt.replaced != swaps || !equalMaps(rt.live, stateMap(s)) {
+		t.Fatalf("200 sets of 2000 users on 3.0: %d swaps, want 0 (and the map as the state)", rt.replaced-swaps)
+	}
+}
+
+// In the delta layout a stream of changes to existing users goes on into
+// the delta past DeltaMax (up to four times it) and the fold waits for the
+// end of the stream: the step that finds nothing new starts it.
+func TestDeltaFoldsAtTheEndOfAStream(t *testing.T) {
+	s, st, rt, _ := newLoop(t, users(1000, "s1"), nil)
+	rt.delta = map[string]string{}
+	s.cfg.DeltaMax = 20
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tg := s.targets[0]
+	tg.rtDelta = &lockedRuntime{f: rt} // a second client: the fold runs in the background
+	swaps := rt.replaced
+	for i := 0; i < 70; i++ { // past DeltaMax (20), under 4x (80)
+		st.set(fmt.Sprintf("u%d", i), "s2")
+	}
+	_, applied, _ := s.state.position()
+	changes, _, err := st.ReadLog(ctx, applied, 1000, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.publish(changes)
+	follow(t, s)
+	if rt.replaced != swaps || len(rt.delta) != 70 || tg.folding != nil {
+		t.Fatalf("70 changes in a stream: %d swaps, delta %d, folding %v: want all in the delta, no fold yet", rt.replaced-swaps, len(rt.delta), tg.folding != nil)
+	}
+	if err := tg.step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if tg.folding == nil {
+		t.Fatal("caught up with a delta past DeltaMax: no fold started")
+	}
+	if err := tg.waitFold(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rt.replaced <= swaps || len(rt.delta) != 0 || !equalMaps(routes(rt), stateMap(s)) {
+		t.Fatalf("after the fold: %d swaps, delta %d entries, maps as the state: %v", rt.replaced-swaps, len(rt.delta), equalMaps(routes(rt), stateMap(s)))
 	}
 }

@@ -25,6 +25,7 @@ const (
 	reasonLease          = "lease"           // full sync: this syncer took the map's lease (again)
 	reasonBehind         = "behind"          // full sync: the target fell further behind than the syncer keeps changes for it
 	reasonLargeBatch     = "large_batch"     // swap: a batch with more set/del than ReplaceAbove (or a large full-sync diff)
+	reasonDeltaFull      = "delta_full"      // swap: the delta map holds more than DeltaMax entries and no change is waiting
 	reasonDuplicates     = "duplicates"      // swap: the live map holds duplicate keys (only a swap removes them)
 	reasonDrift          = "drift"           // swap: the live map was edited outside shardmap (keys missing or extra)
 )
@@ -111,7 +112,7 @@ func (m *Metrics) targetLocked(target string) *targetMetrics {
 		for _, r := range []string{reasonStart, reasonHAProxyRestart, reasonDoubt, reasonGap, reasonDriftCount, reasonLease, reasonBehind, reasonDrift} {
 			m.fullSyncs.WithLabelValues(target, r)
 		}
-		for _, r := range []string{reasonLargeBatch, reasonDuplicates, reasonDrift} {
+		for _, r := range []string{reasonLargeBatch, reasonDeltaFull, reasonDuplicates, reasonDrift} {
 			m.swaps.WithLabelValues(target, r)
 		}
 		m.reconnects.WithLabelValues(target)
@@ -325,6 +326,10 @@ func (r *countingRuntime) Apply(ctx context.Context, mapPath string, ops []runti
 
 func (r *countingRuntime) Replace(ctx context.Context, mapPath string, entries []runtime.Entry) error {
 	return r.count(r.Runtime.Replace(ctx, mapPath, entries))
+}
+
+func (r *countingRuntime) AddFrom(ctx context.Context, mapPath string, entries runtime.Entries) error {
+	return r.count(r.Runtime.AddFrom(ctx, mapPath, entries))
 }
 
 func (r *countingRuntime) ReplaceFrom(ctx context.Context, mapPath string, entries runtime.Entries) error {

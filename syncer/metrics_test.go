@@ -58,6 +58,10 @@ func (r *metricsRuntime) Replace(ctx context.Context, m string, es []runtime.Ent
 	return r.fakeRuntime.Replace(ctx, m, es)
 }
 
+func (r *metricsRuntime) AddFrom(ctx context.Context, m string, es runtime.Entries) error {
+	return addVia(ctx, r.Apply, m, es)
+}
+
 func (r *metricsRuntime) ReplaceFrom(ctx context.Context, m string, es runtime.Entries) error {
 	return r.Replace(ctx, m, listOf(es))
 }

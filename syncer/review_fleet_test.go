@@ -31,6 +31,9 @@ func (l *lockedRuntime) Replace(ctx context.Context, n string, es []runtime.Entr
 	defer l.mu.Unlock()
 	return l.f.Replace(ctx, n, es)
 }
+func (l *lockedRuntime) AddFrom(ctx context.Context, n string, es runtime.Entries) error {
+	return addVia(ctx, l.Apply, n, es)
+}
 func (l *lockedRuntime) ReplaceFrom(ctx context.Context, n string, es runtime.Entries) error {
 	return l.Replace(ctx, n, listOf(es))
 }
@@ -72,6 +75,10 @@ func (hungRuntime) Apply(ctx context.Context, _ string, _ []runtime.Op) ([]error
 	return nil, ctx.Err()
 }
 func (hungRuntime) Replace(ctx context.Context, _ string, _ []runtime.Entry) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+func (hungRuntime) AddFrom(ctx context.Context, _ string, _ runtime.Entries) error {
 	<-ctx.Done()
 	return ctx.Err()
 }

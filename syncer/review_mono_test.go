@@ -112,6 +112,10 @@ func (m *monoRuntime) Apply(_ context.Context, name string, ops []runtime.Op) ([
 	return res, nil
 }
 
+func (m *monoRuntime) AddFrom(ctx context.Context, name string, es runtime.Entries) error {
+	return addVia(ctx, m.Apply, name, es)
+}
+
 func (m *monoRuntime) ReplaceFrom(ctx context.Context, name string, es runtime.Entries) error {
 	return m.Replace(ctx, name, listOf(es))
 }

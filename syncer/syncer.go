@@ -37,6 +37,9 @@ type Runtime interface {
 	Apply(ctx context.Context, mapPath string, ops []runtime.Op) ([]error, error)
 	// Replace swaps the whole live map atomically or leaves it as it was.
 	Replace(ctx context.Context, mapPath string, entries []runtime.Entry) error
+	// AddFrom adds keys the map does not hold to its live version; see
+	// runtime.Client.AddFrom for the contract.
+	AddFrom(ctx context.Context, mapPath string, entries runtime.Entries) error
 	// ReplaceFrom is Replace reading the entries from a frozen list.
 	ReplaceFrom(ctx context.Context, mapPath string, entries runtime.Entries) error
 	// ClearUncommitted drops versions of the map that were prepared and
@@ -95,7 +98,7 @@ type Config struct {
 	FlushDelay   time.Duration // how long changes wait before the file is written (200 ms; or 4x the last write's duration, when longer)
 	BatchMax     int           // most changes read and applied at once (10,000)
 	ReplaceAbove int           // a batch with more set/del than this is applied as one versioned swap (64)
-	DeltaMax     int           // in the delta+base layout, the delta entries past which it is folded into the base (50,000: a fold swaps the whole base; a set in the delta walks the delta on 2.6)
+	DeltaMax     int           // in the delta+base layout, the delta entries past which it is folded into the base once caught up (50,000: a fold swaps the whole base; a set in the delta walks the delta on 2.6); a bulk stream may take the delta to four times this first
 	Heartbeat    time.Duration // how often the syncer reports itself in Redis and renews its claims (1 s)
 	CheckEvery   time.Duration // how often HAProxy's identity (show info Pid) is checked (500 ms)
 	// MaxDeleteShare: a full reconcile that would delete more than this share

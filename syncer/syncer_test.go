@@ -81,6 +81,25 @@ func (f *fakeRuntime) ReplaceFrom(ctx context.Context, name string, es runtime.E
 	return f.Replace(ctx, name, listOf(es))
 }
 
+// AddFrom is the entries as Add ops.
+func (f *fakeRuntime) AddFrom(ctx context.Context, name string, es runtime.Entries) error {
+	return addVia(ctx, f.Apply, name, es)
+}
+
+// addVia is AddFrom for the fakes: es as Add ops through apply.
+func addVia(ctx context.Context, apply func(context.Context, string, []runtime.Op) ([]error, error), name string, es runtime.Entries) error {
+	ops := make([]runtime.Op, 0, es.Len())
+	for i := range es.Len() {
+		k, v := es.At(i)
+		ops = append(ops, runtime.Op{Kind: runtime.Add, Key: k, Value: v})
+	}
+	res, err := apply(ctx, name, ops)
+	if err != nil {
+		return err
+	}
+	return errors.Join(res...)
+}
+
 // listOf copies es into a slice, for the fakes.
 func listOf(es runtime.Entries) []runtime.Entry {
 	if es == nil {
@@ -176,8 +195,9 @@ func TestApplyCoalescesAndDiffs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []runtime.Op{{Kind: runtime.Add, Key: "a", Value: "s2"}, {Kind: runtime.Del, Key: "d"}, {Kind: runtime.Set, Key: "e", Value: "s3"}}
-	if len(f.applied) != 1 || !reflect.DeepEqual(f.applied[0], want) {
+	// The new user comes in its own call (AddFrom's payloads).
+	want := [][]runtime.Op{{{Kind: runtime.Del, Key: "d"}, {Kind: runtime.Set, Key: "e", Value: "s3"}}, {{Kind: runtime.Add, Key: "a", Value: "s2"}}}
+	if !reflect.DeepEqual(f.applied, want) {
 		t.Fatalf("sent %v, want %v", f.applied, want)
 	}
 	if !reflect.DeepEqual(stateMap(s), f.live) || s.targets[0].applied != "7-0" {

@@ -37,6 +37,7 @@ type target struct {
 	active    atomic.Bool         // holds the target's lease and writes to it (read by the status)
 	hasDelta  bool                // HAProxy has the delta map loaded
 	useDelta  bool                // changes go to the delta map (HAProxy before 2.9)
+	treeMaps  bool                // HAProxy sets and deletes by key through a tree (2.9 and later)
 	deltaKeys map[string]struct{} // the keys in the live delta map
 	rtDelta   Runtime             // writes the delta during a background fold; nil: folds run inline
 	folding   *foldJob            // the background fold running, nil when none (layout.go)
@@ -234,7 +235,7 @@ func (t *target) fullSync(ctx context.Context) error {
 	seq, logID, gen := c.seq, c.logID, c.gen
 	t.deltaKeys = c.delta
 	switch {
-	case c.duplicates || len(c.delta) > 0 && !t.useDelta || c.overflow || t.tooMuch(len(c.edits), c.baseDels, c.deltaAfter):
+	case c.duplicates || len(c.delta) > 0 && !t.useDelta || c.overflow || t.tooMuch(t.costOf(c.edits), c.n):
 		how = "fold"
 		why := reasonLargeBatch
 		if c.duplicates {
@@ -370,6 +371,12 @@ func (t *target) step(ctx context.Context) error {
 		t.doubt(reason)
 		return nil
 	}
+	if len(bs) == 0 && t.folding == nil && t.useDelta && t.rtDelta != nil && len(t.deltaKeys) > s.cfg.DeltaMax {
+		// Caught up with a delta past DeltaMax (a bulk stream has ended):
+		// fold it now, in the background.
+		t.startFold(ctx, reasonDeltaFull, nil)
+		return nil
+	}
 	if len(bs) == 0 {
 		timer := time.NewTimer(min(s.cfg.Heartbeat, s.cfg.CheckEvery))
 		defer timer.Stop()
@@ -471,23 +478,18 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 	}
 	at = nil
 	last := bs[len(bs)-1]
-	nEdits, baseDels, adds := 0, 0, 0
+	var cost editCost
 	for _, sp := range spans {
-		if sp.from == sp.to {
-			continue
-		}
-		nEdits++
-		if _, inDelta := t.deltaKeys[sp.user]; sp.to != none && !inDelta {
-			adds++
-		} else if sp.to == none && sp.from != none {
-			baseDels++
-		}
+		_, inDelta := t.deltaKeys[sp.user]
+		t.count(&cost, sp.from, sp.to, inDelta)
 	}
 	var edits []edit
 	// During a background fold the edits go to the delta (layout.go).
-	fold := t.folding == nil && t.tooMuch(nEdits, baseDels, len(t.deltaKeys)+adds)
+	var size int
+	s.state.read(func(v view) { size = v.len() })
+	fold := t.folding == nil && t.tooMuch(cost, size)
 	if !fold {
-		edits = make([]edit, 0, nEdits)
+		edits = make([]edit, 0, cost.adds+cost.sets+cost.dels+cost.deltaAdds)
 		s.state.read(func(v view) {
 			for _, sp := range spans {
 				// During a background fold a user whose value ends where
@@ -513,7 +515,7 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 	seq, logID := last.seq, last.logID
 	if job := t.folding; job != nil {
 		// A fold runs (layout.go): sets go to the delta now; a delete, or
-		// more than DeltaMax users written since the fold began, waits for
+		// more than deltaHard users written since the fold began, waits for
 		// the fold, and the loop then comes back from the new position.
 		fresh := 0
 		for _, e := range edits {
@@ -521,7 +523,7 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 				fresh++
 			}
 		}
-		if slices.ContainsFunc(edits, func(e edit) bool { return e.shard == "" }) || len(job.written)+fresh > s.cfg.DeltaMax {
+		if slices.ContainsFunc(edits, func(e edit) bool { return e.shard == "" }) || len(job.written)+fresh > t.deltaHard() {
 			return t.waitFold(ctx)
 		}
 		if err := t.send(ctx, edits); err != nil {
