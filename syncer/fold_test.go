@@ -243,3 +243,42 @@ func TestBehindTheRingFolds(t *testing.T) {
 		})
 	}
 }
+
+// A target out of the ring's reach while a bulk stream is still being read
+// (the reader's last read was full) waits for the stream's end and then
+// catches up with one fold, rather than fold in the middle of it and fall
+// behind again.
+func TestBehindTheRingWaitsForTheStreamsEnd(t *testing.T) {
+	s, st, rt, _ := newLoop(t, users(100, "s1"), nil)
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tg := s.targets[0]
+	swaps := rt.replaced
+	for i := 0; i < 4100; i++ { // more batches than the ring keeps
+		st.set(fmt.Sprintf("u%d", i%150), fmt.Sprint("s", 2+i%3))
+		_, applied, _ := s.state.position()
+		changes, _, err := st.ReadLog(ctx, applied, 10, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.publish(changes)
+	}
+	s.state.streaming.Store(true)
+	for range 3 {
+		if err := tg.step(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rt.replaced != swaps || tg.needFull {
+		t.Fatalf("behind the ring during a stream: %d swaps, full sync %v; want to wait", rt.replaced-swaps, tg.needFull)
+	}
+	s.state.streaming.Store(false)
+	if err := tg.step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rt.replaced != swaps+1 || !equalMaps(routes(rt), stateMap(s)) || tg.seq != s.state.seq {
+		t.Fatalf("after the stream: %d swaps (want 1), target seq %d, state %d", rt.replaced-swaps, tg.seq, s.state.seq)
+	}
+}

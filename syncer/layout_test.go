@@ -185,7 +185,7 @@ func (st *state) reload(entries map[string]string, logID string) {
 	st.install(l, logID)
 }
 
-// A slow map-file write spaces the next ones out: changes wait four times
+// A slow map-file write spaces the next ones out: changes wait eight times
 // the last write's duration when that is longer than FlushDelay.
 func TestFileDelayFollowsWriteTime(t *testing.T) {
 	s, _, _, _ := newLoop(t, users(3, "s1"), nil)
@@ -194,8 +194,8 @@ func TestFileDelayFollowsWriteTime(t *testing.T) {
 		t.Fatalf("delay %s before any write, want FlushDelay %s", got, s.cfg.FlushDelay)
 	}
 	f.done(s, context.Background(), fileWrite{id: "1-0", took: time.Second})
-	if got := f.delay(s); got != 4*time.Second {
-		t.Fatalf("delay %s after a 1 s write, want 4 s", got)
+	if got := f.delay(s); got != 8*time.Second {
+		t.Fatalf("delay %s after a 1 s write, want 8 s", got)
 	}
 }
 

@@ -3,6 +3,7 @@ package syncer
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/shardmap/shardmap/maps"
 )
@@ -49,6 +50,10 @@ type state struct {
 	ring    []*batch      // recent batches, consecutive seqs, oldest first
 	ringLen int           // changes held in the ring
 	notify  chan struct{} // closed, and replaced, at each publish or reload
+
+	// streaming: the reader's last read was a full one (BatchMax changes),
+	// so more of the log is waiting: a bulk stream is under way.
+	streaming atomic.Bool
 }
 
 func newState() *state {

@@ -507,6 +507,7 @@ func (s *Syncer) readStep(ctx context.Context) error {
 	for _, b := range bad {
 		s.skipBad(b)
 	}
+	s.state.streaming.Store(len(changes) >= s.cfg.BatchMax)
 	if len(changes) > 0 {
 		// Reading after an ID that is no longer in the log returns whatever
 		// follows, silently skipping what was trimmed: check it is still there.

@@ -41,9 +41,12 @@ type target struct {
 	deltaKeys map[string]struct{} // the keys in the live delta map
 	rtDelta   Runtime             // writes the delta during a background fold; nil: folds run inline
 	folding   *foldJob            // the background fold running, nil when none (layout.go)
-	inSync    atomic.Bool         // reconciled at least once (read by the status)
-	lastLive  time.Time           // last drift check of the live map
-	forceLive atomic.Bool
+	// behindSince: when the target, out of the ring's reach, began to wait
+	// for a bulk stream's end before catching up (zero: not waiting).
+	behindSince time.Time
+	inSync      atomic.Bool // reconciled at least once (read by the status)
+	lastLive    time.Time   // last drift check of the live map
+	forceLive   atomic.Bool
 
 	// Guarded by s.mu.
 	status    TargetStatus
@@ -359,6 +362,19 @@ func (t *target) step(ctx context.Context) error {
 		from = t.folding.deltaSeq
 	}
 	bs, ok, next := s.state.since(from)
+	if !ok && t.gen == s.state.generation() && t.folding == nil && s.state.streaming.Load() && (t.behindSince.IsZero() || time.Since(t.behindSince) < maxBehindWait) {
+		// Out of the ring's reach in the middle of a bulk stream: a fold
+		// now would fall behind again before it ends. Wait for the
+		// stream's end (the reader's first read that is not full), then
+		// fold once; nothing is lost meanwhile (the state has every change).
+		if t.behindSince.IsZero() {
+			t.behindSince = time.Now()
+			t.log.Info("out of the ring's reach during a bulk stream: folding once it ends", "log_id", t.applied)
+		}
+		t.sleep(ctx, 20*time.Millisecond)
+		return nil
+	}
+	t.behindSince = time.Time{}
 	if !ok && t.gen == s.state.generation() {
 		return t.settle(ctx, t.catchUp(context.WithoutCancel(ctx)))
 	}
@@ -611,6 +627,10 @@ func (t *target) applyOps(ctx context.Context, name string, ops []runtime.Op) er
 	}
 	return nil
 }
+
+// maxBehindWait bounds how long a target out of the ring's reach waits for
+// a bulk stream's end before it catches up with a fold anyway.
+const maxBehindWait = 10 * time.Second
 
 // errReloaded: the state was reloaded since the target's delete guard
 // checked it; only a full sync may bring the live map to it.

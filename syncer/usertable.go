@@ -1,12 +1,13 @@
 package syncer
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"hash/maphash"
 	"math"
 	"slices"
-	"strings"
+	"sort"
 	"unsafe"
 )
 
@@ -315,10 +316,56 @@ func (l *entryList) At(i int) (user, shard string) {
 }
 
 // sort orders the list by user name, bytewise (as strings.Compare): the
-// map file's order. It sorts the 8-byte entries, not strings.
+// map file's order. Comparing names in the arena costs a cache miss or two
+// each, and a sort makes ~20 per entry, so each entry first gets a key: the
+// 8 bytes of its name after the prefix all names share (zero-padded, big
+// endian), which orders two names as their bytes do unless the keys are
+// equal; only then are the names compared. The keys take 8 bytes per entry
+// while the sort runs.
 func (l *entryList) sort() {
-	slices.SortFunc(l.ents, func(a, b slot) int {
-		x, y := nameAt(l.arena, a.off), nameAt(l.arena, b.off)
-		return strings.Compare(unsafe.String(unsafe.SliceData(x), len(x)), unsafe.String(unsafe.SliceData(y), len(y)))
-	})
+	n := len(l.ents)
+	if n < 2 {
+		return
+	}
+	first := nameAt(l.arena, l.ents[0].off)
+	common := len(first)
+	for _, e := range l.ents[1:] {
+		name := nameAt(l.arena, e.off)
+		common = min(common, len(name))
+		i := 0
+		for i < common && name[i] == first[i] {
+			i++
+		}
+		if common = i; common == 0 {
+			break
+		}
+	}
+	keys := make([]uint64, n)
+	for i, e := range l.ents {
+		name := nameAt(l.arena, e.off)[common:]
+		var buf [8]byte
+		copy(buf[:], name)
+		keys[i] = binary.BigEndian.Uint64(buf[:])
+	}
+	sort.Sort(keyedEntries{l, keys})
+}
+
+// keyedEntries sorts an entry list and its keys together (see sort).
+type keyedEntries struct {
+	l    *entryList
+	keys []uint64
+}
+
+func (k keyedEntries) Len() int { return len(k.keys) }
+
+func (k keyedEntries) Less(i, j int) bool {
+	if k.keys[i] != k.keys[j] {
+		return k.keys[i] < k.keys[j]
+	}
+	return bytes.Compare(nameAt(k.l.arena, k.l.ents[i].off), nameAt(k.l.arena, k.l.ents[j].off)) < 0
+}
+
+func (k keyedEntries) Swap(i, j int) {
+	k.keys[i], k.keys[j] = k.keys[j], k.keys[i]
+	k.l.ents[i], k.l.ents[j] = k.l.ents[j], k.l.ents[i]
 }

@@ -5,6 +5,7 @@ import (
 
 	"fmt"
 	"github.com/shardmap/shardmap/runtime"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -298,4 +299,51 @@ func TestLiveSeenFindsDuplicates(t *testing.T) {
 			t.Fatalf("%d distinct keys read, want 3", ls.n)
 		}
 	})
+}
+
+// The sort agrees with strings.Compare on names sharing long prefixes,
+// names that are prefixes of others, and names equal in their first bytes
+// past the common prefix.
+func TestEntryListSortMatchesStringOrder(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, gen := range []func(i int) string{
+		func(i int) string { return fmt.Sprintf("user%09d", rng.IntN(1_000_000_000)) },
+		func(i int) string { return fmt.Sprintf("tenant-%d-%x", rng.IntN(3), rng.Uint64()>>uint(rng.IntN(64))) },
+		func(i int) string { return strings.Repeat("a", rng.IntN(20)) + string(rune('a'+rng.IntN(3))) },
+		func(i int) string { return fmt.Sprint(rng.Uint64()) },
+	} {
+		tb := newUserTable(0)
+		seen := map[string]bool{}
+		for i := 0; i < 5000; i++ {
+			u := gen(i)
+			if !seen[u] {
+				seen[u] = true
+				tb.put(u, 0)
+			}
+		}
+		l := tb.entries([]string{"s0"})
+		l.sort()
+		want := slices.Sorted(maps.Keys(seen))
+		got := make([]string, 0, l.Len())
+		for i := range l.Len() {
+			u, _ := l.At(i)
+			got = append(got, u)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("sorted list differs from string order (%d names)", len(want))
+		}
+	}
+}
+
+func BenchmarkEntryListSort1M(b *testing.B) {
+	tb := newUserTable(0)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 1_000_000; i++ {
+		tb.put(fmt.Sprintf("user%09d", rng.IntN(1_000_000_000)), 0)
+	}
+	b.ResetTimer()
+	for range b.N {
+		l := tb.entries([]string{"s0"})
+		l.sort()
+	}
 }

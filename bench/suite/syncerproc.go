@@ -53,7 +53,20 @@ func RunSyncer(args []string, stderr io.Writer) error {
 	syncer.TuneMemory(0) // as cmd/syncer does by default
 	rdb := redis.NewClient(&redis.Options{Addr: *redisAddr})
 	defer rdb.Close()
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// SHARDMAP_BENCH_SYNCER_LOG=FILE: the syncer's log, at level info, goes
+	// to FILE (to see what it did during a scenario); by default only its
+	// warnings, to the bench's memory.
+	var log *slog.Logger
+	if path := os.Getenv("SHARDMAP_BENCH_SYNCER_LOG"); path != "" {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return fmt.Errorf("syncer: SHARDMAP_BENCH_SYNCER_LOG: %w", err)
+		}
+		defer f.Close()
+		log = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	} else {
+		log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	s, err := syncer.New(syncer.Config{Name: "bench", MapName: *mapName, Targets: []string{*socket}, Logger: log},
 		maps.NewStore(rdb, ""), func(addr string) (syncer.Runtime, error) { return runtime.New(addr, 30*time.Second) })
 	if err != nil {
