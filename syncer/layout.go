@@ -23,7 +23,7 @@ import (
 // deletes, once the delta holds more than DeltaMax entries and no change
 // is waiting (the end of a bulk stream: a fold in the middle of one would
 // make the rest wait or go to the delta anyway), or when it would pass
-// deltaHard. Between the two commits both maps agree (every
+// deltaLimit. Between the two commits both maps agree (every
 // delta entry equals the state's value for its user at the target's
 // position, or an older one the request path saw already), so no request
 // is ever routed by a value older than one it was routed by before.
@@ -161,29 +161,37 @@ func (t *target) costOf(edits []edit) editCost {
 	return c
 }
 
-// deltaHard is the most entries the delta may hold: past DeltaMax a fold
-// is due, but a bulk stream still arriving goes on into the delta (an add
-// there walks nothing) up to four times that, so that a reassignment of
-// many users is live before the base is swapped rather than after.
-func (t *target) deltaHard() int { return 4 * t.s.cfg.DeltaMax }
+// deltaLimit is the most entries the delta may hold before a fold:
+// DeltaMax, and four times that while a bulk stream is being read (the
+// reader's reads are full) and the target has a second client, so that a
+// reassignment of many users is live before the base is swapped rather
+// than after (an add to the delta walks nothing; the fold follows once the
+// stream ends, see step). Not under steady churn: there a set of a user
+// already in the delta walks the whole delta.
+func (t *target) deltaLimit() int {
+	if t.rtDelta != nil && t.s.state.streaming.Load() {
+		return 4 * t.s.cfg.DeltaMax
+	}
+	return t.s.cfg.DeltaMax
+}
 
 // tooMuch reports whether edits are cheaper as a fold (a swap of the whole
 // base). Adds never are. In the single layout: more than ReplaceAbove sets
 // and deletes before HAProxy 2.9 (each walks the map); from 2.9 on, where
 // they use a tree, more than that or an eighth of the map's n entries,
 // whichever is more (a swap loads every entry, a set costs a few). In the
-// delta layout: more than ReplaceAbove deletes from the base, or a delta
-// that would pass deltaHard entries (DeltaMax without a second client).
+// delta layout: more than ReplaceAbove deletes from the base; a delta
+// that would pass deltaLimit entries; or sets of users in the delta whose
+// walks would cost more than ReplaceAbove walks of a DeltaMax delta.
 func (t *target) tooMuch(c editCost, n int) bool {
 	switch {
 	case !t.useDelta && t.treeMaps:
 		return c.sets+c.dels > max(t.s.cfg.ReplaceAbove, n/8)
 	case !t.useDelta:
 		return c.sets+c.dels > t.s.cfg.ReplaceAbove
-	case t.rtDelta == nil:
-		return c.dels > t.s.cfg.ReplaceAbove || len(t.deltaKeys)+c.deltaAdds > t.s.cfg.DeltaMax
 	}
-	return c.dels > t.s.cfg.ReplaceAbove || len(t.deltaKeys)+c.deltaAdds > t.deltaHard()
+	return c.dels > t.s.cfg.ReplaceAbove || len(t.deltaKeys)+c.deltaAdds > t.deltaLimit() ||
+		c.sets*len(t.deltaKeys) > t.s.cfg.ReplaceAbove*t.s.cfg.DeltaMax
 }
 
 // send writes edits to the live maps. A user the live maps do not hold is
@@ -305,8 +313,8 @@ func (t *target) fold(ctx context.Context, why string, gen uint64) (uint64, stri
 // During a fold only sets go to the delta: a delete from the base would be
 // undone by the commit of the version being loaded, so a batch with a
 // delete waits for the fold to end, as does one that would make more than
-// deltaHard users written since the fold began (the entries from before it
-// leave the delta at its end, so the delta holds up to twice deltaHard
+// deltaLimit users written since the fold began (the entries from before
+// it leave the delta at its end, so the delta holds up to twice that
 // meanwhile).
 type foldJob struct {
 	done chan struct{}

@@ -275,9 +275,10 @@ func TestTreeMapsSetRatherThanSwap(t *testing.T) {
 	}
 }
 
-// In the delta layout a stream of changes to existing users goes on into
-// the delta past DeltaMax (up to four times it) and the fold waits for the
-// end of the stream: the step that finds nothing new starts it.
+// In the delta layout a bulk stream of changes to existing users goes on
+// into the delta past DeltaMax (up to four times it) and the fold waits for
+// the end of the stream: the step that finds nothing new starts it. Under
+// steady churn (reads not full) the delta is folded at DeltaMax.
 func TestDeltaFoldsAtTheEndOfAStream(t *testing.T) {
 	s, st, rt, _ := newLoop(t, users(1000, "s1"), nil)
 	rt.delta = map[string]string{}
@@ -298,10 +299,12 @@ func TestDeltaFoldsAtTheEndOfAStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.publish(changes)
+	s.state.streaming.Store(true) // the reader's reads are full: a bulk stream
 	follow(t, s)
 	if rt.replaced != swaps || len(rt.delta) != 70 || tg.folding != nil {
 		t.Fatalf("70 changes in a stream: %d swaps, delta %d, folding %v: want all in the delta, no fold yet", rt.replaced-swaps, len(rt.delta), tg.folding != nil)
 	}
+	s.state.streaming.Store(false) // the stream ended
 	if err := tg.step(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -313,5 +316,65 @@ func TestDeltaFoldsAtTheEndOfAStream(t *testing.T) {
 	}
 	if rt.replaced <= swaps || len(rt.delta) != 0 || !equalMaps(routes(rt), stateMap(s)) {
 		t.Fatalf("after the fold: %d swaps, delta %d entries, maps as the state: %v", rt.replaced-swaps, len(rt.delta), equalMaps(routes(rt), stateMap(s)))
+	}
+	for i := 100; i < 125; i++ { // not a stream now: past DeltaMax folds at once
+		st.set(fmt.Sprintf("u%d", i), "s3")
+	}
+	_, applied, _ = s.state.position()
+	changes, _, err = st.ReadLog(ctx, applied, 1000, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.publish(changes)
+	swaps = rt.replaced
+	follow(t, s)
+	if tg.folding != nil {
+		if err := tg.waitFold(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rt.replaced <= swaps || !equalMaps(routes(rt), stateMap(s)) {
+		t.Fatalf("25 changes past DeltaMax under churn: %d swaps, want a fold", rt.replaced-swaps)
+	}
+}
+
+// In the delta layout on 2.6 a set of a user already in the delta walks
+// the delta: a batch whose walks would cost more than ReplaceAbove walks of
+// a DeltaMax delta is a fold instead.
+func TestDeltaSetsThatWalkTooMuchFold(t *testing.T) {
+	s, st, rt, _ := newLoop(t, users(1000, "s1"), nil)
+	rt.delta = map[string]string{}
+	s.cfg.DeltaMax, s.cfg.ReplaceAbove = 20, 2 // a budget of 40 walked entries
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	step := func(users []int, shard string) {
+		t.Helper()
+		for _, i := range users {
+			st.set(fmt.Sprintf("u%d", i), shard)
+		}
+		_, applied, _ := s.state.position()
+		changes, _, err := st.ReadLog(ctx, applied, 1000, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.publish(changes)
+		follow(t, s)
+		if tg := s.targets[0]; tg.folding != nil {
+			if err := tg.waitFold(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	step([]int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14}, "s2") // 15 in the delta
+	swaps := rt.replaced
+	step([]int{0, 1}, "s3") // 2 sets x 15 = 30 walked: sets
+	if rt.replaced != swaps || rt.delta["u0"] != "s3" {
+		t.Fatalf("2 sets in a delta of 15: %d swaps, delta u0=%q; want sets", rt.replaced-swaps, rt.delta["u0"])
+	}
+	step([]int{2, 3, 4}, "s4") // 3 x 15 = 45 > 40: a fold
+	if rt.replaced == swaps || !equalMaps(routes(rt), stateMap(s)) {
+		t.Fatalf("3 sets in a delta of 15: %d swaps, want a fold", rt.replaced-swaps)
 	}
 }

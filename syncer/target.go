@@ -531,15 +531,15 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 	seq, logID := last.seq, last.logID
 	if job := t.folding; job != nil {
 		// A fold runs (layout.go): sets go to the delta now; a delete, or
-		// more than deltaHard users written since the fold began, waits for
-		// the fold, and the loop then comes back from the new position.
+		// more than deltaLimit users written since the fold began, waits
+		// for the fold, and the loop then comes back from the new position.
 		fresh := 0
 		for _, e := range edits {
 			if _, ok := job.written[e.user]; !ok {
 				fresh++
 			}
 		}
-		if slices.ContainsFunc(edits, func(e edit) bool { return e.shard == "" }) || len(job.written)+fresh > t.deltaHard() {
+		if slices.ContainsFunc(edits, func(e edit) bool { return e.shard == "" }) || len(job.written)+fresh > t.deltaLimit() {
 			return t.waitFold(ctx)
 		}
 		if err := t.send(ctx, edits); err != nil {
