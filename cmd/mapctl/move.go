@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -247,54 +246,15 @@ func routeName(route string) string {
 	return route
 }
 
-// planLine is one move of a --from-file plan.
-type planLine struct {
-	line    int
-	kind    move.Kind
-	subject string
-	to      string
-}
-
-// readPlan parses a plan file: "USER SHARD" or "logical:L SHARD" lines,
-// blank lines and # comments. Every line is checked before any move runs;
-// a subject twice is refused.
-func readPlan(path string) ([]planLine, error) {
+// readPlan reads the plan file at path (move.ReadPlan: every line is
+// checked before any move runs). A file that cannot be opened is bad usage.
+func readPlan(path string) ([]move.PlanLine, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, usageError{Err: err}
 	}
 	defer f.Close()
-	var out []planLine
-	seen := map[string]int{}
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		text := strings.TrimSpace(sc.Text())
-		if text == "" || strings.HasPrefix(text, "#") {
-			continue
-		}
-		fs := strings.Fields(text)
-		if len(fs) != 2 {
-			return nil, usagef("%s:%d: %q: want USER SHARD or logical:L SHARD", path, n, text)
-		}
-		p := planLine{line: n, kind: move.KindUser, subject: fs[0], to: fs[1]}
-		if l, ok := strings.CutPrefix(fs[0], "logical:"); ok {
-			p.kind, p.subject = move.KindLogical, l
-		} else if err := maps.ValidateUser(p.subject); err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", path, n, err)
-		}
-		if err := maps.ValidateShard(p.to); err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", path, n, err)
-		}
-		if prev, ok := seen[fs[0]]; ok {
-			return nil, usagef("%s:%d: %s is moved on line %d already", path, n, fs[0], prev)
-		}
-		seen[fs[0]] = n
-		out = append(out, p)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	return out, nil
+	return move.ReadPlan(f, path)
 }
 
 // moveFile runs the moves of a plan file, o.parallel at a time.
@@ -312,7 +272,7 @@ func (a *app) moveFile(ctx context.Context, cmd *cobra.Command, o moveOpts) erro
 		defer fmt.Fprintln(f)
 	}
 	m := a.mover(errOut, nil)
-	jobs := make(chan planLine)
+	jobs := make(chan move.PlanLine)
 	var wg sync.WaitGroup
 	failed, done := 0, 0
 	for range min(o.parallel, max(len(plan), 1)) {
@@ -320,23 +280,20 @@ func (a *app) moveFile(ctx context.Context, cmd *cobra.Command, o moveOpts) erro
 		go func() {
 			defer wg.Done()
 			for p := range jobs {
-				req := move.Request{Kind: p.kind, Subject: p.subject, To: p.to, Reason: o.reason, Freeze: o.freeze, Hooks: o.hooks}
+				req := move.Request{Kind: p.Kind, Subject: p.Subject, To: p.To, Reason: o.reason, Freeze: o.freeze, Hooks: o.hooks}
 				mv, err := m.Start(ctx, req)
-				subject := p.subject
-				if p.kind == move.KindLogical {
-					subject = "logical:" + p.subject
-				}
+				subject, _, _ := strings.Cut(p.String(), " ")
 				mu.Lock()
 				switch {
 				case err != nil && mv == nil:
 					failed++
-					fmt.Fprintf(out, "- %s %s failed: %v\n", subject, p.to, err)
+					fmt.Fprintf(out, "- %s %s failed: %v\n", subject, p.To, err)
 				case err != nil:
 					failed++
-					fmt.Fprintf(out, "%s %s %s failed at %s: %v\n", mv.ID, subject, p.to, mv.Step, err)
+					fmt.Fprintf(out, "%s %s %s failed at %s: %v\n", mv.ID, subject, p.To, mv.Step, err)
 				default:
 					done++
-					fmt.Fprintf(out, "%s %s %s done\n", mv.ID, subject, p.to)
+					fmt.Fprintf(out, "%s %s %s done\n", mv.ID, subject, p.To)
 				}
 				if bar != nil {
 					bar.Add(1)

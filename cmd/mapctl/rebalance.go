@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -117,7 +118,11 @@ See docs/REBALANCE.md.`,
 				return err
 			}
 			if o.write != "" {
-				if err := atomicfile.Write(o.write, []byte(rp.Plan.PlanFile(rp.Mode == "ids", rp.header())), 0o644); err != nil {
+				var b bytes.Buffer
+				if err := move.WritePlan(&b, rp.header(), rp.Plan.PlanLines(rp.Mode == "ids")); err != nil {
+					return fmt.Errorf("--write: %w", err)
+				}
+				if err := atomicfile.Write(o.write, b.Bytes(), 0o644); err != nil {
 					return fmt.Errorf("--write: %w", err)
 				}
 			}
