@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
+	"github.com/shardmap/shardmap/ids"
 	"github.com/shardmap/shardmap/maps"
 	"github.com/shardmap/shardmap/move"
 )
@@ -257,10 +258,58 @@ func readPlan(path string) ([]move.PlanLine, error) {
 	return move.ReadPlan(f, path)
 }
 
+// checkPlan checks a plan against Redis before any of its moves starts, so
+// that a bad line is refused up front (exit 2) rather than after the moves
+// before it ran: in routing: ids (a logical map in Redis) a user line must
+// be an ID (ids.ParseNumber) and a logical line a logical shard the map
+// has; otherwise there are no logical lines; every destination must be a
+// backend HAProxy is known to have. A line that fails is a *move.PlanError
+// naming path, its line and the rule.
+func (a *app) checkPlan(ctx context.Context, path string, plan []move.PlanLine) error {
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	idsOn, err := a.idsMode(ctx)
+	if err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	for _, p := range plan {
+		bad := func(rule string, err error) error {
+			return &move.PlanError{File: path, Line: p.Line, Text: p.String(), Rule: rule, Err: err}
+		}
+		switch {
+		case p.Kind == move.KindLogical && !idsOn:
+			return bad("a logical shard, but there is no logical map in Redis (routing: ids only)", nil)
+		case p.Kind == move.KindLogical:
+			if _, err := a.logicalShard(ctx, p.Subject); err != nil {
+				return bad("logical shard of the logical map", err)
+			}
+		case idsOn:
+			if _, err := ids.ParseNumber(p.Subject); err != nil {
+				return bad("routing: ids (a logical map is in Redis), so a user line takes an ID (docs/IDS.md)", err)
+			}
+		}
+		ok, seen := known[p.To]
+		if !seen {
+			if ok, err = a.store.KnownShard(ctx, p.To); err != nil {
+				return err
+			}
+			known[p.To] = ok
+		}
+		if !ok {
+			return bad("destination is not a backend HAProxy is known to have (mapctl shard list; a syncer publishes them)", nil)
+		}
+	}
+	return nil
+}
+
 // moveFile runs the moves of a plan file, o.parallel at a time.
 func (a *app) moveFile(ctx context.Context, cmd *cobra.Command, o moveOpts) error {
 	plan, err := readPlan(o.fromFile)
 	if err != nil {
+		return err
+	}
+	if err := a.checkPlan(ctx, o.fromFile, plan); err != nil {
 		return err
 	}
 	out, errOut := cmd.OutOrStdout(), cmd.ErrOrStderr()
