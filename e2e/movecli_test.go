@@ -159,6 +159,43 @@ func TestMoveCLIFailAbortAndBadInput(t *testing.T) {
 		}
 	}
 	s.mustRoute("dan", "shard0")
+
+	// moves --prune: finished moves (carol's aborted one, the two of the
+	// plan) older than --older-than go; a failed one (dan's, next) stays.
+	if _, errs, code := s.mapctl("move", "dan", "--to", "shard2", "--copy-cmd", "exit 4", "--retries", "0"); code != 1 {
+		t.Fatalf("failing move of dan: exit %d: %s", code, errs)
+	}
+	countMoves := func() int {
+		var l []map[string]any
+		if err := json.Unmarshal([]byte(s.mustMapctl("moves", "--all", "-o", "json")), &l); err != nil {
+			t.Fatal(err)
+		}
+		return len(l)
+	}
+	if n := countMoves(); n != 4 {
+		t.Fatalf("%d moves recorded, want 4", n)
+	}
+	if o := s.mustMapctl("moves", "--prune", "--dry-run"); o != "would remove 0 finished moves last updated over 720h0m0s ago\n" {
+		t.Errorf("prune of young moves: %q", o)
+	}
+	if o := s.mustMapctl("moves", "--prune", "--older-than", "0s", "--dry-run"); !strings.HasSuffix(o, "would remove 3 finished moves last updated over 0s ago\n") ||
+		strings.Contains(o, "failed") || strings.Count(o, "\n") != 5 {
+		t.Errorf("prune --dry-run: %q", o)
+	}
+	if n := countMoves(); n != 4 {
+		t.Fatalf("%d moves recorded after a dry run, want 4", n)
+	}
+	if o := s.mustMapctl("moves", "--prune", "--older-than", "0s"); !strings.HasSuffix(o, "removed 3 finished moves last updated over 0s ago\n") {
+		t.Errorf("prune: %q", o)
+	}
+	if o := s.mustMapctl("moves", "--all"); !strings.Contains(o, "dan") || !strings.Contains(o, "failed") || strings.Count(o, "\n") != 2 {
+		t.Errorf("moves after prune: %q, want dan's failed move alone", o)
+	}
+	for _, bad := range [][]string{{"moves", "--dry-run"}, {"moves", "--older-than", "1h"}, {"moves", "--prune", "--all"}, {"moves", "--prune", "--older-than", "-1h"}} {
+		if _, errs, code := s.mapctl(bad...); code != 2 {
+			t.Errorf("mapctl %v: exit %d: %s, want 2", bad, code, errs)
+		}
+	}
 }
 
 // mapctl move --logical in routing: ids (a logical map in Redis): the

@@ -398,23 +398,46 @@ type moveJSON struct {
 }
 
 func (a *app) movesCmd() *cobra.Command {
-	var all bool
+	var all, prune, dryRun bool
+	var olderThan time.Duration
 	var out *output
 	c := &cobra.Command{
 		Use:   "moves",
-		Short: "List the moves that are not finished (running or failed); --all lists every move",
+		Short: "List the moves that are not finished (running or failed); --all lists every move; --prune deletes old finished ones",
 		Long: `moves lists moves (mapctl move) in creation order: ID, subject, from, to, the
 step it is at, its state and when it was last updated. A running move that no
 live mapctl drives (it was killed) shows as "running (stalled)": resume it.
--o json prints an array of objects with every recorded field.`,
+-o json prints an array of objects with every recorded field.
+
+--prune deletes the records of finished moves (done or aborted) last updated
+more than --older-than ago (default 720h, 30 days), each record with its index entry
+at once; a running or failed move is never deleted, however old. It lists the
+moves it deleted and prints how many; --dry-run lists them and deletes nothing.`,
 		Example: `  mapctl moves
-  mapctl moves --all -o json | jq '.[] | select(.state == "failed")'`,
+  mapctl moves --all -o json | jq '.[] | select(.state == "failed")'
+  mapctl moves --prune --older-than 720h --dry-run`,
 		Args: args(0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !prune && (cmd.Flags().Changed("older-than") || dryRun) {
+				return usagef("--older-than and --dry-run go with --prune")
+			}
+			if prune && all {
+				return usagef("--prune lists what it deletes: no --all")
+			}
+			if olderThan < 0 {
+				return usagef("--older-than %s: want 0 or more", olderThan)
+			}
 			ctx, cancel := a.ctx(cmd)
 			defer cancel()
-			list, err := a.mover(cmd.ErrOrStderr(), nil).List(ctx, all)
-			if err != nil {
+			m := a.mover(cmd.ErrOrStderr(), nil)
+			var list []move.Move
+			var err error
+			if prune {
+				list, err = m.Prune(ctx, time.Now().Add(-olderThan), dryRun)
+			} else {
+				list, err = m.List(ctx, all)
+			}
+			if err != nil && len(list) == 0 {
 				return err
 			}
 			if *out == outJSON {
@@ -424,18 +447,36 @@ live mapctl drives (it was killed) shows as "running (stalled)": resume it.
 						Reason: mv.Reason, Step: string(mv.Step), State: string(mv.State), Error: mv.Error, Attempts: mv.Attempts,
 						Freeze: mv.Freeze, FlipID: mv.FlipID, Driven: mv.Driven, Created: mv.Created, Updated: mv.Updated}
 				}
-				return writeJSON(cmd.OutOrStdout(), js)
+				if werr := writeJSON(cmd.OutOrStdout(), js); werr != nil {
+					return werr
+				}
+			} else {
+				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				if !prune || len(list) > 0 {
+					fmt.Fprintln(w, "ID\tSUBJECT\tFROM\tTO\tSTEP\tSTATE\tUPDATED")
+				}
+				for _, mv := range list {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mv.ID, subjectName(mv), mv.From, mv.To, mv.Step, stateName(mv),
+						mv.Updated.UTC().Format(time.RFC3339))
+				}
+				if werr := w.Flush(); werr != nil {
+					return werr
+				}
+				if prune {
+					verb := "removed"
+					if dryRun {
+						verb = "would remove"
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "%s %d finished moves last updated over %s ago\n", verb, len(list), olderThan)
+				}
 			}
-			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tSUBJECT\tFROM\tTO\tSTEP\tSTATE\tUPDATED")
-			for _, mv := range list {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mv.ID, subjectName(mv), mv.From, mv.To, mv.Step, stateName(mv),
-					mv.Updated.UTC().Format(time.RFC3339))
-			}
-			return w.Flush()
+			return err // a prune that stopped part way: what it removed is printed
 		},
 	}
 	c.Flags().BoolVar(&all, "all", false, "list finished moves (done, aborted) too")
+	c.Flags().BoolVar(&prune, "prune", false, "delete the records of finished moves (done, aborted) older than --older-than; never an unfinished one")
+	c.Flags().DurationVar(&olderThan, "older-than", move.DefaultPruneAge, "with --prune: only moves last updated longer ago than this")
+	c.Flags().BoolVar(&dryRun, "dry-run", false, "with --prune: list what would be deleted, delete nothing")
 	out = outputFlag(c)
 	return c
 }
