@@ -1,8 +1,9 @@
-// Package rebalance proposes moves that even out shards: a pure planner, with
-// no I/O. Its caller reads the shards' figures (users counted in the store,
-// or load read from HAProxy's "show stat") and the subjects that may move
-// (users, or the logical shards of routing: ids), and gets back the moves and
-// the expected figure per shard before and after them.
+// Package rebalance proposes moves that even out shards. The planner,
+// Propose, is pure, with no I/O: its caller reads the shards' figures (users
+// counted in the store, or load read from HAProxy's "show stat": SampleLoad
+// reads it, ShardsFromStats turns it into shards) and the subjects that may
+// move (users, or the logical shards of routing: ids), and gets back the
+// moves and the expected figure per shard before and after them.
 //
 // The algorithm (docs/REBALANCE.md has the long form): each step moves one
 // subject from a fuller shard to an emptier one, choosing the pair of shards
