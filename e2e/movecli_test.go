@@ -147,6 +147,55 @@ func TestMoveCLIFailAbortAndBadInput(t *testing.T) {
 	if _, errs, code := s.mapctl("move", "--from-file", plan); code != 2 || !strings.Contains(errs, "line 1") {
 		t.Errorf("a subject twice: exit %d: %s", code, errs)
 	}
+	// Checked whole before the first move: a logical line without routing:
+	// ids, a shard HAProxy has no backend for; dan (line 1) does not move.
+	for _, c := range []struct{ line, rule string }{
+		{"logical:1 shard1", "no logical map"},
+		{"carol shard9", "not a backend"},
+	} {
+		os.WriteFile(plan, []byte("dan shard2\n"+c.line+"\n"), 0o644)
+		if _, errs, code := s.mapctl("move", "--from-file", plan, "--copy-cmd", "true"); code != 2 || !strings.Contains(errs, plan+":2") || !strings.Contains(errs, c.rule) {
+			t.Errorf("plan line %q: exit %d: %s, want 2 naming %s:2 and %q", c.line, code, errs, plan, c.rule)
+		}
+	}
+	s.mustRoute("dan", "shard0")
+
+	// moves --prune: finished moves (carol's aborted one, the two of the
+	// plan) older than --older-than go; a failed one (dan's, next) stays.
+	if _, errs, code := s.mapctl("move", "dan", "--to", "shard2", "--copy-cmd", "exit 4", "--retries", "0"); code != 1 {
+		t.Fatalf("failing move of dan: exit %d: %s", code, errs)
+	}
+	countMoves := func() int {
+		var l []map[string]any
+		if err := json.Unmarshal([]byte(s.mustMapctl("moves", "--all", "-o", "json")), &l); err != nil {
+			t.Fatal(err)
+		}
+		return len(l)
+	}
+	if n := countMoves(); n != 4 {
+		t.Fatalf("%d moves recorded, want 4", n)
+	}
+	if o := s.mustMapctl("moves", "--prune", "--dry-run"); o != "would remove 0 finished moves last updated over 720h0m0s ago\n" {
+		t.Errorf("prune of young moves: %q", o)
+	}
+	if o := s.mustMapctl("moves", "--prune", "--older-than", "0s", "--dry-run"); !strings.HasSuffix(o, "would remove 3 finished moves last updated over 0s ago\n") ||
+		strings.Contains(o, "failed") || strings.Count(o, "\n") != 5 {
+		t.Errorf("prune --dry-run: %q", o)
+	}
+	if n := countMoves(); n != 4 {
+		t.Fatalf("%d moves recorded after a dry run, want 4", n)
+	}
+	if o := s.mustMapctl("moves", "--prune", "--older-than", "0s"); !strings.HasSuffix(o, "removed 3 finished moves last updated over 0s ago\n") {
+		t.Errorf("prune: %q", o)
+	}
+	if o := s.mustMapctl("moves", "--all"); !strings.Contains(o, "dan") || !strings.Contains(o, "failed") || strings.Count(o, "\n") != 2 {
+		t.Errorf("moves after prune: %q, want dan's failed move alone", o)
+	}
+	for _, bad := range [][]string{{"moves", "--dry-run"}, {"moves", "--older-than", "1h"}, {"moves", "--prune", "--all"}, {"moves", "--prune", "--older-than", "-1h"}} {
+		if _, errs, code := s.mapctl(bad...); code != 2 {
+			t.Errorf("mapctl %v: exit %d: %s, want 2", bad, code, errs)
+		}
+	}
 }
 
 // mapctl move --logical in routing: ids (a logical map in Redis): the
@@ -198,5 +247,28 @@ func TestMoveCLILogical(t *testing.T) {
 		if _, errs, code := s.mapctl(bad...); code != 2 {
 			t.Errorf("mapctl %v: exit %d: %s, want 2", bad, code, errs)
 		}
+	}
+	// A plan file is checked whole, against routing: ids, before its first
+	// move: a line that is not an ID, a logical shard the map does not
+	// have, a shard HAProxy has no backend for: exit 2 naming the file, the
+	// line and the rule, and the good first line did not move.
+	plan := filepath.Join(t.TempDir(), "plan.txt")
+	before := s.mustMapctl("moves", "--all", "-o", "json")
+	for _, c := range []struct{ line, rule string }{
+		{"alice shard1", "takes an ID"},
+		{"logical:3 shard1", "logical shard"},
+		{"logical:0 shard9", "not a backend"},
+	} {
+		os.WriteFile(plan, []byte("logical:2 shard3\n# then\n"+c.line+"\n"), 0o644)
+		_, errs, code := s.mapctl("move", "--from-file", plan, "--copy-cmd", "true")
+		if code != 2 || !strings.Contains(errs, plan+":3") || !strings.Contains(errs, c.rule) {
+			t.Errorf("plan line %q: exit %d: %s, want 2 naming %s:3 and %q", c.line, code, errs, plan, c.rule)
+		}
+	}
+	if sh, _, _ := logical.Get(ctx, "2"); sh != "shard2" {
+		t.Errorf("logical shard 2 on %q after refused plans, want shard2 (nothing moved)", sh)
+	}
+	if after := s.mustMapctl("moves", "--all", "-o", "json"); after != before {
+		t.Errorf("refused plans recorded moves: %s", after)
 	}
 }

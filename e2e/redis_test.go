@@ -300,6 +300,9 @@ func TestRedisACL(t *testing.T) {
 	s.mustMapctl("reconcile", "--force")
 	s.mustMapctl("move", "u2", "--to", "shard1", "--copy-cmd", "true")
 	s.mustMapctl("moves", "--all")
+	if o := s.mustMapctl("moves", "--prune", "--older-than", "0s"); !strings.HasPrefix(o, "ID") || !strings.Contains(o, "removed 1 ") {
+		t.Errorf("moves --prune: %q", o)
+	}
 	s.mustRoute("u2", "shard1")
 	s.mustRoute("alice", "shard1")
 	s.waitConverged(30 * time.Second)

@@ -477,18 +477,50 @@ func (s *Store) LastLogID(ctx context.Context) (string, error) {
 	return msgs[0].ID, nil
 }
 
-// LogHas reports whether the change-log still holds the entry id. After a
-// read from id, a missing id means the log was trimmed or deleted past it and
-// entries may have been lost: a gap.
+// LogHas reports whether a read of the change-log after id misses nothing
+// that was logged after id; false is a gap: entries may have been lost, and
+// a reader at id must reload. For an entry's ID it is whether the log still
+// holds that entry: trimming removes the oldest entries first, so a log
+// that holds id holds everything after it, and a log trimmed or deleted
+// past id does not hold it. ZeroID is the start of the log (a reader that
+// loaded an empty log): true while the log holds every entry ever added to
+// it (XINFO STREAM: entries-added equals length), false once any was
+// trimmed or deleted (also for the entries a failed write undid: a needless
+// reload at worst). A log that is empty or missing now cannot tell: true
+// (entries logged, then emptied or deleted by hand, go unseen there).
+// Redis before 7.0 does not report entries-added: ZeroID is true there.
 func (s *Store) LogHas(ctx context.Context, id string) (bool, error) {
 	if id == ZeroID {
-		return true, nil
+		return s.logComplete(ctx)
 	}
 	msgs, err := s.rdb.XRangeN(ctx, s.LogKey(), id, id, 1).Result()
 	if err != nil {
 		return false, fmt.Errorf("redis check %s in %s: %w", id, s.LogKey(), err)
 	}
 	return len(msgs) == 1, nil
+}
+
+// logComplete is LogHas(ZeroID): whether the log holds every entry it was
+// ever given (true when it has no entries).
+func (s *Store) logComplete(ctx context.Context) (bool, error) {
+	// XRANGE rather than XLEN: the ACL users of the README have it already.
+	first, err := s.rdb.XRangeN(ctx, s.LogKey(), "-", "+", 1).Result()
+	if err != nil {
+		return false, fmt.Errorf("redis first entry of %s: %w", s.LogKey(), err)
+	}
+	if len(first) == 0 {
+		return true, nil
+	}
+	info, err := s.rdb.XInfoStream(ctx, s.LogKey()).Result()
+	if err != nil {
+		return false, fmt.Errorf("redis XINFO STREAM %s: %w", s.LogKey(), err)
+	}
+	if info.EntriesAdded == 0 { // Redis < 7.0: not reported
+		return true, nil
+	}
+	// Trimming does not move max-deleted-entry-id; entries-added counts
+	// every entry ever added, so a log that lost any is shorter than it.
+	return info.EntriesAdded == info.Length, nil
 }
 
 // CompareIDs orders two change-log IDs ("ms-seq"): -1, 0 or 1.

@@ -189,6 +189,41 @@ func TestStoreLogHasDetectsTrim(t *testing.T) {
 	}
 }
 
+// ZeroID is the start of the log: a reader there (it loaded an empty log)
+// misses nothing while the log has lost no entry, and has a gap once its
+// head was trimmed (a bulk import over MAXLEN before the reader read). An
+// empty or missing log cannot tell.
+func TestStoreLogHasZeroID(t *testing.T) {
+	s, r := newTestStore(t)
+	ctx := context.Background()
+	rdb := r.Client(t)
+	has := func(what string, want bool) {
+		t.Helper()
+		if ok, err := s.LogHas(ctx, ZeroID); ok != want || err != nil {
+			t.Fatalf("LogHas(ZeroID) %s: %v %v, want %v", what, ok, err, want)
+		}
+	}
+	has("with no log", true)
+	for _, u := range []string{"a", "b", "c"} {
+		if _, err := s.Set(ctx, Assignment{u, "s1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	has("with the whole log", true)
+	if err := rdb.XTrimMaxLen(ctx, s.LogKey(), 2).Err(); err != nil {
+		t.Fatal(err)
+	}
+	changes, _, err := s.ReadLog(ctx, ZeroID, 10, -1)
+	if err != nil || len(changes) != 2 {
+		t.Fatalf("read after the trim: %d changes, %v", len(changes), err)
+	}
+	has("after its head was trimmed", false)
+	if err := rdb.XTrimMaxLen(ctx, s.LogKey(), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	has("with the log emptied", true)
+}
+
 func TestStoreImport(t *testing.T) {
 	s, _ := newTestStore(t)
 	ctx := context.Background()

@@ -1,8 +1,9 @@
-// Package rebalance proposes moves that even out shards: a pure planner, with
-// no I/O. Its caller reads the shards' figures (users counted in the store,
-// or load read from HAProxy's "show stat") and the subjects that may move
-// (users, or the logical shards of routing: ids), and gets back the moves and
-// the expected figure per shard before and after them.
+// Package rebalance proposes moves that even out shards. The planner,
+// Propose, is pure, with no I/O: its caller reads the shards' figures (users
+// counted in the store, or load read from HAProxy's "show stat": SampleLoad
+// reads it, ShardsFromStats turns it into shards) and the subjects that may
+// move (users, or the logical shards of routing: ids), and gets back the
+// moves and the expected figure per shard before and after them.
 //
 // The algorithm (docs/REBALANCE.md has the long form): each step moves one
 // subject from a fuller shard to an emptier one, choosing the pair of shards
@@ -21,9 +22,9 @@ import (
 	"math"
 	"slices"
 	"sort"
-	"strings"
 
 	"github.com/shardmap/shardmap/maps"
+	"github.com/shardmap/shardmap/move"
 )
 
 // Measure is the figure the planner evens out.
@@ -347,26 +348,17 @@ func maxDeviation(up []*shardState, mean float64) float64 {
 	return d
 }
 
-// Line is a move in the plan file format of mapctl move --from-file:
-// "USER SHARD", or "logical:L SHARD" when logical is true.
-func (m Move) Line(logical bool) string {
+// PlanLines returns the moves, in the plan's order, as lines of the plan
+// file (move.WritePlan writes them, mapctl move --from-file runs them):
+// users' moves, or logical shards' when logical is true.
+func (p Plan) PlanLines(logical bool) []move.PlanLine {
+	kind := move.KindUser
 	if logical {
-		return "logical:" + m.Subject + " " + m.To
+		kind = move.KindLogical
 	}
-	return m.Subject + " " + m.To
-}
-
-// PlanFile renders the moves in mapctl move --from-file's format: header
-// as "# " comment lines, then one move a line, in the plan's order.
-func (p Plan) PlanFile(logical bool, header string) string {
-	var b strings.Builder
-	for _, l := range strings.Split(strings.TrimRight(header, "\n"), "\n") {
-		if l != "" {
-			b.WriteString("# " + l + "\n")
-		}
+	out := make([]move.PlanLine, len(p.Moves))
+	for i, m := range p.Moves {
+		out[i] = move.PlanLine{Kind: kind, Subject: m.Subject, To: m.To}
 	}
-	for _, m := range p.Moves {
-		b.WriteString(m.Line(logical) + "\n")
-	}
-	return b.String()
+	return out
 }

@@ -7,9 +7,11 @@ import (
 	"math"
 	"math/rand/v2"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/shardmap/shardmap/maps"
+	"github.com/shardmap/shardmap/move"
 )
 
 // users makes n subjects named prefix0.. on shard.
@@ -298,13 +300,20 @@ func TestRandomSkewsKeepTheRules(t *testing.T) {
 	}
 }
 
-func TestPlanFile(t *testing.T) {
+func TestPlanLines(t *testing.T) {
 	p := Plan{Moves: []Move{{Subject: "alice", From: "s0", To: "s1"}, {Subject: "7", From: "s0", To: "s2"}}}
-	if got, want := p.PlanFile(false, "by users\n"), "# by users\nalice s1\n7 s2\n"; got != want {
-		t.Errorf("got %q, want %q", got, want)
-	}
-	if got, want := p.PlanFile(true, ""), "logical:alice s1\nlogical:7 s2\n"; got != want {
-		t.Errorf("got %q, want %q", got, want)
+	for _, logical := range []bool{false, true} {
+		var b strings.Builder
+		if err := move.WritePlan(&b, "by users\n", p.PlanLines(logical)); err != nil {
+			t.Fatal(err)
+		}
+		want := "# by users\nalice s1\n7 s2\n"
+		if logical {
+			want = "# by users\nlogical:alice s1\nlogical:7 s2\n"
+		}
+		if got := b.String(); got != want {
+			t.Errorf("logical=%v: got %q, want %q", logical, got, want)
+		}
 	}
 }
 

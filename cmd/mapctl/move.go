@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -20,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
+	"github.com/shardmap/shardmap/ids"
 	"github.com/shardmap/shardmap/maps"
 	"github.com/shardmap/shardmap/move"
 )
@@ -247,60 +247,69 @@ func routeName(route string) string {
 	return route
 }
 
-// planLine is one move of a --from-file plan.
-type planLine struct {
-	line    int
-	kind    move.Kind
-	subject string
-	to      string
-}
-
-// readPlan parses a plan file: "USER SHARD" or "logical:L SHARD" lines,
-// blank lines and # comments. Every line is checked before any move runs;
-// a subject twice is refused.
-func readPlan(path string) ([]planLine, error) {
+// readPlan reads the plan file at path (move.ReadPlan: every line is
+// checked before any move runs). A file that cannot be opened is bad usage.
+func readPlan(path string) ([]move.PlanLine, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, usageError{Err: err}
 	}
 	defer f.Close()
-	var out []planLine
-	seen := map[string]int{}
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		text := strings.TrimSpace(sc.Text())
-		if text == "" || strings.HasPrefix(text, "#") {
-			continue
-		}
-		fs := strings.Fields(text)
-		if len(fs) != 2 {
-			return nil, usagef("%s:%d: %q: want USER SHARD or logical:L SHARD", path, n, text)
-		}
-		p := planLine{line: n, kind: move.KindUser, subject: fs[0], to: fs[1]}
-		if l, ok := strings.CutPrefix(fs[0], "logical:"); ok {
-			p.kind, p.subject = move.KindLogical, l
-		} else if err := maps.ValidateUser(p.subject); err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", path, n, err)
-		}
-		if err := maps.ValidateShard(p.to); err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", path, n, err)
-		}
-		if prev, ok := seen[fs[0]]; ok {
-			return nil, usagef("%s:%d: %s is moved on line %d already", path, n, fs[0], prev)
-		}
-		seen[fs[0]] = n
-		out = append(out, p)
+	return move.ReadPlan(f, path)
+}
+
+// checkPlan checks a plan against Redis before any of its moves starts, so
+// that a bad line is refused up front (exit 2) rather than after the moves
+// before it ran: in routing: ids (a logical map in Redis) a user line must
+// be an ID (ids.ParseNumber) and a logical line a logical shard the map
+// has; otherwise there are no logical lines; every destination must be a
+// backend HAProxy is known to have. A line that fails is a *move.PlanError
+// naming path, its line and the rule.
+func (a *app) checkPlan(ctx context.Context, path string, plan []move.PlanLine) error {
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	idsOn, err := a.idsMode(ctx)
+	if err != nil {
+		return err
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
+	known := map[string]bool{}
+	for _, p := range plan {
+		bad := func(rule string, err error) error {
+			return &move.PlanError{File: path, Line: p.Line, Text: p.String(), Rule: rule, Err: err}
+		}
+		switch {
+		case p.Kind == move.KindLogical && !idsOn:
+			return bad("a logical shard, but there is no logical map in Redis (routing: ids only)", nil)
+		case p.Kind == move.KindLogical:
+			if _, err := a.logicalShard(ctx, p.Subject); err != nil {
+				return bad("logical shard of the logical map", err)
+			}
+		case idsOn:
+			if _, err := ids.ParseNumber(p.Subject); err != nil {
+				return bad("routing: ids (a logical map is in Redis), so a user line takes an ID (docs/IDS.md)", err)
+			}
+		}
+		ok, seen := known[p.To]
+		if !seen {
+			if ok, err = a.store.KnownShard(ctx, p.To); err != nil {
+				return err
+			}
+			known[p.To] = ok
+		}
+		if !ok {
+			return bad("destination is not a backend HAProxy is known to have (mapctl shard list; a syncer publishes them)", nil)
+		}
 	}
-	return out, nil
+	return nil
 }
 
 // moveFile runs the moves of a plan file, o.parallel at a time.
 func (a *app) moveFile(ctx context.Context, cmd *cobra.Command, o moveOpts) error {
 	plan, err := readPlan(o.fromFile)
 	if err != nil {
+		return err
+	}
+	if err := a.checkPlan(ctx, o.fromFile, plan); err != nil {
 		return err
 	}
 	out, errOut := cmd.OutOrStdout(), cmd.ErrOrStderr()
@@ -312,7 +321,7 @@ func (a *app) moveFile(ctx context.Context, cmd *cobra.Command, o moveOpts) erro
 		defer fmt.Fprintln(f)
 	}
 	m := a.mover(errOut, nil)
-	jobs := make(chan planLine)
+	jobs := make(chan move.PlanLine)
 	var wg sync.WaitGroup
 	failed, done := 0, 0
 	for range min(o.parallel, max(len(plan), 1)) {
@@ -320,23 +329,20 @@ func (a *app) moveFile(ctx context.Context, cmd *cobra.Command, o moveOpts) erro
 		go func() {
 			defer wg.Done()
 			for p := range jobs {
-				req := move.Request{Kind: p.kind, Subject: p.subject, To: p.to, Reason: o.reason, Freeze: o.freeze, Hooks: o.hooks}
+				req := move.Request{Kind: p.Kind, Subject: p.Subject, To: p.To, Reason: o.reason, Freeze: o.freeze, Hooks: o.hooks}
 				mv, err := m.Start(ctx, req)
-				subject := p.subject
-				if p.kind == move.KindLogical {
-					subject = "logical:" + p.subject
-				}
+				subject, _, _ := strings.Cut(p.String(), " ")
 				mu.Lock()
 				switch {
 				case err != nil && mv == nil:
 					failed++
-					fmt.Fprintf(out, "- %s %s failed: %v\n", subject, p.to, err)
+					fmt.Fprintf(out, "- %s %s failed: %v\n", subject, p.To, err)
 				case err != nil:
 					failed++
-					fmt.Fprintf(out, "%s %s %s failed at %s: %v\n", mv.ID, subject, p.to, mv.Step, err)
+					fmt.Fprintf(out, "%s %s %s failed at %s: %v\n", mv.ID, subject, p.To, mv.Step, err)
 				default:
 					done++
-					fmt.Fprintf(out, "%s %s %s done\n", mv.ID, subject, p.to)
+					fmt.Fprintf(out, "%s %s %s done\n", mv.ID, subject, p.To)
 				}
 				if bar != nil {
 					bar.Add(1)
@@ -392,23 +398,46 @@ type moveJSON struct {
 }
 
 func (a *app) movesCmd() *cobra.Command {
-	var all bool
+	var all, prune, dryRun bool
+	var olderThan time.Duration
 	var out *output
 	c := &cobra.Command{
 		Use:   "moves",
-		Short: "List the moves that are not finished (running or failed); --all lists every move",
+		Short: "List the moves that are not finished (running or failed); --all lists every move; --prune deletes old finished ones",
 		Long: `moves lists moves (mapctl move) in creation order: ID, subject, from, to, the
 step it is at, its state and when it was last updated. A running move that no
 live mapctl drives (it was killed) shows as "running (stalled)": resume it.
--o json prints an array of objects with every recorded field.`,
+-o json prints an array of objects with every recorded field.
+
+--prune deletes the records of finished moves (done or aborted) last updated
+more than --older-than ago (default 720h, 30 days), each record with its index entry
+at once; a running or failed move is never deleted, however old. It lists the
+moves it deleted and prints how many; --dry-run lists them and deletes nothing.`,
 		Example: `  mapctl moves
-  mapctl moves --all -o json | jq '.[] | select(.state == "failed")'`,
+  mapctl moves --all -o json | jq '.[] | select(.state == "failed")'
+  mapctl moves --prune --older-than 720h --dry-run`,
 		Args: args(0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !prune && (cmd.Flags().Changed("older-than") || dryRun) {
+				return usagef("--older-than and --dry-run go with --prune")
+			}
+			if prune && all {
+				return usagef("--prune lists what it deletes: no --all")
+			}
+			if olderThan < 0 {
+				return usagef("--older-than %s: want 0 or more", olderThan)
+			}
 			ctx, cancel := a.ctx(cmd)
 			defer cancel()
-			list, err := a.mover(cmd.ErrOrStderr(), nil).List(ctx, all)
-			if err != nil {
+			m := a.mover(cmd.ErrOrStderr(), nil)
+			var list []move.Move
+			var err error
+			if prune {
+				list, err = m.Prune(ctx, time.Now().Add(-olderThan), dryRun)
+			} else {
+				list, err = m.List(ctx, all)
+			}
+			if err != nil && len(list) == 0 {
 				return err
 			}
 			if *out == outJSON {
@@ -418,18 +447,36 @@ live mapctl drives (it was killed) shows as "running (stalled)": resume it.
 						Reason: mv.Reason, Step: string(mv.Step), State: string(mv.State), Error: mv.Error, Attempts: mv.Attempts,
 						Freeze: mv.Freeze, FlipID: mv.FlipID, Driven: mv.Driven, Created: mv.Created, Updated: mv.Updated}
 				}
-				return writeJSON(cmd.OutOrStdout(), js)
+				if werr := writeJSON(cmd.OutOrStdout(), js); werr != nil {
+					return werr
+				}
+			} else {
+				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				if !prune || len(list) > 0 {
+					fmt.Fprintln(w, "ID\tSUBJECT\tFROM\tTO\tSTEP\tSTATE\tUPDATED")
+				}
+				for _, mv := range list {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mv.ID, subjectName(mv), mv.From, mv.To, mv.Step, stateName(mv),
+						mv.Updated.UTC().Format(time.RFC3339))
+				}
+				if werr := w.Flush(); werr != nil {
+					return werr
+				}
+				if prune {
+					verb := "removed"
+					if dryRun {
+						verb = "would remove"
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "%s %d finished moves last updated over %s ago\n", verb, len(list), olderThan)
+				}
 			}
-			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tSUBJECT\tFROM\tTO\tSTEP\tSTATE\tUPDATED")
-			for _, mv := range list {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mv.ID, subjectName(mv), mv.From, mv.To, mv.Step, stateName(mv),
-					mv.Updated.UTC().Format(time.RFC3339))
-			}
-			return w.Flush()
+			return err // a prune that stopped part way: what it removed is printed
 		},
 	}
 	c.Flags().BoolVar(&all, "all", false, "list finished moves (done, aborted) too")
+	c.Flags().BoolVar(&prune, "prune", false, "delete the records of finished moves (done, aborted) older than --older-than; never an unfinished one")
+	c.Flags().DurationVar(&olderThan, "older-than", move.DefaultPruneAge, "with --prune: only moves last updated longer ago than this")
+	c.Flags().BoolVar(&dryRun, "dry-run", false, "with --prune: list what would be deleted, delete nothing")
 	out = outputFlag(c)
 	return c
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -19,7 +21,6 @@ import (
 	"github.com/shardmap/shardmap/maps"
 	"github.com/shardmap/shardmap/move"
 	"github.com/shardmap/shardmap/rebalance"
-	"github.com/shardmap/shardmap/runtime"
 )
 
 func (a *app) rebalanceCmd() *cobra.Command {
@@ -117,7 +118,11 @@ See docs/REBALANCE.md.`,
 				return err
 			}
 			if o.write != "" {
-				if err := atomicfile.Write(o.write, []byte(rp.Plan.PlanFile(rp.Mode == "ids", rp.header())), 0o644); err != nil {
+				var b bytes.Buffer
+				if err := move.WritePlan(&b, rp.header(), rp.Plan.PlanLines(rp.Mode == "ids")); err != nil {
+					return fmt.Errorf("--write: %w", err)
+				}
+				if err := atomicfile.Write(o.write, b.Bytes(), 0o644); err != nil {
 					return fmt.Errorf("--write: %w", err)
 				}
 			}
@@ -307,7 +312,14 @@ func (a *app) plan(ctx context.Context, o planOpts) (*rebalanceReport, error) {
 		}
 	}
 	figure := rebalance.LoadFigure(o.figure)
-	readings, err := readStats(ctx, o.sockets, o.by == string(rebalance.ByLoad) && figure == rebalance.Requests, o.sample)
+	sample := time.Duration(0) // users, and current sessions: one read
+	if o.by == string(rebalance.ByLoad) && figure == rebalance.Requests {
+		sample = o.sample
+	}
+	readings, err := rebalance.SampleLoad(ctx, o.sockets, sample)
+	if errors.Is(err, rebalance.ErrInput) {
+		return nil, usageError{Err: fmt.Errorf("--socket: %w", err)}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -332,56 +344,6 @@ func (a *app) plan(ctx context.Context, o planOpts) (*rebalanceReport, error) {
 		rp.Figure = "requests since start"
 	}
 	return rp, nil
-}
-
-// readStats reads show stat on every socket; with rate, twice, sample
-// apart (the first reads of all sockets, one wait, the second reads).
-func readStats(ctx context.Context, sockets []string, rate bool, sample time.Duration) ([]rebalance.Reading, error) {
-	clients := make([]*runtime.Client, len(sockets))
-	for i, s := range sockets {
-		c, err := runtime.New(s, 0)
-		if err != nil {
-			return nil, usageError{Err: fmt.Errorf("--socket: %w", err)}
-		}
-		defer c.Close()
-		clients[i] = c
-	}
-	readings := make([]rebalance.Reading, len(sockets))
-	read := func(first bool) error {
-		for i, c := range clients {
-			list, err := c.BackendStats(ctx)
-			if err != nil {
-				return err
-			}
-			readings[i].Socket = sockets[i]
-			if first {
-				readings[i].First = list
-			} else {
-				readings[i].Second = list
-			}
-		}
-		return nil
-	}
-	if rate && sample > 0 {
-		if err := read(true); err != nil {
-			return nil, err
-		}
-		start := time.Now()
-		t := time.NewTimer(sample)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("sampling HAProxy's load: %w", ctx.Err())
-		}
-		for i := range readings {
-			readings[i].Elapsed = time.Since(start)
-		}
-	}
-	if err := read(false); err != nil {
-		return nil, err
-	}
-	return readings, nil
 }
 
 // header is the comment at the top of a --write file.
