@@ -224,6 +224,31 @@ func TestStoreLogHasZeroID(t *testing.T) {
 	has("with the log emptied", true)
 }
 
+// A reader whose ACL user predates the XINFO STREAM check gets the old
+// answer for ZeroID (true), not an error that would stop it.
+func TestStoreLogHasZeroIDWithoutXInfo(t *testing.T) {
+	s, r := newTestStore(t)
+	ctx := context.Background()
+	for _, u := range []string{"a", "b", "c"} {
+		if _, err := s.Set(ctx, Assignment{u, "s1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admin := r.Client(t)
+	if err := admin.XTrimMaxLen(ctx, s.LogKey(), 2).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Do(ctx, "ACL", "SETUSER", "old", "on", ">pw", "resetchannels", "-@all", "+hello", "+auth", "+ping", "+xrange", "~*").Err(); err != nil {
+		t.Fatal(err)
+	}
+	old := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", r.Port), Username: "old", Password: "pw", Protocol: 2})
+	t.Cleanup(func() { old.Close() })
+	ok, err := NewStore(old, "").LogHas(ctx, ZeroID)
+	if !ok || err != nil {
+		t.Fatalf("LogHas(ZeroID) without XINFO: %v %v, want true and no error", ok, err)
+	}
+}
+
 func TestStoreImport(t *testing.T) {
 	s, _ := newTestStore(t)
 	ctx := context.Background()
