@@ -40,6 +40,12 @@ func Render(t *Topology, source string) ([]byte, error) {
 		w("    stats socket %s mode 600 level admin", t.Socket)
 	}
 	w("    stats timeout %s", haproxyDuration(t.EffectiveStatsTimeout()))
+	if t.EffectiveRouting() == RoutingIDs || t.DeltaMap {
+		w("    # Most lookups here miss a map (the moved or the delta map) or run the")
+		w("    # ID's regex on a key seldom seen twice: the pattern LRU cache would only")
+		w("    # hash and evict on each, and hold up to 10,000 entries (docs/BENCHMARKS.md).")
+		w("    tune.pattern.cache-size 0")
+	}
 	w("")
 	w("defaults")
 	w("    mode http")
@@ -63,18 +69,22 @@ func Render(t *Topology, source string) ([]byte, error) {
 		w("    # the logical shard, (ID / %d) & %d, is looked up in %s. The", l.SequenceDivisor(), l.ShardMask(), t.EffectiveLogicalMap())
 		w("    # regex guard is needed: HAProxy turns a non-numeric cookie into 0 and an")
 		w("    # overflowing one into the largest integer. Anything else: the default shard.")
+		w("    # Each map is read once per request, so a change between two reads cannot")
+		w("    # send a request to the default shard.")
 		w("    http-request set-var(txn.shard) req.cook(%s),map(%s)", t.Cookie, t.Map)
-		w("    http-request set-var(txn.shard) req.cook(%s),div(%d),and(%d),map(%s) if !{ var(txn.shard) -m found } { req.cook(%s) -m reg ^[0-9]{1,19}$ }",
-			t.Cookie, l.SequenceDivisor(), l.ShardMask(), t.EffectiveLogicalMap(), t.Cookie)
 		w("    use_backend %%[var(txn.shard)] if { var(txn.shard) -m found }")
+		w("    use_backend %%[req.cook(%s),div(%d),and(%d),map(%s)] if { req.cook(%s) -m reg ^[0-9]{1,19}$ }",
+			t.Cookie, l.SequenceDivisor(), l.ShardMask(), t.EffectiveLogicalMap(), t.Cookie)
 	} else if t.DeltaMap {
 		w("    # The user's shard comes from the delta map, then the map, both kept")
 		w("    # live by the syncer (changes go to the small delta, folded into the")
 		w("    # map now and then); users without a cookie or an entry go to the")
 		w("    # default shard.")
+		w("    # Each map is read once per request: the delta into a variable, the map")
+		w("    # in the backend's name.")
 		w("    http-request set-var(txn.shard) req.cook(%s),map(%s)", t.Cookie, maps.DeltaPath(t.Map))
-		w("    http-request set-var(txn.shard) req.cook(%s),map(%s,%s) unless { var(txn.shard) -m found }", t.Cookie, t.Map, t.DefaultShard)
-		w("    use_backend %%[var(txn.shard)]")
+		w("    use_backend %%[var(txn.shard)] if { var(txn.shard) -m found }")
+		w("    use_backend %%[req.cook(%s),map(%s,%s)]", t.Cookie, t.Map, t.DefaultShard)
 	} else {
 		w("    # The user's shard comes from the map, kept live by the syncer; users")
 		w("    # without a cookie or an entry go to the default shard.")
