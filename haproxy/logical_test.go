@@ -67,14 +67,13 @@ func TestRenderIDsRouting(t *testing.T) {
 	}, []string{"id", "IDS", "users "})
 	cases := map[string][]string{
 		idsBase: {
-			"    http-request set-var(txn.shard) req.cook(user),map(/m/moved.map)\n" +
-				"    use_backend %[var(txn.shard)] if { var(txn.shard) -m found }\n" +
-				"    use_backend %[req.cook(user),div(1024),and(8191),map(/m/logical.map)] if { req.cook(user) -m reg ^[0-9]{1,19}$ }\n" +
-				"    default_backend s0\n",
+			"    http-request set-var(txn.shard) req.cook(user),map(/m/moved.map)\n",
+			"    http-request set-var(txn.shard) req.cook(user),div(1024),and(8191),map(/m/logical.map) if !{ var(txn.shard) -m found } { req.cook(user) -m reg ^[0-9]{1,19}$ }\n",
+			"    use_backend %[var(txn.shard)] if { var(txn.shard) -m found }\n    default_backend s0\n",
 		},
 		idsBase + "cookie: uid\nlogical_map: /l/l.map\nids: {shard_bits: 12, sequence_bits: 11}\n": {
 			"req.cook(uid),map(/m/moved.map)\n",
-			"    use_backend %[req.cook(uid),div(2048),and(4095),map(/l/l.map)] if { req.cook(uid) -m reg ^[0-9]{1,19}$ }\n",
+			"req.cook(uid),div(2048),and(4095),map(/l/l.map) if !{ var(txn.shard) -m found } { req.cook(uid) -m reg ^[0-9]{1,19}$ }\n",
 		},
 	}
 	for src, wants := range cases {

@@ -201,9 +201,8 @@ func TestRenderDeltaMap(t *testing.T) {
 	checkOption(t, "delta_map", map[string]string{
 		"": "    use_backend %[req.cook(user),map(/m/users.map,s0)]\n",
 		"delta_map: true\n": "    http-request set-var(txn.shard) req.cook(user),map(/m/users.delta.map)\n" +
-			"    use_backend %[var(txn.shard)] if { var(txn.shard) -m found }\n" +
-			"    use_backend %[req.cook(user),map(/m/users.map,s0)]\n" +
-			"    default_backend s0\n",
+			"    http-request set-var(txn.shard) req.cook(user),map(/m/users.map,s0) unless { var(txn.shard) -m found }\n" +
+			"    use_backend %[var(txn.shard)]\n",
 	}, []string{"maybe"})
 	checkPatternCache(t, "default_shard: s0\nmap: /m/users.map\nfrontend: 127.0.0.1:7000\nstats: 127.0.0.1:8404\nsocket: /m/a.sock\nshards: {s0: {servers: [{addr: '127.0.0.1:1'}]}}\n")
 	bin := testenv.Need(t, "haproxy")
