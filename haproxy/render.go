@@ -40,6 +40,12 @@ func Render(t *Topology, source string) ([]byte, error) {
 		w("    stats socket %s mode 600 level admin", t.Socket)
 	}
 	w("    stats timeout %s", haproxyDuration(t.EffectiveStatsTimeout()))
+	if t.EffectiveRouting() == RoutingIDs || t.DeltaMap {
+		w("    # Most lookups here miss a map (the moved or the delta map) or run the")
+		w("    # ID's regex on a key seldom seen twice: the pattern LRU cache would only")
+		w("    # hash and evict on each, and hold up to 10,000 entries (docs/BENCHMARKS.md).")
+		w("    tune.pattern.cache-size 0")
+	}
 	w("")
 	w("defaults")
 	w("    mode http")
@@ -56,6 +62,11 @@ func Render(t *Topology, source string) ([]byte, error) {
 	w("")
 	w("frontend users")
 	w("    bind %s", t.Frontend)
+	// In ids and delta_map mode both lookups stay in http-request rules, one
+	// right after the other. Forms that read the second map in use_backend
+	// (measured no cheaper, bench/suite TestRuleVariants) widen the gap
+	// between the two reads, and e2e TestDeltaLayoutNeverRoutesBackwards then
+	// saw requests routed backwards (2 runs in 5; 0 in 12 with these rules).
 	if t.EffectiveRouting() == RoutingIDs {
 		l := t.IDLayout()
 		w("    # routing: ids. The cookie is an ID carrying its logical shard (docs/IDS.md).")

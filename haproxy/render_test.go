@@ -204,6 +204,7 @@ func TestRenderDeltaMap(t *testing.T) {
 			"    http-request set-var(txn.shard) req.cook(user),map(/m/users.map,s0) unless { var(txn.shard) -m found }\n" +
 			"    use_backend %[var(txn.shard)]\n",
 	}, []string{"maybe"})
+	checkPatternCache(t, "default_shard: s0\nmap: /m/users.map\nfrontend: 127.0.0.1:7000\nstats: 127.0.0.1:8404\nsocket: /m/a.sock\nshards: {s0: {servers: [{addr: '127.0.0.1:1'}]}}\n")
 	bin := testenv.Need(t, "haproxy")
 	dir := t.TempDir()
 	src, _ := os.ReadFile("../demo/topology.yaml")
@@ -230,6 +231,28 @@ func TestRenderDeltaMap(t *testing.T) {
 	}
 	if _, err := ParseTopology([]byte("routing: ids\ndelta_map: true\n" + string(src))); !errors.Is(err, ErrTopology) {
 		t.Errorf("routing: ids with delta_map: %v, want ErrTopology", err)
+	}
+}
+
+// checkPatternCache wants HAProxy's pattern LRU cache off (tune.pattern.cache-size
+// 0, in global) with delta_map: true and routing: ids, whose lookups mostly
+// miss a map, and left at HAProxy's default in the plain users config.
+func checkPatternCache(t *testing.T, base string) {
+	t.Helper()
+	const line = "\n    tune.pattern.cache-size 0\n"
+	for extra, want := range map[string]bool{"": false, "delta_map: true\n": true, "routing: ids\n": true} {
+		topo, err := ParseTopology([]byte(base + extra))
+		if err != nil {
+			t.Fatalf("%q: %v", extra, err)
+		}
+		cfg, err := Render(topo, "t")
+		if err != nil {
+			t.Fatal(err)
+		}
+		global, _, _ := strings.Cut(string(cfg), "\ndefaults\n")
+		if got := strings.Contains(global, line); got != want {
+			t.Errorf("%q: tune.pattern.cache-size 0 in global: %v, want %v:\n%s", extra, got, want, cfg)
+		}
 	}
 }
 
