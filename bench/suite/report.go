@@ -48,6 +48,9 @@ type Target struct {
 	Got  string // the measured figure, "not measured" when the scenario did not run
 	Met  bool
 	Miss string // by how much it is missed (empty when met)
+	// Bound is what bounds a missed target, from this run's figures and
+	// profiles where it can say (empty when met).
+	Bound string
 }
 
 // WriteMarkdown renders r. Cells have '|' escaped and newlines folded, so a
@@ -100,13 +103,17 @@ func WriteMarkdown(r *Report) []byte {
 	if len(r.Targets) > 0 {
 		p("## Targets")
 		p("")
-		t := &Table{Header: []string{"target", "want", "measured", "met", "missed by"}}
+		t := &Table{Header: []string{"target", "want", "measured", "met", "missed by", "what bounds it"}}
 		for _, g := range r.Targets {
 			met := "no"
 			if g.Met {
 				met = "yes"
 			}
-			t.Rows = append(t.Rows, []string{g.Name, g.Want, g.Got, met, g.Miss})
+			bound := g.Bound
+			if g.Met {
+				bound = ""
+			}
+			t.Rows = append(t.Rows, []string{g.Name, g.Want, g.Got, met, g.Miss, bound})
 		}
 		writeTable(&b, t)
 		p("")

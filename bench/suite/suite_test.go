@@ -57,7 +57,7 @@ func TestWriteMarkdown(t *testing.T) {
 		Commands: []string{"make bench"},
 		Sections: []Section{{Title: "S", Text: []string{"text"}, Table: &Table{Header: []string{"a", "b"}, Rows: [][]string{{"1", "two\nlines"}, {"3"}}},
 			Charts: []Chart{{Alt: "chart", Path: "c.png"}}}},
-		Targets: []Target{{Name: "t1", Want: "<= 5 ms", Got: "7 ms", Miss: "2 ms over"}, {Name: "t2", Want: ">= 1", Got: "2", Met: true}},
+		Targets: []Target{{Name: "t1", Want: "<= 5 ms", Got: "7 ms", Miss: "2 ms over", Bound: "the disk"}, {Name: "t2", Want: ">= 1", Got: "2", Met: true, Bound: "unused"}},
 	}
 	got := string(WriteMarkdown(r))
 	for _, want := range []string{
@@ -66,7 +66,7 @@ func TestWriteMarkdown(t *testing.T) {
 		"```sh\nmake bench\n```",
 		"## S\n\ntext\n\n| a | b |\n| --- | --- |\n| 1 | two lines |\n| 3 |  |\n",
 		"![chart](c.png)",
-		"| t1 | <= 5 ms | 7 ms | no | 2 ms over |\n| t2 | >= 1 | 2 | yes |  |",
+		"| t1 | <= 5 ms | 7 ms | no | 2 ms over | the disk |\n| t2 | >= 1 | 2 | yes |  |  |",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, got)
