@@ -189,12 +189,10 @@ func TestReplaceDetectsLostCommitAndLostPayload(t *testing.T) {
 // count disagrees), never a success.
 func TestAddFromDetectsLostPayload(t *testing.T) {
 	m := newModel(Entry{"old", "s0"})
-	n := 0
+	var n atomic.Int64 // the payloads come on several connections at once
 	f := newFake(t, func(cmd string) string {
-		if strings.HasPrefix(cmd, "add map /m.map <<") {
-			if n++; n == 2 {
-				return "\n"
-			}
+		if strings.HasPrefix(cmd, "add map /m.map <<") && n.Add(1) == 2 {
+			return "\n"
 		}
 		return m.reply(cmd)
 	})
@@ -206,8 +204,20 @@ func TestAddFromDetectsLostPayload(t *testing.T) {
 	if err := c.AddFrom(context.Background(), "/m.map", EntryList(es)); !errors.Is(err, ErrCountMismatch) {
 		t.Fatalf("err = %v, want ErrCountMismatch", err)
 	}
-	if n < 3 {
-		t.Fatalf("%d payloads sent, want several", n)
+	if n.Load() < 3 {
+		t.Fatalf("%d payloads sent, want several", n.Load())
+	}
+}
+
+// AddFrom of a nil list adds nothing and says so, as ReplaceFrom takes nil
+// for an empty map: it must not crash.
+func TestAddFromNilIsEmpty(t *testing.T) {
+	f := newFake(t, newModel().reply)
+	if err := newClient(t, f.path).AddFrom(context.Background(), "/m.map", nil); err != nil {
+		t.Fatalf("AddFrom(nil): %v", err)
+	}
+	if got := f.commands(); len(got) != 0 {
+		t.Fatalf("socket received %q, want nothing", got)
 	}
 }
 
