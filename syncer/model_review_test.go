@@ -1,0 +1,353 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shardmap/shardmap/maps"
+	"github.com/shardmap/shardmap/runtime"
+)
+
+// hapModel is HAProxy 2.6's map semantics as RUNTIME-API.md measured them,
+// for two maps (the base and the delta), shared by the target's two
+// clients: a map is a list (an add appends, never replaces; the FIRST
+// entry of a key routes), set and del hit every entry of a key in every
+// version, and a plain add to the live version while another version is
+// pending is lost at its commit. It records what HAProxy would have done
+// wrong: a key added twice, an add lost at a commit.
+type hapModel struct {
+	mu      sync.Mutex
+	base    string
+	live    map[string][]runtime.Entry // map name -> live entries, in order
+	pending map[string]bool            // a version of the map is being loaded
+	lost    map[string]bool            // an add went to the live version while pending
+	errs    []string
+	// gate, when set, holds each swap of the base between its load and its
+	// commit until it is closed.
+	gate func()
+	// fail, when set, is asked before each write call: true makes the call
+	// apply half of its entries and fail.
+	fail func() bool
+}
+
+func (m *hapModel) fault(format string, args ...any) {
+	m.errs = append(m.errs, fmt.Sprintf(format, args...))
+}
+
+func (m *hapModel) faults() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.errs)
+}
+
+func (m *hapModel) has(name, k string) bool {
+	return slices.ContainsFunc(m.live[name], func(e runtime.Entry) bool { return e.Key == k })
+}
+
+func (m *hapModel) add(name, k, v string) {
+	if m.has(name, k) {
+		m.fault("duplicate: %s added to %s, which holds it", k, name)
+	}
+	if m.pending[name] {
+		m.lost[name] = true
+		m.fault("lost: %s added to the live %s while a version is pending", k, name)
+	}
+	m.live[name] = append(m.live[name], runtime.Entry{Key: k, Value: v})
+}
+
+// routes is what a request for each user gets: the delta's first entry,
+// else the base's first.
+func (m *hapModel) routes() map[string]string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string]string{}
+	for _, name := range []string{maps.DeltaPath(m.base), m.base} {
+		for _, e := range m.live[name] {
+			if _, ok := out[e.Key]; !ok {
+				out[e.Key] = e.Value
+			}
+		}
+	}
+	return out
+}
+
+// modelRT is one client of a hapModel.
+type modelRT struct{ m *hapModel }
+
+func (c modelRT) Apply(_ context.Context, name string, ops []runtime.Op) ([]error, error) {
+	m := c.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	res := make([]error, len(ops))
+	if m.fail != nil && m.fail() {
+		ops = ops[:len(ops)/2]
+		defer func() {}()
+		c.applyLocked(name, ops, res)
+		return res[:len(ops)], errors.New("connection reset (injected)")
+	}
+	c.applyLocked(name, ops, res)
+	return res, nil
+}
+
+func (c modelRT) applyLocked(name string, ops []runtime.Op, res []error) {
+	m := c.m
+	for i, op := range ops {
+		switch op.Kind {
+		case runtime.Add:
+			m.add(name, op.Key, op.Value)
+		case runtime.Set:
+			if !m.has(name, op.Key) {
+				res[i] = fmt.Errorf("%s: %w", op, runtime.ErrNotFound)
+				continue
+			}
+			for j := range m.live[name] {
+				if m.live[name][j].Key == op.Key {
+					m.live[name][j].Value = op.Value
+				}
+			}
+		case runtime.Del:
+			if !m.has(name, op.Key) {
+				res[i] = fmt.Errorf("%s: %w", op, runtime.ErrNotFound)
+				continue
+			}
+			m.live[name] = slices.DeleteFunc(m.live[name], func(e runtime.Entry) bool { return e.Key == op.Key })
+		}
+	}
+}
+
+func (c modelRT) AddFrom(_ context.Context, name string, es runtime.Entries) error {
+	m := c.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := es.Len()
+	failed := m.fail != nil && m.fail()
+	if failed {
+		n /= 2
+	}
+	for i := range n {
+		k, v := es.At(i)
+		m.add(name, k, v)
+	}
+	if failed {
+		return errors.New("payload: connection reset (injected)")
+	}
+	return nil
+}
+
+func (c modelRT) Replace(ctx context.Context, name string, es []runtime.Entry) error {
+	m := c.m
+	m.mu.Lock()
+	m.pending[name] = true
+	gate := m.gate
+	m.mu.Unlock()
+	if gate != nil && name == m.base {
+		gate()
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fail != nil && m.fail() {
+		m.pending[name] = false // cleared, not committed
+		return errors.New("replace: connection reset (injected)")
+	}
+	// The commit: the live version's adds made meanwhile are gone. (Sets
+	// and dels made meanwhile touched the new version too; the syncer sends
+	// none to a map being swapped, so they are not modelled.)
+	m.live[name] = slices.Clone(es)
+	m.pending[name] = false
+	return nil
+}
+
+func (c modelRT) ReplaceFrom(ctx context.Context, name string, es runtime.Entries) error {
+	return c.Replace(ctx, name, listOf(es))
+}
+
+func (c modelRT) Dump(_ context.Context, name string, fn func(k, v string) error) error {
+	m := c.m
+	m.mu.Lock()
+	es := slices.Clone(m.live[name])
+	m.mu.Unlock()
+	for _, e := range es {
+		if err := fn(e.Key, e.Value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c modelRT) MapEntryCount(_ context.Context, name string) (int, error) {
+	c.m.mu.Lock()
+	defer c.m.mu.Unlock()
+	return len(c.m.live[name]), nil
+}
+
+func (c modelRT) Maps(context.Context) ([]runtime.MapStatus, error) {
+	return []runtime.MapStatus{{Path: c.m.base}, {Path: maps.DeltaPath(c.m.base)}}, nil
+}
+func (c modelRT) ClearUncommitted(context.Context, string) (int, error) { return 0, nil }
+func (c modelRT) Close() error                                          { return nil }
+func (c modelRT) Backends(context.Context) ([]string, error)            { return nil, nil }
+func (c modelRT) Info(context.Context) (runtime.Info, error) {
+	return runtime.Info{Pid: 1, Version: "2.6.12"}, nil
+}
+
+// newModelLoop is a syncer with one target in the delta layout, with two
+// clients (background folds) on a hapModel, after its first full sync.
+func newModelLoop(t *testing.T, hash map[string]string, deltaMax, replaceAbove int) (*Syncer, *fakeStore, *hapModel) {
+	t.Helper()
+	st := newFakeStore(hash)
+	m := &hapModel{live: map[string][]runtime.Entry{}, pending: map[string]bool{}, lost: map[string]bool{}}
+	s, err := New(Config{Name: "t", MapName: t.TempDir() + "/users.map", Targets: []string{"/run/test.sock"}, MaxDeleteShare: 1,
+		ClaimTTL: time.Hour, DeltaMax: deltaMax, ReplaceAbove: replaceAbove, CheckEvery: time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logCapture{}, nil))},
+		st, func(string) (Runtime, error) { return &modelRT{m}, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.base = s.cfg.MapName
+	if s.targets[0].rtDelta == nil {
+		t.Fatal("no second client")
+	}
+	if !s.targets[0].holdLease(context.Background()) {
+		t.Fatal("no lease")
+	}
+	if err := s.fullSync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s, st, m
+}
+
+// Churn of every kind (new users, moves, deletes, users deleted and added
+// back) through the target's own step, with background folds whose swaps
+// are held open at random while changes go on: HAProxy never gets a key
+// added twice nor an add lost at a commit, and in the end routes as the
+// state says.
+func TestModelChurnNeverDuplicatesNorLosesAdds(t *testing.T) {
+	for seed := range uint64(80) {
+		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
+			failRate := 0
+			if seed%2 == 1 {
+				failRate = 6 // one write call in six fails half-way
+			}
+			r := rand.New(rand.NewPCG(seed, 7))
+			s, st, m := newModelLoop(t, users(30, "s0"), 4, 3)
+			tg := s.targets[0]
+			ctx := context.Background()
+			var held []chan struct{}
+			var heldMu sync.Mutex
+			m.gate = func() {
+				ch := make(chan struct{})
+				heldMu.Lock()
+				held = append(held, ch)
+				heldMu.Unlock()
+				<-ch
+			}
+			release := func(all bool) {
+				heldMu.Lock()
+				defer heldMu.Unlock()
+				for len(held) > 0 && (all || r.IntN(2) == 0) {
+					close(held[0])
+					held = held[1:]
+				}
+			}
+			publish := func() {
+				_, applied, _ := s.state.position()
+				changes, _, err := st.ReadLog(ctx, applied, int64(1+r.IntN(20)), 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(changes) > 0 {
+					s.publish(changes)
+				}
+			}
+			var failMu sync.Mutex
+			rf := rand.New(rand.NewPCG(seed, 8))
+			m.fail = func() bool {
+				failMu.Lock()
+				defer failMu.Unlock()
+				return failRate > 0 && rf.IntN(failRate) == 0
+			}
+			step := func() {
+				done := make(chan error, 1)
+				go func() {
+					if tg.needFull {
+						done <- tg.fullSync(ctx)
+						return
+					}
+					done <- tg.step(ctx)
+				}()
+				for {
+					select {
+					case err := <-done:
+						if err != nil && failRate == 0 {
+							t.Fatalf("step: %v", err)
+						}
+						return
+					default:
+					}
+					release(false)
+					heldMu.Lock()
+					n := len(held)
+					heldMu.Unlock()
+					if n == 0 {
+						select {
+						case err := <-done:
+							done <- err
+						case <-time.After(time.Millisecond): // perturbation only
+						}
+					}
+				}
+			}
+			for round := 0; round < 150; round++ {
+				for range r.IntN(8) {
+					u := fmt.Sprintf("u%d", r.IntN(45))
+					if r.IntN(4) == 0 {
+						st.del(u)
+					} else {
+						st.set(u, fmt.Sprint("s", r.IntN(4)))
+					}
+				}
+				publish()
+				tg.lastCheck = time.Now()
+				if r.IntN(10) != 0 {
+					tg.lastLive = time.Now()
+				} else {
+					tg.lastLive = time.Time{} // a drift check this step
+				}
+				step()
+				if f := m.faults(); len(f) > 0 {
+					t.Fatalf("round %d: %v", round, f)
+				}
+			}
+			failMu.Lock()
+			failRate = 0
+			failMu.Unlock()
+			for range 200 {
+				publish()
+				release(true)
+				step()
+				release(true)
+				if tg.folding == nil && tg.seq == s.state.seq && st.lastID() == tg.applied {
+					break
+				}
+			}
+			release(true)
+			if err := tg.waitFold(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if f := m.faults(); len(f) > 0 {
+				t.Fatalf("%v", f)
+			}
+			if got, want := m.routes(), stateMap(s); !equalMaps(got, want) {
+				t.Fatalf("routes differ from the state:\n got %v\nwant %v", got, want)
+			}
+			st0 := s.Status().Targets[0]
+			t.Logf("folds %d swaps %d full syncs %d", st0.Folds, st0.Swaps, st0.FullSyncs)
+		})
+	}
+}
