@@ -161,8 +161,10 @@ const compareChunk = 4096
 // every user changed since the comparison began is looked at again
 // (resendTouched: an edit to the state's value now, sent whether or not the
 // live maps already hold it, as a full sync wants) or left out (a drift
-// check: the target applies those changes next). The result holds at the
-// state's position at the end. At most maxEdits edits are collected.
+// check: the target applies those changes next, and so also those changed
+// since the target's position, which the live maps do not hold yet). The
+// result holds at the state's position at the end. At most maxEdits edits
+// are collected.
 func (t *target) compare(ctx context.Context, maxEdits int, resendTouched bool) (comparison, error) {
 	s := t.s
 	var c comparison
@@ -230,7 +232,11 @@ func (t *target) compare(ctx context.Context, maxEdits int, resendTouched bool) 
 	var reach bool
 	s.state.read(func(v view) {
 		var touched map[string]bool
-		if touched, reach = v.touchedAfter(seq0); !reach || !seen.sync(v) {
+		from := seq0
+		if !resendTouched {
+			from = min(from, t.seq)
+		}
+		if touched, reach = v.touchedAfter(from); !reach || !seen.sync(v) {
 			reach = false
 			return
 		}
@@ -251,6 +257,13 @@ func (t *target) compare(ctx context.Context, maxEdits int, resendTouched bool) 
 		}
 		for u := range touched {
 			if i, ok := at[u]; ok { // compared against an older state
+				switch { // a drift check counts it no longer
+				case resendTouched:
+				case c.edits[i].shard == "":
+					c.extra--
+				default:
+					c.changed--
+				}
 				c.edits[i].user = "" // dropped below
 				delete(at, u)
 			}

@@ -351,3 +351,82 @@ func TestModelChurnNeverDuplicatesNorLosesAdds(t *testing.T) {
 		})
 	}
 }
+
+// A drift check that runs while the target has batches to apply (the reader
+// published them after the target's last step) takes those changes for what
+// the loop applies next, not for drift: no full sync, no drift counted.
+func TestDriftCheckSkipsChangesNotYetApplied(t *testing.T) {
+	for _, delta := range []bool{false, true} {
+		t.Run(fmt.Sprint("delta=", delta), func(t *testing.T) {
+			s, st, rt, _ := newLoop(t, users(10, "s1"), nil)
+			if delta {
+				rt.delta = map[string]string{}
+			}
+			ctx := context.Background()
+			if err := s.fullSync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			tg := s.targets[0]
+			st.set("new1", "s2") // a new user
+			st.del("u1")         // a delete
+			st.set("u2", "s3")   // a move
+			_, applied, _ := s.state.position()
+			changes, _, err := st.ReadLog(ctx, applied, 100, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.publish(changes) // published, not yet applied by the target
+			tg.forceLive.Store(true)
+			if err := tg.checkLive(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if d := s.Status().Targets[0].Drift; tg.needFull || d != 0 {
+				t.Fatalf("pending changes taken for drift: full sync due %v, drift %d", tg.needFull, d)
+			}
+			follow(t, s)
+			if !equalMaps(routes(rt), stateMap(s)) {
+				t.Fatal("the live maps do not route as the state says")
+			}
+		})
+	}
+}
+
+// A drift check due while the target is out of the ring's reach (waiting
+// for a bulk stream's end) is put off: what the live maps lack then is not
+// drift, and the target catches up with one fold, not a full sync.
+func TestDriftCheckWaitsWhileBehindTheRing(t *testing.T) {
+	s, st, rt, _ := newLoop(t, users(100, "s1"), nil)
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tg := s.targets[0]
+	swaps, fulls := rt.replaced, s.Status().Targets[0].FullSyncs
+	for i := 0; i < 4100; i++ { // more batches than the ring keeps
+		st.set(fmt.Sprintf("u%d", i%150), fmt.Sprint("s", 2+i%3))
+		_, applied, _ := s.state.position()
+		changes, _, err := st.ReadLog(ctx, applied, 10, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.publish(changes)
+	}
+	s.state.streaming.Store(true)
+	tg.forceLive.Store(true) // a drift check is due
+	if err := tg.step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if tg.needFull || s.Status().Targets[0].Drift != 0 {
+		t.Fatalf("behind the ring, a drift check: full sync due %v, drift %d; want to wait for the stream's end", tg.needFull, s.Status().Targets[0].Drift)
+	}
+	s.state.streaming.Store(false)
+	if err := tg.step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if tg.needFull || s.Status().Targets[0].FullSyncs != fulls || rt.replaced != swaps+1 || !equalMaps(routes(rt), stateMap(s)) {
+		t.Fatalf("after the stream: full sync due %v, %d full syncs, %d swaps (want 0, 1)", tg.needFull, s.Status().Targets[0].FullSyncs-fulls, rt.replaced-swaps)
+	}
+	if !tg.forceLive.Load() {
+		t.Fatal("the drift check put off is not due any more")
+	}
+}

@@ -679,6 +679,12 @@ func (t *target) checkLive(ctx context.Context) error {
 	if !t.forceLive.Swap(false) && time.Since(t.lastLive) < s.cfg.ReconcileEvery {
 		return nil
 	}
+	if s.state.pendingAfter(t.seq) < 0 {
+		// Out of the ring's reach: what the live maps lack is not drift;
+		// the step catches up first, the check comes after.
+		t.forceLive.Store(true)
+		return nil
+	}
 	start := time.Now()
 	t.lastLive = start
 	c, err := t.compare(ctx, s.cfg.ReplaceAbove+1, false)
