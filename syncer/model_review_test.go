@@ -430,3 +430,48 @@ func TestDriftCheckWaitsWhileBehindTheRing(t *testing.T) {
 		t.Fatal("the drift check put off is not due any more")
 	}
 }
+
+// A wait for a bulk stream's end that a full sync cut short (HAProxy
+// restarted meanwhile) does not count against a later wait: the next time
+// the target falls out of the ring's reach during a stream, it waits again.
+func TestBehindWaitEndsWithAFullSync(t *testing.T) {
+	s, st, rt, _ := newLoop(t, users(100, "s1"), nil)
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tg := s.targets[0]
+	outrun := func() {
+		t.Helper()
+		for i := 0; i < 4100; i++ { // more batches than the ring keeps
+			st.set(fmt.Sprintf("u%d", i%150), fmt.Sprint("s", 2+i%3))
+			_, applied, _ := s.state.position()
+			changes, _, err := st.ReadLog(ctx, applied, 10, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.publish(changes)
+		}
+	}
+	outrun()
+	s.state.streaming.Store(true)
+	if err := tg.step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if tg.behindSince.IsZero() {
+		t.Fatal("not waiting for the stream's end")
+	}
+	tg.behindSince = tg.behindSince.Add(-maxBehindWait) // the wait went on a while
+	tg.doubt(reasonHAProxyRestart)                      // and HAProxy restarted
+	if err := tg.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	swaps := rt.replaced
+	outrun() // another stream, later
+	if err := tg.step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rt.replaced != swaps || tg.needFull {
+		t.Fatalf("behind the ring during a second stream: %d swaps, full sync %v; want to wait for its end", rt.replaced-swaps, tg.needFull)
+	}
+}

@@ -186,6 +186,7 @@ func (t *target) doubt(reason string) {
 func (t *target) fullSync(ctx context.Context) error {
 	s := t.s
 	start := time.Now()
+	t.behindSince = time.Time{} // a wait for a stream's end ends here
 	if t.folding != nil {
 		<-t.folding.done // the live maps are compared whole below
 		t.folding = nil
