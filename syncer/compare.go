@@ -191,12 +191,34 @@ func (t *target) compare(ctx context.Context, maxEdits int, resendTouched bool) 
 		at[e.user] = len(c.edits)
 		c.edits = append(c.edits, e)
 	}
+	// A drift check compares only the users not changed since the target's
+	// position: the set grows as the state moves, a chunk at a time, so that
+	// a user changed before its chunk is compared is neither an edit nor a
+	// count (enough of them made an overflow: drift).
+	var changed map[string]bool
+	changedTo, changedLost := min(seq0, t.seq), false
+	if !resendTouched {
+		changed = map[string]bool{}
+	}
 	type pair struct{ k, v string }
 	buf := make([]pair, 0, compareChunk)
 	flush := func() {
 		s.state.read(func(v view) {
 			if !seen.sync(v) {
 				return // errMovedOn at the end
+			}
+			if changed != nil {
+				bs, ok := v.st.after(changedTo)
+				if !ok {
+					changedLost = true // errMovedOn at the end
+					return
+				}
+				for _, b := range bs {
+					for _, ch := range b.changes {
+						changed[ch.user] = true
+					}
+					changedTo = b.seq
+				}
 			}
 			for _, p := range buf {
 				if !seen.add(p.k) {
@@ -205,6 +227,9 @@ func (t *target) compare(ctx context.Context, maxEdits int, resendTouched bool) 
 				}
 				if _, in := delta[p.k]; in {
 					continue // the delta's entry routes
+				}
+				if changed[p.k] {
+					continue // the target applies it next
 				}
 				want, has := v.get(p.k)
 				switch {
@@ -236,7 +261,7 @@ func (t *target) compare(ctx context.Context, maxEdits int, resendTouched bool) 
 		if !resendTouched {
 			from = min(from, t.seq)
 		}
-		if touched, reach = v.touchedAfter(from); !reach || !seen.sync(v) {
+		if touched, reach = v.touchedAfter(from); !reach || changedLost || !seen.sync(v) {
 			reach = false
 			return
 		}
