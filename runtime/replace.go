@@ -363,7 +363,8 @@ func (p *payloads) text(i int) string {
 // bring many new keys live at once, about as fast as a Replace loads them
 // and with no walk of the map's entry list (a "set map" on HAProxy 2.6
 // walks it). Each entry is live from its payload's reply on, so a batch is
-// not atomic: entries are live in order.
+// not atomic, and the payloads go on several connections at once: entries
+// become live in no particular order. A nil src adds nothing.
 //
 // An add never replaces: src's keys must be absent from the map and appear
 // once in src (else the map holds the key twice, and HAProxy routes by the
@@ -380,6 +381,9 @@ func (p *payloads) text(i int) string {
 func (c *Client) AddFrom(ctx context.Context, mapPath string, src Entries) error {
 	if err := checkPath(mapPath); err != nil {
 		return err
+	}
+	if src == nil {
+		return nil
 	}
 	n := src.Len()
 	if n == 0 {

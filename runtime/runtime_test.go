@@ -189,12 +189,10 @@ func TestReplaceDetectsLostCommitAndLostPayload(t *testing.T) {
 // count disagrees), never a success.
 func TestAddFromDetectsLostPayload(t *testing.T) {
 	m := newModel(Entry{"old", "s0"})
-	n := 0
+	var n atomic.Int64 // the payloads come on several connections at once
 	f := newFake(t, func(cmd string) string {
-		if strings.HasPrefix(cmd, "add map /m.map <<") {
-			if n++; n == 2 {
-				return "\n"
-			}
+		if strings.HasPrefix(cmd, "add map /m.map <<") && n.Add(1) == 2 {
+			return "\n"
 		}
 		return m.reply(cmd)
 	})
@@ -206,8 +204,20 @@ func TestAddFromDetectsLostPayload(t *testing.T) {
 	if err := c.AddFrom(context.Background(), "/m.map", EntryList(es)); !errors.Is(err, ErrCountMismatch) {
 		t.Fatalf("err = %v, want ErrCountMismatch", err)
 	}
-	if n < 3 {
-		t.Fatalf("%d payloads sent, want several", n)
+	if n.Load() < 3 {
+		t.Fatalf("%d payloads sent, want several", n.Load())
+	}
+}
+
+// AddFrom of a nil list adds nothing and says so, as ReplaceFrom takes nil
+// for an empty map: it must not crash.
+func TestAddFromNilIsEmpty(t *testing.T) {
+	f := newFake(t, newModel().reply)
+	if err := newClient(t, f.path).AddFrom(context.Background(), "/m.map", nil); err != nil {
+		t.Fatalf("AddFrom(nil): %v", err)
+	}
+	if got := f.commands(); len(got) != 0 {
+		t.Fatalf("socket received %q, want nothing", got)
 	}
 }
 
@@ -678,5 +688,51 @@ func TestReplaceFromStreamsEntries(t *testing.T) {
 	}
 	if live := m.live(); len(live) != 0 {
 		t.Fatalf("live map after ReplaceFrom(nil): %v", live)
+	}
+}
+
+// The write guard is asked before each payload, which go on several
+// connections at once: once it says no, no further payload reaches HAProxy,
+// and the call fails with the guard's error. (Passes on main; kept as a
+// regression test for the parallel sends.)
+func TestPayloadsStopWhenTheGuardSaysNo(t *testing.T) {
+	fenced := errors.New("fenced")
+	var es []Entry
+	for i := 0; i < 3000; i++ { // ~8 payloads
+		es = append(es, Entry{fmt.Sprintf("user%06d", i), "shard1"})
+	}
+	for _, tc := range []struct {
+		name   string
+		prefix string
+		allow  int64 // guard calls that pass
+		run    func(*Client) error
+	}{
+		{"replace", "add map @", 3, func(c *Client) error { return c.ReplaceFrom(context.Background(), "/m.map", EntryList(es)) }},
+		{"add", "add map /m.map <<", 2, func(c *Client) error { return c.AddFrom(context.Background(), "/m.map", EntryList(es)) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newModel()
+			f := newFake(t, m.reply)
+			c := newClient(t, f.path)
+			var calls atomic.Int64
+			c.SetWriteGuard(func() error {
+				if calls.Add(1) > tc.allow {
+					return fenced
+				}
+				return nil
+			})
+			if err := tc.run(c); !errors.Is(err, fenced) {
+				t.Fatalf("err = %v, want the guard's", err)
+			}
+			sent := 0
+			for _, cmd := range f.commands() {
+				if strings.HasPrefix(cmd, tc.prefix) {
+					sent++
+				}
+			}
+			if sent > 2 { // fewer when the refusal cancels one in flight
+				t.Fatalf("%d payloads reached HAProxy, want at most the 2 the guard allowed", sent)
+			}
+		})
 	}
 }

@@ -161,8 +161,10 @@ const compareChunk = 4096
 // every user changed since the comparison began is looked at again
 // (resendTouched: an edit to the state's value now, sent whether or not the
 // live maps already hold it, as a full sync wants) or left out (a drift
-// check: the target applies those changes next). The result holds at the
-// state's position at the end. At most maxEdits edits are collected.
+// check: the target applies those changes next, and so also those changed
+// since the target's position, which the live maps do not hold yet). The
+// result holds at the state's position at the end. At most maxEdits edits
+// are collected.
 func (t *target) compare(ctx context.Context, maxEdits int, resendTouched bool) (comparison, error) {
 	s := t.s
 	var c comparison
@@ -189,12 +191,34 @@ func (t *target) compare(ctx context.Context, maxEdits int, resendTouched bool) 
 		at[e.user] = len(c.edits)
 		c.edits = append(c.edits, e)
 	}
+	// A drift check compares only the users not changed since the target's
+	// position: the set grows as the state moves, a chunk at a time, so that
+	// a user changed before its chunk is compared is neither an edit nor a
+	// count (enough of them made an overflow: drift).
+	var changed map[string]bool
+	changedTo, changedLost := min(seq0, t.seq), false
+	if !resendTouched {
+		changed = map[string]bool{}
+	}
 	type pair struct{ k, v string }
 	buf := make([]pair, 0, compareChunk)
 	flush := func() {
 		s.state.read(func(v view) {
 			if !seen.sync(v) {
 				return // errMovedOn at the end
+			}
+			if changed != nil {
+				bs, ok := v.st.after(changedTo)
+				if !ok {
+					changedLost = true // errMovedOn at the end
+					return
+				}
+				for _, b := range bs {
+					for _, ch := range b.changes {
+						changed[ch.user] = true
+					}
+					changedTo = b.seq
+				}
 			}
 			for _, p := range buf {
 				if !seen.add(p.k) {
@@ -203,6 +227,9 @@ func (t *target) compare(ctx context.Context, maxEdits int, resendTouched bool) 
 				}
 				if _, in := delta[p.k]; in {
 					continue // the delta's entry routes
+				}
+				if changed[p.k] {
+					continue // the target applies it next
 				}
 				want, has := v.get(p.k)
 				switch {
@@ -230,7 +257,11 @@ func (t *target) compare(ctx context.Context, maxEdits int, resendTouched bool) 
 	var reach bool
 	s.state.read(func(v view) {
 		var touched map[string]bool
-		if touched, reach = v.touchedAfter(seq0); !reach || !seen.sync(v) {
+		from := seq0
+		if !resendTouched {
+			from = min(from, t.seq)
+		}
+		if touched, reach = v.touchedAfter(from); !reach || changedLost || !seen.sync(v) {
 			reach = false
 			return
 		}
@@ -251,6 +282,13 @@ func (t *target) compare(ctx context.Context, maxEdits int, resendTouched bool) 
 		}
 		for u := range touched {
 			if i, ok := at[u]; ok { // compared against an older state
+				switch { // a drift check counts it no longer
+				case resendTouched:
+				case c.edits[i].shard == "":
+					c.extra--
+				default:
+					c.changed--
+				}
 				c.edits[i].user = "" // dropped below
 				delete(at, u)
 			}

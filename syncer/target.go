@@ -186,6 +186,7 @@ func (t *target) doubt(reason string) {
 func (t *target) fullSync(ctx context.Context) error {
 	s := t.s
 	start := time.Now()
+	t.behindSince = time.Time{} // a wait for a stream's end ends here
 	if t.folding != nil {
 		<-t.folding.done // the live maps are compared whole below
 		t.folding = nil
@@ -677,6 +678,12 @@ func (t *target) checkLive(ctx context.Context) error {
 		return nil // the live maps are between two states until the fold ends
 	}
 	if !t.forceLive.Swap(false) && time.Since(t.lastLive) < s.cfg.ReconcileEvery {
+		return nil
+	}
+	if s.state.pendingAfter(t.seq) < 0 {
+		// Out of the ring's reach: what the live maps lack is not drift;
+		// the step catches up first, the check comes after.
+		t.forceLive.Store(true)
 		return nil
 	}
 	start := time.Now()

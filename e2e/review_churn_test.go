@@ -1,0 +1,181 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shardmap/shardmap/haproxy"
+	"github.com/shardmap/shardmap/internal/testenv"
+	"github.com/shardmap/shardmap/maps"
+	"github.com/shardmap/shardmap/runtime"
+)
+
+// Churn of every kind on real HAProxy, in the delta layout with folds again
+// and again (--delta-max 10): new users (added to the base in payloads),
+// moves, deletes and users deleted and added back. HAProxy's maps never
+// list a key twice (an add never replaces: a duplicate would keep routing
+// the old value), and in the end every user routes as Redis says.
+func TestChurnNeverDuplicatesAKey(t *testing.T) {
+	dir := t.TempDir()
+	redis := testenv.StartRedis(t)
+	store := maps.NewStore(redis.Client(t), "")
+	ctx := context.Background()
+	mapPath := filepath.Join(dir, "users.map")
+	socket := filepath.Join(dir, "admin.sock")
+	port := testenv.FreePort(t)
+	front := fmt.Sprintf("http://127.0.0.1:%d", port)
+	topo := &haproxy.Topology{
+		Cookie: "user", DefaultShard: "shard0", Map: mapPath, DeltaMap: true,
+		Frontend: fmt.Sprintf("127.0.0.1:%d", port), Stats: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		Socket: socket, StatsTimeout: 10 * time.Second, Shards: map[string]haproxy.Shard{},
+	}
+	for _, sh := range shards {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, sh) }))
+		t.Cleanup(srv.Close)
+		topo.Shards[sh] = haproxy.Shard{Servers: []haproxy.Server{{Addr: strings.TrimPrefix(srv.URL, "http://")}}}
+	}
+	os.WriteFile(mapPath, nil, 0o644)
+	if _, err := haproxy.CreateDeltaMap(topo); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := haproxy.Render(topo, "e2e churn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.StartHAProxy(t, dir, string(cfg), socket)
+	rt, err := runtime.New(socket, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	user := func(i int) string { return fmt.Sprintf("c%04d", i) }
+	var seed []maps.Assignment
+	for i := range 200 {
+		seed = append(seed, maps.Assignment{User: user(i), Shard: "shard0"})
+	}
+	if _, err := store.Import(ctx, seed, 1000, nil); err != nil {
+		t.Fatal(err)
+	}
+	syncer := testenv.Start(t, "syncer", []string{filepath.Join(binDir, "syncer"), "--redis", redis.URL, "--socket", socket,
+		"--map", mapPath, "--name", "churn", "--delta-max", "10", "--replace-above", "8"})
+	testenv.WaitFor(t, 60*time.Second, "syncer's first full sync", func() error {
+		if !strings.Contains(syncer.Output(), "full sync") {
+			return fmt.Errorf("no full sync yet")
+		}
+		return nil
+	})
+	dups := func() error {
+		for _, m := range []string{mapPath, maps.DeltaPath(mapPath)} {
+			seen := map[string]bool{}
+			var dup []string
+			if err := rt.Dump(ctx, m, func(k, _ string) error {
+				if seen[k] {
+					dup = append(dup, k)
+				}
+				seen[k] = true
+				return nil
+			}); err != nil {
+				return err
+			}
+			if len(dup) > 0 {
+				return fmt.Errorf("%s lists %d keys twice, e.g. %v", filepath.Base(m), len(dup), dup[:min(5, len(dup))])
+			}
+		}
+		return nil
+	}
+	hc := &http.Client{Timeout: 2 * time.Second}
+	route := func(u string) string {
+		req, _ := http.NewRequest("GET", front+"/", nil)
+		req.AddCookie(&http.Cookie{Name: "user", Value: u})
+		resp, err := hc.Do(req)
+		if err != nil {
+			return ""
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return string(body)
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for round := range 60 {
+		var set []maps.Assignment
+		for range 1 + r.IntN(30) {
+			u := user(r.IntN(400)) // half of them new at first
+			if r.IntN(4) == 0 {
+				if _, _, err := store.Del(ctx, u); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
+			set = append(set, maps.Assignment{User: u, Shard: shards[r.IntN(len(shards))]})
+		}
+		if len(set) > 0 {
+			if _, err := store.SetMany(ctx, set); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(set) > 0 { // the syncer applies this round before the next, mostly
+			last := set[len(set)-1]
+			testenv.WaitFor(t, 10*time.Second, "the round's last change live", func() error {
+				if got := route(last.User); got != last.Shard {
+					return fmt.Errorf("%s routed to %q, not yet %s", last.User, got, last.Shard)
+				}
+				return nil
+			})
+		}
+		if round%5 == 4 {
+			if err := dups(); err != nil {
+				t.Fatalf("round %d: %v\n%s", round, err, syncer.Output())
+			}
+		}
+	}
+	snap, err := store.Snapshot(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &http.Client{Timeout: 2 * time.Second}
+	testenv.WaitFor(t, 30*time.Second, "every user routed as Redis says", func() error {
+		for i := range 400 {
+			u := user(i)
+			want, ok := snap.Entries[u]
+			if !ok {
+				want = "shard0" // the default
+			}
+			req, _ := http.NewRequest("GET", front+"/", nil)
+			req.AddCookie(&http.Cookie{Name: "user", Value: u})
+			resp, err := c.Do(req)
+			if err != nil {
+				return err
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(body) != want {
+				return fmt.Errorf("%s routed to %s, redis says %s", u, body, want)
+			}
+		}
+		return nil
+	})
+	if err := dups(); err != nil {
+		t.Fatalf("%v\n%s", err, syncer.Output())
+	}
+	out := syncer.Output()
+	t.Logf("folds %d, full syncs %d, drift %d", strings.Count(out, "folded into the map"), strings.Count(out, "full sync"), strings.Count(out, "drift"))
+	if strings.Count(out, "drift") > 0 {
+		t.Fatalf("drift reported:\n%s", out)
+	}
+	info, err := rt.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := info.Version; strings.HasPrefix(v, "2.") && !strings.HasPrefix(v, "2.9") && strings.Count(out, "folded into the map") == 0 {
+		t.Fatal("no fold: the test did not exercise one")
+	}
+}
