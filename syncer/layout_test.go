@@ -50,12 +50,7 @@ func TestDeltaLayout(t *testing.T) {
 	swaps, folds := rt.replaced, s.Status().Targets[0].Folds // the full sync into an empty base folded
 	next := func() {
 		t.Helper()
-		_, applied, _ := s.state.position()
-		changes, _, err := st.ReadLog(ctx, applied, 1000, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.publish(changes)
+		readLog(t, s, st)
 		follow(t, s)
 		if !equalMaps(routes(rt), stateMap(s)) {
 			t.Fatal("the live maps do not route as the state says")
@@ -218,12 +213,7 @@ func TestNewUsersAreAddedNotSwapped(t *testing.T) {
 			for i := 0; i < 500; i++ { // far past ReplaceAbove (64)
 				st.set(fmt.Sprintf("new%d", i), "s2")
 			}
-			_, applied, _ := s.state.position()
-			changes, _, err := st.ReadLog(ctx, applied, 1000, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			s.publish(changes)
+			readLog(t, s, st)
 			follow(t, s)
 			if rt.replaced != swaps {
 				t.Fatalf("500 new users: %d swaps, want 0", rt.replaced-swaps)
@@ -235,12 +225,7 @@ func TestNewUsersAreAddedNotSwapped(t *testing.T) {
 				for i := 0; i < 100; i++ { // existing users past ReplaceAbove: one swap
 					st.set(fmt.Sprintf("u%d", i), "s3")
 				}
-				_, applied, _ = s.state.position()
-				changes, _, err = st.ReadLog(ctx, applied, 1000, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				s.publish(changes)
+				readLog(t, s, st)
 				follow(t, s)
 				if rt.replaced != swaps+1 || !equalMaps(rt.live, stateMap(s)) {
 					t.Fatalf("100 sets on 2.6: %d swaps, want 1", rt.replaced-swaps)
@@ -263,12 +248,7 @@ func TestTreeMapsSetRatherThanSwap(t *testing.T) {
 	for i := 0; i < 200; i++ { // > ReplaceAbove (64), < 2000/8
 		st.set(fmt.Sprintf("u%d", i), "s2")
 	}
-	_, applied, _ := s.state.position()
-	changes, _, err := st.ReadLog(ctx, applied, 1000, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.publish(changes)
+	readLog(t, s, st)
 	follow(t, s)
 	if rt.replaced != swaps || !equalMaps(rt.live, stateMap(s)) {
 		t.Fatalf("200 sets of 2000 users on 3.0: %d swaps, want 0 (and the map as the state)", rt.replaced-swaps)
@@ -293,12 +273,7 @@ func TestDeltaFoldsAtTheEndOfAStream(t *testing.T) {
 	for i := 0; i < 70; i++ { // past DeltaMax (20), under 4x (80)
 		st.set(fmt.Sprintf("u%d", i), "s2")
 	}
-	_, applied, _ := s.state.position()
-	changes, _, err := st.ReadLog(ctx, applied, 1000, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.publish(changes)
+	readLog(t, s, st)
 	s.state.streaming.Store(true) // the reader's reads are full: a bulk stream
 	follow(t, s)
 	if rt.replaced != swaps || len(rt.delta) != 70 || tg.folding != nil {
@@ -320,12 +295,7 @@ func TestDeltaFoldsAtTheEndOfAStream(t *testing.T) {
 	for i := 100; i < 125; i++ { // not a stream now: past DeltaMax folds at once
 		st.set(fmt.Sprintf("u%d", i), "s3")
 	}
-	_, applied, _ = s.state.position()
-	changes, _, err = st.ReadLog(ctx, applied, 1000, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.publish(changes)
+	readLog(t, s, st)
 	swaps = rt.replaced
 	follow(t, s)
 	if tg.folding != nil {
@@ -354,12 +324,7 @@ func TestDeltaSetsThatWalkTooMuchFold(t *testing.T) {
 		for _, i := range users {
 			st.set(fmt.Sprintf("u%d", i), shard)
 		}
-		_, applied, _ := s.state.position()
-		changes, _, err := st.ReadLog(ctx, applied, 1000, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.publish(changes)
+		readLog(t, s, st)
 		follow(t, s)
 		if tg := s.targets[0]; tg.folding != nil {
 			if err := tg.waitFold(ctx); err != nil {
@@ -376,5 +341,19 @@ func TestDeltaSetsThatWalkTooMuchFold(t *testing.T) {
 	step([]int{2, 3, 4}, "s4") // 3 x 15 = 45 > 40: a fold
 	if rt.replaced == swaps || !equalMaps(routes(rt), stateMap(s)) {
 		t.Fatalf("3 sets in a delta of 15: %d swaps, want a fold", rt.replaced-swaps)
+	}
+}
+
+// readLog publishes to the state what the store's log holds after the
+// state's position, as the reader does.
+func readLog(t *testing.T, s *Syncer, st *fakeStore) {
+	t.Helper()
+	_, applied, _ := s.state.position()
+	changes, _, err := st.ReadLog(context.Background(), applied, 1000, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(changes) > 0 {
+		s.publish(changes)
 	}
 }
