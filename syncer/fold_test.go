@@ -282,3 +282,31 @@ func TestBehindTheRingWaitsForTheStreamsEnd(t *testing.T) {
 		t.Fatalf("after the stream: %d swaps (want 1), target seq %d, state %d", rt.replaced-swaps, tg.seq, s.state.seq)
 	}
 }
+
+// The reader counts a bulk stream as under way from a full read (BatchMax
+// changes) until streamQuiet has passed without one: a single short read
+// (the reader caught up with the writer for a moment) does not end it.
+func TestStreamingEndsOnlyAfterAQuietSpell(t *testing.T) {
+	s, st, _, _ := newLoop(t, users(10, "s1"), nil)
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.cfg.BatchMax = 10
+	for i := 0; i < 15; i++ {
+		st.set(fmt.Sprintf("n%d", i), "s2")
+	}
+	read := func(want bool, what string) {
+		t.Helper()
+		if err := s.readStep(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := s.state.streaming.Load(); got != want {
+			t.Fatalf("%s: streaming %v, want %v", what, got, want)
+		}
+	}
+	read(true, "a full read")
+	read(true, "a short read right after it")
+	s.lastFullRead = time.Now().Add(-2 * streamQuiet)
+	read(false, "a short read after a quiet spell")
+}

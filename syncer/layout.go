@@ -162,7 +162,7 @@ func (t *target) costOf(edits []edit) editCost {
 }
 
 // deltaLimit is the most entries the delta may hold before a fold:
-// DeltaMax, and four times that while a bulk stream is being read (the
+// DeltaMax, and eight times that while a bulk stream is being read (the
 // reader's reads are full) and the target has a second client, so that a
 // reassignment of many users is live before the base is swapped rather
 // than after (an add to the delta walks nothing; the fold follows once the
@@ -170,7 +170,7 @@ func (t *target) costOf(edits []edit) editCost {
 // already in the delta walks the whole delta.
 func (t *target) deltaLimit() int {
 	if t.rtDelta != nil && t.s.state.streaming.Load() {
-		return 4 * t.s.cfg.DeltaMax
+		return 8 * t.s.cfg.DeltaMax
 	}
 	return t.s.cfg.DeltaMax
 }

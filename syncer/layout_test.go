@@ -256,7 +256,7 @@ func TestTreeMapsSetRatherThanSwap(t *testing.T) {
 }
 
 // In the delta layout a bulk stream of changes to existing users goes on
-// into the delta past DeltaMax (up to four times it) and the fold waits for
+// into the delta past DeltaMax (up to eight times it) and the fold waits for
 // the end of the stream: the step that finds nothing new starts it. Under
 // steady churn (reads not full) the delta is folded at DeltaMax.
 func TestDeltaFoldsAtTheEndOfAStream(t *testing.T) {
@@ -270,7 +270,7 @@ func TestDeltaFoldsAtTheEndOfAStream(t *testing.T) {
 	tg := s.targets[0]
 	tg.rtDelta = &lockedRuntime{f: rt} // a second client: the fold runs in the background
 	swaps := rt.replaced
-	for i := 0; i < 70; i++ { // past DeltaMax (20), under 4x (80)
+	for i := 0; i < 70; i++ { // past DeltaMax (20), under 8x (160)
 		st.set(fmt.Sprintf("u%d", i), "s2")
 	}
 	readLog(t, s, st)

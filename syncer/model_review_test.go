@@ -296,7 +296,9 @@ func TestModelChurnNeverDuplicatesNorLosesAdds(t *testing.T) {
 				for {
 					select {
 					case err := <-done:
-						if err != nil && failRate == 0 {
+						// With failures injected (odd seeds), a fold that
+						// failed before they stopped may end in a later step.
+						if err != nil && seed%2 == 0 {
 							t.Fatalf("step: %v", err)
 						}
 						return

@@ -95,10 +95,10 @@ type Config struct {
 	MapFile      string        // the map file written, which HAProxy loads at start; MapName when empty
 	Targets      []string      // the Runtime API addresses of the HAProxy processes to drive (at least one)
 	FileMode     os.FileMode   // mode of a new map file; an existing file keeps its mode and owner (0640)
-	FlushDelay   time.Duration // how long changes wait before the file is written (200 ms; or 4x the last write's duration, when longer)
+	FlushDelay   time.Duration // how long changes wait before the file is written (200 ms; or 8x the last write's duration, when longer)
 	BatchMax     int           // most changes read and applied at once (10,000)
 	ReplaceAbove int           // a batch with more set/del than this is applied as one versioned swap (64)
-	DeltaMax     int           // in the delta+base layout, the delta entries past which it is folded into the base once caught up (50,000: a fold swaps the whole base; a set in the delta walks the delta on 2.6); a bulk stream may take the delta to four times this first
+	DeltaMax     int           // in the delta+base layout, the delta entries past which it is folded into the base once caught up (50,000: a fold swaps the whole base; a set in the delta walks the delta on 2.6); a bulk stream may take the delta to eight times this first
 	Heartbeat    time.Duration // how often the syncer reports itself in Redis and renews its claims (1 s)
 	CheckEvery   time.Duration // how often HAProxy's identity (show info Pid) is checked (500 ms)
 	// MaxDeleteShare: a full reconcile that would delete more than this share
@@ -189,6 +189,7 @@ type Syncer struct {
 	fileActive   atomic.Bool // holds the map file's lease and writes it (read by the heartbeat)
 	fileOK       atomic.Bool // the map file was written once since the start
 	fileGuardGen uint64      // the state's load the file's guard let through (loadAccepted)
+	lastFullRead time.Time   // the last read that took BatchMax changes (a bulk stream)
 
 	shardsWarn atomic.Bool   // the shards key is unusable; warned once
 	synced     atomic.Uint64 // the last reload of the state (state.gen) a target reconciled with
@@ -479,6 +480,10 @@ func (s *Syncer) publishShards(ctx context.Context, backends []string) error {
 	return nil
 }
 
+// streamQuiet is how long after the reader's last full read a bulk stream
+// counts as ended.
+const streamQuiet = 300 * time.Millisecond
+
 // readStep waits briefly for changes and publishes those that came to the
 // targets, looks for drift in Redis when due, and writes the file when due.
 func (s *Syncer) readStep(ctx context.Context) error {
@@ -507,7 +512,15 @@ func (s *Syncer) readStep(ctx context.Context) error {
 	for _, b := range bad {
 		s.skipBad(b)
 	}
-	s.state.streaming.Store(len(changes) >= s.cfg.BatchMax)
+	// A bulk stream is under way while reads are full; one read that is
+	// not (the reader caught up with the writer for a moment) does not end
+	// it: only streamQuiet without a full read does.
+	if now := time.Now(); len(changes) >= s.cfg.BatchMax {
+		s.lastFullRead = now
+		s.state.streaming.Store(true)
+	} else if now.Sub(s.lastFullRead) > streamQuiet {
+		s.state.streaming.Store(false)
+	}
 	if len(changes) > 0 {
 		// Reading after an ID that is no longer in the log returns whatever
 		// follows, silently skipping what was trimmed: check it is still there.
