@@ -7,8 +7,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,10 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shardmap/shardmap/haproxy"
 	"github.com/shardmap/shardmap/internal/testenv"
 	"github.com/shardmap/shardmap/maps"
-	"github.com/shardmap/shardmap/runtime"
 )
 
 // The delta+base layout under churn, on real HAProxy: every user only ever
@@ -33,48 +29,11 @@ import (
 // as Redis says. On HAProxy 2.9 and later the syncer keeps the single map
 // (the delta stays empty), and the same holds.
 func TestDeltaLayoutNeverRoutesBackwards(t *testing.T) {
-	dir := t.TempDir()
-	redis := testenv.StartRedis(t)
-	store := maps.NewStore(redis.Client(t), "")
-	ctx := context.Background()
-	mapPath := filepath.Join(dir, "users.map")
-	socket := filepath.Join(dir, "admin.sock")
-	port := testenv.FreePort(t)
-	front := fmt.Sprintf("http://127.0.0.1:%d", port)
-	topo := &haproxy.Topology{
-		Cookie: "user", DefaultShard: "shard0", Map: mapPath, DeltaMap: true,
-		Frontend: fmt.Sprintf("127.0.0.1:%d", port), Stats: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
-		Socket: socket, StatsTimeout: 10 * time.Second, Shards: map[string]haproxy.Shard{},
-	}
-	for _, sh := range shards {
-		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, sh) }))
-		t.Cleanup(srv.Close)
-		topo.Shards[sh] = haproxy.Shard{Servers: []haproxy.Server{{Addr: strings.TrimPrefix(srv.URL, "http://")}}}
-	}
-	os.WriteFile(mapPath, nil, 0o644)
-	if _, err := haproxy.CreateDeltaMap(topo); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := haproxy.Render(topo, "e2e delta")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hap := testenv.StartHAProxy(t, dir, string(cfg), socket)
-	rt, err := runtime.New(socket, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rt.Close() })
-
 	const nUsers = 400
 	user := func(i int) string { return fmt.Sprintf("d%04d", i) }
-	var seed []maps.Assignment
-	for i := range nUsers {
-		seed = append(seed, maps.Assignment{User: user(i), Shard: "shard0"})
-	}
-	if _, err := store.Import(ctx, seed, 1000, nil); err != nil {
-		t.Fatal(err)
-	}
+	rig := startDeltaRig(t, "delta", nUsers, user)
+	redis, store, mapPath, socket, front, hap, rt := rig.redis, rig.store, rig.mapPath, rig.socket, rig.front, rig.hap, rig.rt
+	ctx := context.Background()
 	health := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	startSyncer := func() *testenv.Proc {
 		return testenv.Start(t, "syncer", []string{filepath.Join(binDir, "syncer"), "--redis", redis.URL, "--socket", socket,

@@ -6,17 +6,13 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/shardmap/shardmap/haproxy"
 	"github.com/shardmap/shardmap/internal/testenv"
 	"github.com/shardmap/shardmap/maps"
-	"github.com/shardmap/shardmap/runtime"
 )
 
 // Churn of every kind on real HAProxy, in the delta layout with folds again
@@ -25,46 +21,10 @@ import (
 // list a key twice (an add never replaces: a duplicate would keep routing
 // the old value), and in the end every user routes as Redis says.
 func TestChurnNeverDuplicatesAKey(t *testing.T) {
-	dir := t.TempDir()
-	redis := testenv.StartRedis(t)
-	store := maps.NewStore(redis.Client(t), "")
-	ctx := context.Background()
-	mapPath := filepath.Join(dir, "users.map")
-	socket := filepath.Join(dir, "admin.sock")
-	port := testenv.FreePort(t)
-	front := fmt.Sprintf("http://127.0.0.1:%d", port)
-	topo := &haproxy.Topology{
-		Cookie: "user", DefaultShard: "shard0", Map: mapPath, DeltaMap: true,
-		Frontend: fmt.Sprintf("127.0.0.1:%d", port), Stats: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
-		Socket: socket, StatsTimeout: 10 * time.Second, Shards: map[string]haproxy.Shard{},
-	}
-	for _, sh := range shards {
-		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, sh) }))
-		t.Cleanup(srv.Close)
-		topo.Shards[sh] = haproxy.Shard{Servers: []haproxy.Server{{Addr: strings.TrimPrefix(srv.URL, "http://")}}}
-	}
-	os.WriteFile(mapPath, nil, 0o644)
-	if _, err := haproxy.CreateDeltaMap(topo); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := haproxy.Render(topo, "e2e churn")
-	if err != nil {
-		t.Fatal(err)
-	}
-	testenv.StartHAProxy(t, dir, string(cfg), socket)
-	rt, err := runtime.New(socket, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rt.Close() })
 	user := func(i int) string { return fmt.Sprintf("c%04d", i) }
-	var seed []maps.Assignment
-	for i := range 200 {
-		seed = append(seed, maps.Assignment{User: user(i), Shard: "shard0"})
-	}
-	if _, err := store.Import(ctx, seed, 1000, nil); err != nil {
-		t.Fatal(err)
-	}
+	rig := startDeltaRig(t, "churn", 200, user)
+	redis, store, mapPath, socket, front, rt := rig.redis, rig.store, rig.mapPath, rig.socket, rig.front, rig.rt
+	ctx := context.Background()
 	syncer := testenv.Start(t, "syncer", []string{filepath.Join(binDir, "syncer"), "--redis", redis.URL, "--socket", socket,
 		"--map", mapPath, "--name", "churn", "--delta-max", "10", "--replace-above", "8"})
 	testenv.WaitFor(t, 60*time.Second, "syncer's first full sync", func() error {
