@@ -226,23 +226,11 @@ func TestDeltaLayoutNeverRoutesBackwards(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &http.Client{Timeout: 2 * time.Second}
-	testenv.WaitFor(t, 30*time.Second, "every user routed as Redis says", func() error {
-		for u, sh := range snap.Entries {
-			req, _ := http.NewRequest("GET", front+"/", nil)
-			req.AddCookie(&http.Cookie{Name: "user", Value: u})
-			resp, err := c.Do(req)
-			if err != nil {
-				return err
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if string(body) != sh {
-				return fmt.Errorf("%s routed to %s, redis says %s", u, body, sh)
-			}
-		}
-		return nil
-	})
+	users := make([]string, 0, len(snap.Entries))
+	for u := range snap.Entries {
+		users = append(users, u)
+	}
+	rig.waitRoutes(t, users, snap.Entries)
 	stopCheck()
 	checkers.Wait()
 	folds := strings.Count(strings.Join(append(outputs, syncerProc.Output()), ""), "folded into the map")

@@ -26,13 +26,15 @@ type deltaRig struct {
 	store                       *maps.Store
 	hap                         *testenv.HAProxy
 	rt                          *runtime.Client
+	http                        *http.Client
 }
 
 // startDeltaRig starts the rig; users user(0..n-1) are imported at shard0.
 func startDeltaRig(t *testing.T, name string, n int, user func(int) string) *deltaRig {
 	t.Helper()
 	dir := t.TempDir()
-	r := &deltaRig{dir: dir, mapPath: filepath.Join(dir, "users.map"), socket: filepath.Join(dir, "admin.sock")}
+	r := &deltaRig{dir: dir, mapPath: filepath.Join(dir, "users.map"), socket: filepath.Join(dir, "admin.sock"),
+		http: &http.Client{Timeout: 2 * time.Second}}
 	r.redis = testenv.StartRedis(t)
 	r.store = maps.NewStore(r.redis.Client(t), "")
 	port := testenv.FreePort(t)
@@ -70,4 +72,42 @@ func startDeltaRig(t *testing.T, name string, n int, user func(int) string) *del
 		t.Fatal(err)
 	}
 	return r
+}
+
+// route sends a request as user and returns the shard that answered.
+func (r *deltaRig) route(user string) (string, error) {
+	req, _ := http.NewRequest("GET", r.front+"/", nil)
+	req.AddCookie(&http.Cookie{Name: "user", Value: user})
+	resp, err := r.http.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return "", fmt.Errorf("status %d: %s", resp.StatusCode, b)
+	}
+	return string(b), err
+}
+
+// waitRoutes waits until each of users is routed as want says (shard0,
+// the default, for a user want lacks).
+func (r *deltaRig) waitRoutes(t *testing.T, users []string, want map[string]string) {
+	t.Helper()
+	testenv.WaitFor(t, 30*time.Second, "every user routed as Redis says", func() error {
+		for _, u := range users {
+			sh, ok := want[u]
+			if !ok {
+				sh = "shard0"
+			}
+			got, err := r.route(u)
+			if err != nil {
+				return err
+			}
+			if got != sh {
+				return fmt.Errorf("%s routed to %s, redis says %s", u, got, sh)
+			}
+		}
+		return nil
+	})
 }

@@ -3,9 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -23,7 +21,7 @@ import (
 func TestChurnNeverDuplicatesAKey(t *testing.T) {
 	user := func(i int) string { return fmt.Sprintf("c%04d", i) }
 	rig := startDeltaRig(t, "churn", 200, user)
-	redis, store, mapPath, socket, front, rt := rig.redis, rig.store, rig.mapPath, rig.socket, rig.front, rig.rt
+	redis, store, mapPath, socket, rt := rig.redis, rig.store, rig.mapPath, rig.socket, rig.rt
 	ctx := context.Background()
 	syncer := testenv.Start(t, "syncer", []string{filepath.Join(binDir, "syncer"), "--redis", redis.URL, "--socket", socket,
 		"--map", mapPath, "--name", "churn", "--delta-max", "10", "--replace-above", "8"})
@@ -52,18 +50,6 @@ func TestChurnNeverDuplicatesAKey(t *testing.T) {
 		}
 		return nil
 	}
-	hc := &http.Client{Timeout: 2 * time.Second}
-	route := func(u string) string {
-		req, _ := http.NewRequest("GET", front+"/", nil)
-		req.AddCookie(&http.Cookie{Name: "user", Value: u})
-		resp, err := hc.Do(req)
-		if err != nil {
-			return ""
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		return string(body)
-	}
 	r := rand.New(rand.NewPCG(1, 2))
 	for round := range 60 {
 		var set []maps.Assignment
@@ -85,8 +71,8 @@ func TestChurnNeverDuplicatesAKey(t *testing.T) {
 		if len(set) > 0 { // the syncer applies this round before the next, mostly
 			last := set[len(set)-1]
 			testenv.WaitFor(t, 10*time.Second, "the round's last change live", func() error {
-				if got := route(last.User); got != last.Shard {
-					return fmt.Errorf("%s routed to %q, not yet %s", last.User, got, last.Shard)
+				if got, err := rig.route(last.User); err != nil || got != last.Shard {
+					return fmt.Errorf("%s routed to %q (%v), not yet %s", last.User, got, err, last.Shard)
 				}
 				return nil
 			})
@@ -101,28 +87,11 @@ func TestChurnNeverDuplicatesAKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &http.Client{Timeout: 2 * time.Second}
-	testenv.WaitFor(t, 30*time.Second, "every user routed as Redis says", func() error {
-		for i := range 400 {
-			u := user(i)
-			want, ok := snap.Entries[u]
-			if !ok {
-				want = "shard0" // the default
-			}
-			req, _ := http.NewRequest("GET", front+"/", nil)
-			req.AddCookie(&http.Cookie{Name: "user", Value: u})
-			resp, err := c.Do(req)
-			if err != nil {
-				return err
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if string(body) != want {
-				return fmt.Errorf("%s routed to %s, redis says %s", u, body, want)
-			}
-		}
-		return nil
-	})
+	users := make([]string, 400)
+	for i := range users {
+		users[i] = user(i)
+	}
+	rig.waitRoutes(t, users, snap.Entries)
 	if err := dups(); err != nil {
 		t.Fatalf("%v\n%s", err, syncer.Output())
 	}
