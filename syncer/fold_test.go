@@ -219,15 +219,7 @@ func TestBehindTheRingFolds(t *testing.T) {
 			}
 			tg := s.targets[0]
 			swaps, fulls := rt.replaced, s.Status().Targets[0].FullSyncs
-			for i := 0; i < 4100; i++ { // more batches than the ring keeps
-				st.set(fmt.Sprintf("u%d", i%150), fmt.Sprint("s", 2+i%3))
-				_, applied, _ := s.state.position()
-				changes, _, err := st.ReadLog(ctx, applied, 10, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				s.publish(changes)
-			}
+			outrunRing(t, s, st)
 			if _, ok, _ := s.state.since(tg.seq); ok {
 				t.Fatal("the target is still within the ring's reach")
 			}
@@ -256,15 +248,7 @@ func TestBehindTheRingWaitsForTheStreamsEnd(t *testing.T) {
 	}
 	tg := s.targets[0]
 	swaps := rt.replaced
-	for i := 0; i < 4100; i++ { // more batches than the ring keeps
-		st.set(fmt.Sprintf("u%d", i%150), fmt.Sprint("s", 2+i%3))
-		_, applied, _ := s.state.position()
-		changes, _, err := st.ReadLog(ctx, applied, 10, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.publish(changes)
-	}
+	outrunRing(t, s, st)
 	s.state.streaming.Store(true)
 	for range 3 {
 		if err := tg.step(ctx); err != nil {
@@ -309,4 +293,14 @@ func TestStreamingEndsOnlyAfterAQuietSpell(t *testing.T) {
 	read(true, "a short read right after it")
 	s.lastFullRead = time.Now().Add(-2 * streamQuiet)
 	read(false, "a short read after a quiet spell")
+}
+
+// outrunRing publishes changes to users u0..u149 in more batches than the
+// ring keeps, so that a target at the position before is out of its reach.
+func outrunRing(t *testing.T, s *Syncer, st *fakeStore) {
+	t.Helper()
+	for i := 0; i < 4100; i++ {
+		st.set(fmt.Sprintf("u%d", i%150), fmt.Sprint("s", 2+i%3))
+		readLog(t, s, st)
+	}
 }

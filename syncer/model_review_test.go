@@ -437,15 +437,7 @@ func TestDriftCheckWaitsWhileBehindTheRing(t *testing.T) {
 	}
 	tg := s.targets[0]
 	swaps, fulls := rt.replaced, s.Status().Targets[0].FullSyncs
-	for i := 0; i < 4100; i++ { // more batches than the ring keeps
-		st.set(fmt.Sprintf("u%d", i%150), fmt.Sprint("s", 2+i%3))
-		_, applied, _ := s.state.position()
-		changes, _, err := st.ReadLog(ctx, applied, 10, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.publish(changes)
-	}
+	outrunRing(t, s, st)
 	s.state.streaming.Store(true)
 	tg.forceLive.Store(true) // a drift check is due
 	if err := tg.step(ctx); err != nil {
@@ -476,19 +468,7 @@ func TestBehindWaitEndsWithAFullSync(t *testing.T) {
 		t.Fatal(err)
 	}
 	tg := s.targets[0]
-	outrun := func() {
-		t.Helper()
-		for i := 0; i < 4100; i++ { // more batches than the ring keeps
-			st.set(fmt.Sprintf("u%d", i%150), fmt.Sprint("s", 2+i%3))
-			_, applied, _ := s.state.position()
-			changes, _, err := st.ReadLog(ctx, applied, 10, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			s.publish(changes)
-		}
-	}
-	outrun()
+	outrunRing(t, s, st)
 	s.state.streaming.Store(true)
 	if err := tg.step(ctx); err != nil {
 		t.Fatal(err)
@@ -502,7 +482,7 @@ func TestBehindWaitEndsWithAFullSync(t *testing.T) {
 		t.Fatal(err)
 	}
 	swaps := rt.replaced
-	outrun() // another stream, later
+	outrunRing(t, s, st) // another stream, later
 	if err := tg.step(ctx); err != nil {
 		t.Fatal(err)
 	}
