@@ -307,7 +307,8 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 			[]string{"`mapctl import` of new users (process wall time)", count(int64(b.ImportN)), ms(b.ImportTook) + " ms", importThen(b)})
 		if b.ReassignN > 0 {
 			t.Rows = append(t.Rows, []string{"reassignment of existing users (`Store.Import`), until the last is routed", count(int64(b.ReassignN)), ms(b.ReassignLive) + " ms",
-				fmt.Sprintf("store writes took %s ms; a change made 100 ms in was routed after %s ms", ms(b.ReassignStore), ms(b.ReassignProbe))})
+				fmt.Sprintf("store writes took %s ms; a change made 100 ms in was routed after %s ms; CPU meanwhile (shares of a core): HAProxy %.2f, syncer %.2f",
+					ms(b.ReassignStore), ms(b.ReassignProbe), b.ReassignHAProxyCPU, b.ReassignSyncerCPU)})
 		}
 		if b.ReplaceN > 0 {
 			t.Rows = append(t.Rows, []string{"full load into an empty HAProxy map (`runtime.Client.Replace`)", count(int64(b.ReplaceN)), ms(b.ReplaceTook) + " ms", "HAProxy VmRSS after: " + mb(b.ReplaceHAProxy.RSS)})
@@ -316,6 +317,9 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 			Text: []string{"On the running syncer and HAProxy. The import runs the `mapctl` binary on a map file of new users; \"routed\" means a request with the last user's cookie was answered by its shard (the syncer applies the log in order, so the last one routed means all are)."}}
 		if b.Profile != "" {
 			sec.After = append(sec.After, fmt.Sprintf("CPU profile of the syncer for the first %s after `mapctl import` returned, while it applied the import (`go tool pprof -top`):", o.ImportProfile)+"\n\n```\n"+topFrames(b.Profile)+"\n```")
+		}
+		if b.ReassignProfile != "" {
+			sec.After = append(sec.After, fmt.Sprintf("CPU profile of the syncer for the first %s of the reassignment (`go tool pprof -top`):", o.ImportProfile)+"\n\n```\n"+topFrames(b.ReassignProfile)+"\n```")
 		}
 		rep.Sections = append(rep.Sections, sec)
 		at := count(int64(b.ImportN))

@@ -290,20 +290,22 @@ func importUsers(ctx context.Context, st *maps.Store, lo, hi, flip int) (string,
 
 // bulkResult is the bulk scenario.
 type bulkResult struct {
-	ImportN        int
-	ImportTook     time.Duration // mapctl import, wall time
-	ImportLive     time.Duration // from mapctl's exit to the last user live
-	ImportLiveOK   bool          // ImportLive was measured (the last user went live)
-	ImportMaxRSS   int64
-	Profile        string        // top frames of the syncer while it applied the import
-	FileWrite      time.Duration // the import file (maps.WriteMapFile)
-	ReassignN      int
-	ReassignStore  time.Duration // Store.Import of the reassignments
-	ReassignLive   time.Duration // from the start to the last one live
-	ReassignProbe  time.Duration // a change made meanwhile: Set -> routed
-	ReplaceN       int
-	ReplaceTook    time.Duration // runtime.Client.Replace into an empty map
-	ReplaceHAProxy memStatus     // that HAProxy after
+	ImportN                               int
+	ImportTook                            time.Duration // mapctl import, wall time
+	ImportLive                            time.Duration // from mapctl's exit to the last user live
+	ImportLiveOK                          bool          // ImportLive was measured (the last user went live)
+	ImportMaxRSS                          int64
+	Profile                               string        // top frames of the syncer while it applied the import
+	FileWrite                             time.Duration // the import file (maps.WriteMapFile)
+	ReassignN                             int
+	ReassignStore                         time.Duration // Store.Import of the reassignments
+	ReassignLive                          time.Duration // from the start to the last one live
+	ReassignProbe                         time.Duration // a change made meanwhile: Set -> routed
+	ReassignProfile                       string        // top frames of the syncer during the reassignment
+	ReassignHAProxyCPU, ReassignSyncerCPU float64       // shares of a core from the start to the last one live
+	ReplaceN                              int
+	ReplaceTook                           time.Duration // runtime.Client.Replace into an empty map
+	ReplaceHAProxy                        memStatus     // that HAProxy after
 }
 
 // mapctlImport imports users lo..hi-1 with the mapctl binary and measures
@@ -361,7 +363,19 @@ func (s *suite) reassign(ctx context.Context, rig *liveRig, n int, b *bulkResult
 	if err != nil {
 		return err
 	}
+	hap0, _ := cpuTime(rig.fe.h.pid())
+	syn0, _ := cpuTime(rig.syncer.pid())
 	start := time.Now()
+	// The syncer and HAProxy share the work: profile the syncer meanwhile.
+	var pwg sync.WaitGroup
+	if s.o.ProfileDir != "" {
+		pwg.Add(1)
+		go func() {
+			defer pwg.Done()
+			b.ReassignProfile = s.profileSyncer(ctx, rig, s.o.ImportProfile, "syncer-reassign.pprof")
+		}()
+	}
+	defer pwg.Wait()
 	var wg sync.WaitGroup
 	var ierr error
 	wg.Add(1)
@@ -395,6 +409,10 @@ func (s *suite) reassign(ctx context.Context, rig *liveRig, n int, b *bulkResult
 	}
 	b.ReassignLive = at.Sub(start)
 	b.ReassignN = n
+	hap1, _ := cpuTime(rig.fe.h.pid())
+	syn1, _ := cpuTime(rig.syncer.pid())
+	b.ReassignHAProxyCPU = float64(hap1-hap0) / float64(b.ReassignLive)
+	b.ReassignSyncerCPU = float64(syn1-syn0) / float64(b.ReassignLive)
 	return nil
 }
 
