@@ -215,7 +215,7 @@ func (t *target) compare(ctx context.Context, maxEdits int, resendTouched bool) 
 				}
 				for _, b := range bs {
 					for _, ch := range b.changes {
-						changed[ch.user] = true
+						changed[b.user(ch)] = true
 					}
 					changedTo = b.seq
 				}

@@ -357,3 +357,53 @@ func readLog(t *testing.T, s *Syncer, st *fakeStore) {
 		s.publish(changes)
 	}
 }
+
+// A target far behind (here 120,000 new users, more than applyMax) catches
+// up in steps of about applyMax changes, each its own payload adds: the
+// per-user index apply builds stays bounded, and no step swaps the map.
+// Each change's user name is read back from its batch (batch.user).
+func TestLaggingTargetCatchesUpInSteps(t *testing.T) {
+	s, st, rt, _ := newLoop(t, users(100, "s1"), nil)
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tg := s.targets[0]
+	swaps := rt.replaced
+	const n = 120_000
+	for i := 0; i < n; i++ {
+		st.set(fmt.Sprintf("new%06d", i), fmt.Sprint("s", 2+i%3))
+	}
+	for s.state.pendingAfter(tg.seq) < n {
+		readLog(t, s, st)
+	}
+	steps := 0
+	for tg.seq != s.state.seq {
+		if steps++; steps > 10 {
+			t.Fatalf("not caught up after %d steps", steps)
+		}
+		before := s.state.pendingAfter(tg.seq)
+		if err := tg.step(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if took := before - s.state.pendingAfter(tg.seq); took > applyMax+1000 {
+			t.Fatalf("one step applied %d changes, want about applyMax (%d) at most", took, applyMax)
+		}
+	}
+	if steps < 3 || rt.replaced != swaps || !equalMaps(rt.live, stateMap(s)) {
+		t.Fatalf("caught up in %d steps (want 3), %d swaps (want 0), live map as the state: %v", steps, rt.replaced-swaps, equalMaps(rt.live, stateMap(s)))
+	}
+}
+
+func TestFirstChanges(t *testing.T) {
+	b := func(n int) *batch { return &batch{changes: make([]change, n)} }
+	bs := []*batch{b(30), b(30), b(50), b(10)}
+	for _, tc := range []struct{ max, want int }{{100, 2}, {60, 2}, {59, 1}, {10, 1}, {120, 4}, {0, 1}} {
+		if got := len(firstChanges(bs, tc.max)); got != tc.want {
+			t.Errorf("firstChanges(30,30,50,10; max %d): %d batches, want %d", tc.max, got, tc.want)
+		}
+	}
+	if firstChanges(nil, 10) != nil {
+		t.Error("firstChanges(nil) is not empty")
+	}
+}

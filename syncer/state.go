@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/shardmap/shardmap/maps"
 )
@@ -12,9 +13,11 @@ import (
 const none = -1
 
 // change is one user's entry going from prev to next (shard indexes, none
-// when absent) in one batch.
+// when absent) in one batch. The user's name is the batch's names[off:off+n]
+// (see batch.user): a change holds no pointer, so the ring costs the garbage
+// collector nothing to scan however many changes it keeps.
 type change struct {
-	user       string
+	off, n     uint32
 	prev, next int32
 }
 
@@ -25,12 +28,21 @@ type batch struct {
 	seq     uint64
 	logID   string
 	changes []change
+	names   []byte  // the changes' user names, end to end; never written after publish
 	times   []int64 // the millisecond time of each change-log entry read (for the apply latency)
+}
+
+// user is c's user name, a view of b.names (which is never written again).
+func (b *batch) user(c change) string {
+	if c.n == 0 {
+		return ""
+	}
+	return unsafe.String(&b.names[c.off], int(c.n))
 }
 
 // ringMax bounds the changes kept for targets that lag: a target further
 // behind than this reconciles its whole map instead.
-const ringMax = 200_000
+const ringMax = 400_000
 
 // state is what every target's live map must hold: the assignments in
 // Redis at a change-log position, held once for all targets, compactly (a
@@ -152,7 +164,11 @@ func (st *state) publish(ws []want, logID string, times []int64) (int, error) {
 	if err := st.users.reserve(len(ws), need); err != nil {
 		return 0, fmt.Errorf("publish %s: %w", logID, err)
 	}
-	b := &batch{seq: st.seq + 1, logID: logID, times: times}
+	all := 0
+	for _, w := range ws {
+		all += len(w.user)
+	}
+	b := &batch{seq: st.seq + 1, logID: logID, times: times, names: make([]byte, 0, all)}
 	for _, w := range ws {
 		next := int32(none)
 		if w.shard != "" {
@@ -173,7 +189,8 @@ func (st *state) publish(ws []want, logID string, times []int64) (int, error) {
 		if next != none {
 			st.counts[next]++
 		}
-		b.changes = append(b.changes, change{w.user, prev, next})
+		b.changes = append(b.changes, change{uint32(len(b.names)), uint32(len(w.user)), prev, next})
+		b.names = append(b.names, w.user...)
 	}
 	st.seq = b.seq
 	st.logID = logID
@@ -274,7 +291,7 @@ func (v view) touchedAfter(seq uint64) (map[string]bool, bool) {
 	t := map[string]bool{}
 	for _, b := range bs {
 		for _, c := range b.changes {
-			t[c.user] = true
+			t[b.user(c)] = true
 		}
 	}
 	return t, true

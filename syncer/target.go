@@ -407,6 +407,9 @@ func (t *target) step(ctx context.Context) error {
 		}
 		return nil
 	}
+	// A target far behind catches up in steps of about applyMax changes:
+	// apply's per-user index grows with what it is given.
+	bs = firstChanges(bs, applyMax)
 	// Once taken, batches are applied whole even if we are told to stop.
 	return t.settle(ctx, t.apply(context.WithoutCancel(ctx), bs))
 }
@@ -473,8 +476,9 @@ func (t *target) checkHAProxy(ctx context.Context) error {
 func (t *target) apply(ctx context.Context, bs []*batch) error {
 	s := t.s
 	// Per user, in order of first change: where it went from and to. (A
-	// lagging target gets up to ringMax changes here: values, not pointers,
-	// and the edits are built only when they are sent, not for a fold.)
+	// lagging target gets up to applyMax changes here, see step: values,
+	// not pointers, and the edits are built only when they are sent, not
+	// for a fold.)
 	type span struct {
 		user     string
 		from, to int32
@@ -485,12 +489,13 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 	for _, b := range bs {
 		changes += len(b.changes)
 		for _, c := range b.changes {
-			if i, ok := at[c.user]; ok {
+			user := b.user(c)
+			if i, ok := at[user]; ok {
 				spans[i].to = c.next
 				continue
 			}
-			at[c.user] = len(spans)
-			spans = append(spans, span{c.user, c.prev, c.next})
+			at[user] = len(spans)
+			spans = append(spans, span{user, c.prev, c.next})
 		}
 	}
 	at = nil
@@ -627,6 +632,22 @@ func (t *target) applyOps(ctx context.Context, name string, ops []runtime.Op) er
 		return t.applyOps(ctx, name, retry)
 	}
 	return nil
+}
+
+// applyMax is about the most changes one apply takes (see firstChanges).
+// A fold it decides on still brings the whole state live.
+const applyMax = 50_000
+
+// firstChanges is the longest prefix of bs with at most max changes, and
+// never less than one batch.
+func firstChanges(bs []*batch, max int) []*batch {
+	n := 0
+	for i, b := range bs {
+		if n += len(b.changes); n > max && i > 0 {
+			return bs[:i]
+		}
+	}
+	return bs
 }
 
 // maxBehindWait bounds how long a target out of the ring's reach waits for

@@ -329,7 +329,7 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 		add(g)
 		if b.ImportLiveOK {
 			g := maxTarget("import of "+at+" users: last live after", 1500, msf(b.ImportLive), msUnit)
-			g.Bound = shared + "With a third of the core the syncer applies the new users slower than they are written, falls behind the changes it keeps for its targets (200,000), waits for the stream's end and brings the rest live with one swap of the whole map (HAProxy's cost: the full load below); the syncer's profile is above."
+			g.Bound = shared + "With a third of the core the syncer applies the new users slower than they are written, falls behind the changes it keeps for its targets (400,000), waits for the stream's end and brings the rest live with one swap of the whole map (HAProxy's cost: the full load below); the syncer's profile is above."
 			add(g)
 		} else {
 			add(Target{Name: "import of " + at + " users: last live after", Want: "<= 1500 ms", Got: "never (see Failure)", Miss: "not live"})
