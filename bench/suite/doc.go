@@ -251,7 +251,7 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 	}
 
 	if len(res.churn) > 0 {
-		t := &Table{Header: []string{"changes/s wanted", "made", "propagation p50 ms", "p99 ms", "max ms", "samples", "timeouts or failed requests", "req/s meanwhile", "ratio to idle", "HAProxy CPU", "syncer CPU", "holds (p99 < 100 ms, req/s >= 0.9)"}}
+		t := &Table{Header: []string{"changes/s wanted", "made", "propagation p50 ms", "p99 ms", "max ms", "samples", "timeouts or failed requests", "req/s meanwhile", "ratio to idle", "HAProxy CPU", "HAProxy CPU per change, beyond serving (µs)", "syncer CPU", "holds (p99 < 100 ms, req/s >= 0.9)"}}
 		best := 0
 		var bestStep *churnStep
 		var prof string
@@ -264,7 +264,7 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 					best, bestStep = c.Want, &res.churn[i]
 				}
 			}
-			t.Rows = append(t.Rows, []string{count(int64(c.Want)), count(int64(c.Got)), ms(c.Lat.P50), ms(c.Lat.P99), ms(c.Lat.Max), fmt.Sprint(c.Lat.N), fmt.Sprint(c.Timeouts), trimFloat(c.RPS, 0), ratio(c.RPS, res.churnIdle), trimFloat(c.HAProxyCPU, 2), trimFloat(c.SyncerCPU, 2), yes})
+			t.Rows = append(t.Rows, []string{count(int64(c.Want)), count(int64(c.Got)), ms(c.Lat.P50), ms(c.Lat.P99), ms(c.Lat.Max), fmt.Sprint(c.Lat.N), fmt.Sprint(c.Timeouts), trimFloat(c.RPS, 0), ratio(c.RPS, res.churnIdle), trimFloat(c.HAProxyCPU, 2), perChange(c), trimFloat(c.SyncerCPU, 2), yes})
 			if c.Profile != "" {
 				prof = fmt.Sprintf("CPU profile of the syncer during the %s changes/s step (`go tool pprof -top`):", count(int64(c.Want))) + "\n\n```\n" + topFrames(c.Profile) + "\n```"
 			}
@@ -292,10 +292,16 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 				}
 				g.Bound = fmt.Sprintf("At %s changes/s: HAProxy CPU %s, syncer CPU %s, req/s %s of idle, propagation p99 %s ms. ",
 					count(int64(c.Want)), trimFloat(c.HAProxyCPU, 2), trimFloat(c.SyncerCPU, 2), ratio(c.RPS, res.churnIdle), ms(c.Lat.P99))
+				if c.PerChange > 0 {
+					us := float64(c.PerChange) / float64(time.Microsecond)
+					g.Bound += fmt.Sprintf("HAProxy spent about %s µs of CPU per change beyond serving: at that cost 50,000 changes/s take %s cores of HAProxy's one thread, "+
+						"and the tenth of a core that req/s >= 0.9 of idle leaves pays for about %s changes/s. ",
+						trimFloat(us, 0), trimFloat(50_000*us/1e6, 1), count(int64(0.1e6/us)))
+				}
 				break
 			}
-			g.Bound += "HAProxy's one thread serves the requests and applies every change: on 2.6 a change goes to the delta map (a set there walks the delta), and every --delta-max changes the delta is folded, a versioned swap of the whole 1M base (about a second of HAProxy's CPU, see the full load below). " +
-				"So sustained churn costs HAProxy CPU in proportion to the rate, taken from the requests; the syncer's share is in its profile above."
+			g.Bound += "HAProxy's one thread serves the requests and applies every change: on 2.6 a change goes to the delta map as a payload add (a tree insert), or as a set when the delta holds the user already, which walks the delta's list (tens of thousands of entries, a cache miss each); every --delta-max changes the delta is folded, a versioned swap of the whole 1M base (about a second of HAProxy's CPU, see the full load below). " +
+				"Both grow with the delta: a larger --delta-max folds less often and walks more. So sustained churn costs HAProxy CPU in proportion to the rate, taken from the requests; the syncer's share is in its profile above."
 		}
 		add(g)
 	}
@@ -336,7 +342,7 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 		}
 		if b.ReassignN > 0 {
 			g := maxTarget("reassign "+count(int64(b.ReassignN))+" users, until all live", 5000, msf(b.ReassignLive), msUnit)
-			g.Bound = shared + "The changes go to the delta map as they come (up to 8x --delta-max while the stream lasts) and the delta is folded after it. But here the reassignment follows the churn scenario: the delta already holds tens of thousands of users, a set of one of them walks the whole delta on 2.6, so the syncer folds at once, in the middle of the stream; the swap of the 1M base then takes seconds, the rest of the stream outruns the changes the syncer keeps (200,000) and a second fold brings the last ones live. Alone (`shardmap-bench -only bulk`) the same reassignment is live within about a second of the store writes. A rewrite of the delta alone instead of the fold is not built."
+			g.Bound = shared + "The changes go to the delta map as they come (up to 8x --delta-max while the stream lasts, payload adds; a set of a user the delta holds already walks the delta on 2.6); past that the base is folded in the background, a swap of the whole 1M base in key order, while later changes go on to the delta. HAProxy's and the syncer's CPU during it are in the Bulk table, the syncer's profile above it. Run after the churn scenario, the delta already holds the churn's users when it starts."
 			add(g)
 			p := maxTarget("reassign: a change made meanwhile, live", 100, msf(b.ReassignProbe), msUnit)
 			p.Bound = "The change is applied in the log's order, after the reassignment's changes before it: it is live when the syncer has applied those (the row above; alone, `shardmap-bench -only bulk`, 60-190 ms)."
@@ -391,6 +397,14 @@ func topFrames(out string) string {
 		keep = append(keep, l)
 	}
 	return strings.Join(keep, "\n")
+}
+
+// perChange is a churn step's HAProxy CPU per change, in µs.
+func perChange(c churnStep) string {
+	if c.PerChange <= 0 {
+		return ""
+	}
+	return trimFloat(float64(c.PerChange)/float64(time.Microsecond), 0)
 }
 
 func importThen(b *bulkResult) string {

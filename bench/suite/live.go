@@ -467,6 +467,9 @@ type churnStep struct {
 	Profile  string // top frames of the syncer's CPU profile, when taken
 	// CPU shares (1 = one core) of HAProxy and the syncer during the step.
 	HAProxyCPU, SyncerCPU float64
+	// PerChange is HAProxy's CPU during the step beyond what serving its
+	// requests cost when idle, per change made (0: not measured).
+	PerChange time.Duration
 }
 
 // holds reports whether the step meets the churn target's conditions: the
@@ -486,11 +489,18 @@ func (s *suite) churnRates(ctx context.Context, rig *liveRig, rates []int, d tim
 	if err != nil {
 		return 0, nil, fmt.Errorf("syncer catching up before the idle measure: %w", err)
 	}
+	hapIdle0, _ := cpuTime(rig.fe.h.pid())
 	lr, err := Load(ctx, rig.fe.addr, s.o.Conc, d, usersKeys{n: rig.n, shards: shardNames}, false)
 	if err != nil {
 		return 0, nil, err
 	}
+	hapIdle1, _ := cpuTime(rig.fe.h.pid())
 	idle = lr.RPS()
+	// HAProxy's CPU per request served, idle: what serving costs it.
+	var perReq time.Duration
+	if n := lr.RPS() * d.Seconds(); n > 0 {
+		perReq = time.Duration(float64(hapIdle1-hapIdle0) / n)
+	}
 	s.logf("churn: idle %0.f req/s", idle)
 	for _, rate := range rates {
 		stop := make(chan struct{})
@@ -552,6 +562,11 @@ func (s *suite) churnRates(ctx context.Context, rig *liveRig, rates []int, d tim
 		syn1, _ := cpuTime(rig.syncer.pid())
 		st := churnStep{Want: rate, Got: float64(made) / el.Seconds(), Lat: Summarize(lat), Timeouts: timeouts, RPS: load.RPS(), Profile: prof,
 			HAProxyCPU: float64(hap1-hap0) / float64(el), SyncerCPU: float64(syn1-syn0) / float64(el)}
+		if made > 0 && perReq > 0 {
+			// What HAProxy spent beyond serving the requests it served, per
+			// change made: applying the changes.
+			st.PerChange = time.Duration((float64(hap1-hap0) - st.RPS*el.Seconds()*float64(perReq)) / float64(made))
+		}
 		s.logf("churn: %d/s (made %.0f/s): propagation p50 %s p99 %s max %s (%d samples, %d timeouts), %.0f req/s, cpu haproxy %.2f syncer %.2f",
 			rate, st.Got, ms(st.Lat.P50), ms(st.Lat.P99), ms(st.Lat.Max), st.Lat.N, timeouts, st.RPS, st.HAProxyCPU, st.SyncerCPU)
 		held := st.holds(idle)
