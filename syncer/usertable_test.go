@@ -347,3 +347,23 @@ func BenchmarkEntryListSort1M(b *testing.B) {
 		l.sort()
 	}
 }
+
+// Puts of 1M new names into a growing table (a bulk import of new users),
+// then 1M lookups of names it holds.
+func BenchmarkUserTablePut1M(b *testing.B) {
+	names := make([]string, 1_000_000)
+	for i := range names {
+		names[i] = fmt.Sprintf("user%d", 1_000_000+i)
+	}
+	for b.Loop() {
+		tb := newUserTable(0)
+		for i, n := range names {
+			tb.put(n, int32(i%4))
+		}
+		for _, n := range names {
+			if _, ok := tb.get(n); !ok {
+				b.Fatal(n)
+			}
+		}
+	}
+}
