@@ -295,6 +295,7 @@ type bulkResult struct {
 	ImportLive                            time.Duration // from mapctl's exit to the last user live
 	ImportLiveOK                          bool          // ImportLive was measured (the last user went live)
 	ImportMaxRSS                          int64
+	ImportAlone                           time.Duration // the same mapctl import into a Redis no syncer reads (0: not measured)
 	Profile                               string        // top frames of the syncer while it applied the import
 	FileWrite                             time.Duration // the import file (maps.WriteMapFile)
 	ReassignN                             int
@@ -350,7 +351,36 @@ func (s *suite) mapctlImport(ctx context.Context, rig *liveRig, lo, hi int, b *b
 	}
 	b.ImportLive, b.ImportLiveOK = at.Sub(done), true
 	rig.n = hi
+	// The same import with no syncer reading the log: what mapctl and
+	// Redis take on their own, on the same core.
+	alone, err := s.importAlone(ctx, path)
+	if err != nil {
+		return fmt.Errorf("import with no syncer: %w", err)
+	}
+	b.ImportAlone = alone
 	return nil
+}
+
+// importAlone runs mapctl import of path into a fresh Redis on the load
+// core that no syncer reads (--force: no HAProxy published its backends
+// there), and returns its wall time.
+func (s *suite) importAlone(ctx context.Context, path string) (time.Duration, error) {
+	dir := filepath.Join(s.dir, "import-alone")
+	if err := mkdir(dir); err != nil {
+		return 0, err
+	}
+	r, err := startRedis(ctx, dir, s.o.LoadCPU)
+	if err != nil {
+		return 0, err
+	}
+	defer r.close()
+	cmd := exec.CommandContext(ctx, s.o.Mapctl, "--redis", "redis://"+r.addr+"/0", "--timeout", "5m", "import", "--force", path)
+	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
+	t0 := time.Now()
+	if err := cmd.Run(); err != nil {
+		return 0, fmt.Errorf("%s import: %w", s.o.Mapctl, err)
+	}
+	return time.Since(t0), nil
 }
 
 // reassign moves users 0..n-1 to the spare shard and, 100 ms in, changes a
