@@ -483,11 +483,14 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 		user     string
 		from, to int32
 	}
-	var spans []span
-	at := map[string]int{}
 	changes := 0
 	for _, b := range bs {
 		changes += len(b.changes)
+	}
+	// Sized for every change at once: growing them cost more than filling.
+	spans := make([]span, 0, changes)
+	at := make(map[string]int, changes)
+	for _, b := range bs {
 		for _, c := range b.changes {
 			user := b.user(c)
 			if i, ok := at[user]; ok {
