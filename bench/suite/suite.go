@@ -56,7 +56,7 @@ func DefaultOptions() Options {
 	return Options{Out: "docs/BENCHMARKS.md", Mapctl: "bin/mapctl", ProfileDir: os.TempDir(),
 		Users: 1_000_000, UsersSmall: 1_000, IDsSmall: 1_000_000, IDsLarge: 10_000_000,
 		Conc: 32, RequestDur: 5 * time.Second, Rounds: 3, PropSamples: 300, PropMax: 20 * time.Second,
-		ChurnRates: []int{5_000, 10_000, 20_000, 50_000}, ChurnDur: 10 * time.Second,
+		ChurnRates: []int{1_000, 2_000, 5_000, 10_000, 20_000, 50_000}, ChurnDur: 10 * time.Second,
 		ImportN: 1_000_000, Reassign: 300_000, ImportProfile: 5 * time.Second, HAProxyCPU: 0, LoadCPU: 1}
 }
 
