@@ -33,6 +33,8 @@ type lagModel struct {
 	hist    map[string][]string // user -> its values in log order ("" absent)
 	cur     map[string]int      // user -> index in hist of the value it routes to
 	errs    []string
+	// deltaWrites counts the entries added or set in the delta.
+	deltaWrites int
 }
 
 func (m *lagModel) delta() string { return maps.DeltaPath(m.base) }
@@ -132,6 +134,9 @@ func (c *lagRT) Apply(_ context.Context, name string, ops []runtime.Op) ([]error
 			}
 			delete(m.maps[name], op.Key)
 		}
+		if name == m.delta() && op.Kind != runtime.Del {
+			m.deltaWrites++
+		}
 		m.observe(op.Key)
 	}
 	return res, nil
@@ -144,6 +149,9 @@ func (c *lagRT) AddFrom(_ context.Context, name string, es runtime.Entries) erro
 	for i := range es.Len() {
 		k, v := es.At(i)
 		m.add(name, k, v)
+		if name == m.delta() {
+			m.deltaWrites++
+		}
 		m.observe(k)
 	}
 	return nil
@@ -416,7 +424,11 @@ func runLagModel(t *testing.T, cfg lagConfig, seed uint64) {
 		return applyMax + r.IntN(applyMax)
 	}
 	maxLag, prefixes := 0, 0
-	for round := range 18 {
+	rounds := 10 // about 40 s under -race for the five layouts
+	if os.Getenv("REVIEW3_SEEDS") != "" {
+		rounds = 18
+	}
+	for round := range rounds {
 		switch round % 4 {
 		case 0:
 			// A bulk import: more than applyMax new users, some moves and
@@ -466,6 +478,17 @@ func runLagModel(t *testing.T, cfg lagConfig, seed uint64) {
 		if i > 200 {
 			t.Fatalf("not caught up after %d steps", i)
 		}
+		if tg.folding != nil { // a step waits for it only so long
+			for done := tg.folding.done; ; {
+				release(true)
+				select {
+				case <-done:
+				case <-time.After(time.Millisecond):
+					continue
+				}
+				break
+			}
+		}
 		tg.lastCheck = time.Now()
 		step()
 	}
@@ -492,4 +515,256 @@ func runLagModel(t *testing.T, cfg lagConfig, seed uint64) {
 		t.Fatalf("drift %d, full syncs %d (want 1), in doubt %v", st0.Drift, st0.FullSyncs, tg.needFull)
 	}
 	t.Logf("max lag %d, steps on a prefix %d, users %d, folds %d, swaps %d", maxLag, prefixes, len(stateMap(s)), st0.Folds, st0.Swaps)
+}
+
+// Hostile names through publish: multi-byte UTF-8, the longest name
+// allowed, a user twice in one batch (a drift page may list one twice),
+// deletes, no-ops (a set to the value held, a delete of a user absent):
+// each effective change reads back its own user and values, the views stay
+// the same after later batches, and a target applying the batches ends
+// with its live map equal to the state.
+func TestReview3BatchNamesHostile(t *testing.T) {
+	s, _, rt, _ := newLoop(t, map[string]string{"keep": "s1", "gone": "s1", "same": "s2"}, nil)
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("é", maps.MaxUserLen/2) // 256 bytes
+	if len(long) != maps.MaxUserLen {
+		t.Fatalf("long name of %d bytes", len(long))
+	}
+	ws := []want{
+		{"日本語ユーザー", "s2"}, {long, "s3"}, {"same", "s2"}, {"absent", ""}, {"gone", ""},
+		{"twice", "s1"}, {"keep", "s4"}, {"twice", "s2"}, {"x", "s1"}, {"twice", ""},
+	}
+	type rec struct {
+		user       string
+		prev, next string
+	}
+	exp := []rec{
+		{"日本語ユーザー", "", "s2"}, {long, "", "s3"}, {"gone", "s1", ""},
+		{"twice", "", "s1"}, {"keep", "s1", "s4"}, {"twice", "s1", "s2"}, {"x", "", "s1"}, {"twice", "s2", ""},
+	}
+	from := s.state.seq
+	if n, err := s.state.publish(ws, "1-0", nil); err != nil || n != len(exp) {
+		t.Fatalf("publish: %d changes, %v; want %d", n, err, len(exp))
+	}
+	bs, ok, _ := s.state.since(from)
+	if !ok || len(bs) != 1 {
+		t.Fatalf("%d batches, %v", len(bs), ok)
+	}
+	b := bs[0]
+	shard := func(i int32) string {
+		if i == none {
+			return ""
+		}
+		var sh string
+		s.state.read(func(v view) { sh = v.shard(i) })
+		return sh
+	}
+	read := func() []rec {
+		var got []rec
+		for _, c := range b.changes {
+			got = append(got, rec{b.user(c), shard(c.prev), shard(c.next)})
+		}
+		return got
+	}
+	got := read()
+	if fmt.Sprint(got) != fmt.Sprint(exp) {
+		t.Fatalf("batch reads back\n %q\nwant\n %q", got, exp)
+	}
+	// Later batches, a compaction of the state's table: the views hold.
+	epoch := s.state.users.epoch
+	for i := range 1000 {
+		var set, del []want
+		for j := range 10 {
+			u := fmt.Sprintf("later%d-%d-%s", i, j, long[:200])
+			set = append(set, want{u, "s1"})
+			del = append(del, want{u, ""})
+		}
+		set = append(set, want{"twice", fmt.Sprint("s", i%3)})
+		if _, err := s.state.publish(set, fmt.Sprintf("%d-0", i+2), nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.state.publish(del, fmt.Sprintf("%d-1", i+2), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.state.users.epoch == epoch {
+		t.Fatal("the state's table never compacted")
+	}
+	if again := read(); fmt.Sprint(again) != fmt.Sprint(exp) {
+		t.Fatalf("batch changed after later batches:\n %q", again)
+	}
+	follow(t, s)
+	if !equalMaps(rt.live, stateMap(s)) {
+		t.Fatalf("live map %v, state %v", rt.live, stateMap(s))
+	}
+}
+
+// A fold decided on the first applyMax changes of a long lag (a background
+// one: the delta layout with a second client) brings the whole state live,
+// the batches past the prefix included; a change published during the swap
+// goes to the delta and stays there after it; no user is routed backwards;
+// the target ends at the state's position with the maps routing as the
+// state says.
+func TestReview3FoldOnPrefixThenRestToDelta(t *testing.T) {
+	const n = 60_000
+	s, st, m := newLagLoop(t, users(n, "s0"), lagConfig{false, "2.6.12", true}, 5000)
+	tg := s.targets[0]
+	ctx := context.Background()
+	entered, open := make(chan struct{}, 1), make(chan struct{})
+	m.gate = func() { entered <- struct{}{}; <-open }
+	r := rand.New(rand.NewPCG(1, 1))
+	for i := range applyMax {
+		st.set(fmt.Sprintf("u%d", i), "s1") // 50 reads of 1000: the prefix
+	}
+	for i := range 100 {
+		st.set(fmt.Sprintf("u%d", i), "s2")          // users of the prefix, again
+		st.set(fmt.Sprintf("u%d", applyMax+i), "s2") // and others
+	}
+	publishLog(t, s, st, m, r, 1000)
+	if s.state.pendingAfter(tg.seq) <= applyMax {
+		t.Fatal("lag not past applyMax")
+	}
+	tg.lastCheck = time.Now()
+	if err := tg.step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if tg.folding == nil {
+		t.Fatal("the prefix did not start a background fold")
+	}
+	<-entered // the swap holds the state after every batch published so far
+	tg.lastCheck = time.Now()
+	if err := tg.step(ctx); err != nil { // the rest: to the delta
+		t.Fatal(err)
+	}
+	if tg.folding == nil {
+		t.Fatal("the fold ended with its swap held")
+	}
+	st.set("u0", "s3")
+	st.set("u1", "s1") // back to a value it had
+	publishLog(t, s, st, m, r, 1000)
+	tg.lastCheck = time.Now()
+	if err := tg.step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	close(open)
+	for i := 0; tg.folding != nil || tg.seq != s.state.seq; i++ {
+		if i > 20 {
+			t.Fatalf("not caught up: seq %d, state %d, folding %v", tg.seq, s.state.seq, tg.folding != nil)
+		}
+		if tg.folding != nil {
+			<-tg.folding.done // a step waits for it only so long
+		}
+		tg.lastCheck = time.Now()
+		if err := tg.step(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f := m.faults(); len(f) > 0 {
+		t.Fatal(f)
+	}
+	if got, want := m.routes(), stateMap(s); !equalMaps(got, want) {
+		t.Fatalf("routes differ from the state: u0 %q/%q, u1 %q/%q, u50000 %q/%q", got["u0"], want["u0"], got["u1"], want["u1"], got["u50000"], want["u50000"])
+	}
+	if len(tg.deltaKeys) != 2 || tg.needFull {
+		t.Fatalf("delta keys %v (want u0 and u1), in doubt %v", tg.deltaKeys, tg.needFull)
+	}
+}
+
+// Frozen lists sorted and read outside the state's lock (a swap's, in a
+// background fold's goroutine; the map file's) while the reader publishes
+// new users and deletes that make the table grow and compact: each list
+// stays in key order with the names and shards it was taken with (run
+// with -race).
+func TestReview3SortedListsWhileReaderPublishes(t *testing.T) {
+	st := newState()
+	l := newLoading(0)
+	for i := range 5000 {
+		if err := l.add(fmt.Sprintf("base%05d-%s", i, strings.Repeat("x", 150)), fmt.Sprint("s", i%3)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.install(l, "0-0")
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() { // the reader
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			var set, del []want
+			for j := range 50 {
+				u := fmt.Sprintf("new%d-%d-%s", i, j, strings.Repeat("y", 150))
+				set = append(set, want{u, fmt.Sprint("s", j%4)})
+				del = append(del, want{u, ""})
+			}
+			if _, err := st.publish(set, fmt.Sprintf("%d-0", i+1), nil); err != nil {
+				t.Error(err)
+				return
+			}
+			if _, err := st.publish(del, fmt.Sprintf("%d-1", i+1), nil); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	epoch := func() uint64 {
+		st.mu.RLock()
+		defer st.mu.RUnlock()
+		return st.users.epoch
+	}
+	var checkers sync.WaitGroup
+	check := func(take func() *entryList) {
+		defer checkers.Done()
+		// Until the table compacted twice under the lists taken (a
+		// deadline, not a timing: the reader compacts every few hundred
+		// batches).
+		deadline := time.Now().Add(30 * time.Second)
+		for n := 0; n < 5 || epoch() < 2; n++ {
+			if time.Now().After(deadline) {
+				t.Errorf("the table compacted %d times in 30 s", epoch())
+				return
+			}
+			el := take()
+			before := make(map[string]string, el.Len())
+			for i := range el.Len() {
+				u, sh := el.At(i)
+				before[strings.Clone(u)] = sh
+			}
+			el.sort()
+			prev := ""
+			for i := range el.Len() {
+				u, sh := el.At(i)
+				if i > 0 && u <= prev {
+					t.Errorf("not in key order at %d: %.12q after %.12q", i, u, prev)
+					return
+				}
+				if before[u] != sh {
+					t.Errorf("%.12q: shard %q after the sort, %q before", u, sh, before[u])
+					return
+				}
+				prev = u
+			}
+			if len(before) != el.Len() {
+				t.Errorf("%d names, %d distinct", el.Len(), len(before))
+				return
+			}
+		}
+	}
+	checkers.Add(2)
+	go check(func() *entryList { l, _ := st.mapFile(); return l })
+	go check(func() *entryList {
+		var l *entryList
+		st.read(func(v view) { l = v.entries() })
+		return l
+	})
+	checkers.Wait()
+	close(stop)
+	wg.Wait()
 }
