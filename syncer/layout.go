@@ -250,7 +250,9 @@ func (t *target) send(ctx context.Context, edits []edit) error {
 		return err
 	}
 	for _, e := range deltaAdds {
-		t.deltaKeys[e.Key] = struct{}{}
+		// A copy: e.Key may be a view of its batch's names (batch.user),
+		// which the key would keep alive whole after the ring drops it.
+		t.deltaKeys[strings.Clone(e.Key)] = struct{}{}
 	}
 	return nil
 }

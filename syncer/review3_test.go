@@ -6,11 +6,13 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	runtime2 "runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/shardmap/shardmap/maps"
 	"github.com/shardmap/shardmap/runtime"
@@ -602,6 +604,57 @@ func TestReview3BatchNamesHostile(t *testing.T) {
 	}
 }
 
+// A user's name held by the target past its batch (the delta's keys, the
+// users written during a fold) is its own copy, not a view of its batch's
+// names: one key must not keep a whole batch of names (up to BatchMax
+// names of up to MaxUserLen bytes) alive after the ring dropped it.
+func TestReview3DeltaKeysDoNotPinBatches(t *testing.T) {
+	s, _, rt, _ := newLoop(t, users(10, "s1"), nil)
+	rt.delta = map[string]string{}
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tg := s.targets[0]
+	ws := []want{{"u1", "s2"}} // a move: to the delta
+	for i := range 1000 {
+		ws = append(ws, want{fmt.Sprintf("%s-%d", strings.Repeat("n", 200), i), "s3"}) // new: added to the base
+	}
+	from := s.state.seq
+	if _, err := s.state.publish(ws, "1-0", nil); err != nil {
+		t.Fatal(err)
+	}
+	pinned := func() weak.Pointer[byte] {
+		bs, _, _ := s.state.since(from)
+		return weak.Make(&bs[0].names[0])
+	}()
+	follow(t, s)
+	if _, ok := tg.deltaKeys["u1"]; !ok || !equalMaps(routes(rt), stateMap(s)) {
+		t.Fatalf("u1 not in the delta (%v), or routes differ from the state", tg.deltaKeys)
+	}
+	// The fake HAProxy's maps hold copies, as a real one does.
+	for _, m := range []*map[string]string{&rt.live, &rt.delta} {
+		c := map[string]string{}
+		for k, v := range *m {
+			c[strings.Clone(k)] = strings.Clone(v)
+		}
+		*m = c
+	}
+	rt.applied = nil
+	// The batch leaves the ring.
+	for i := range 4100 {
+		if _, err := s.state.publish([]want{{"u2", fmt.Sprint("s", i%3)}}, fmt.Sprintf("%d-0", i+2), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime2.GC()
+	runtime2.GC()
+	if pinned.Value() != nil {
+		t.Fatalf("the batch's %d bytes of names are still alive, held by the delta's key u1", len(ws)*200)
+	}
+	runtime2.KeepAlive(tg)
+}
+
 // A fold decided on the first applyMax changes of a long lag (a background
 // one: the delta layout with a second client) brings the whole state live,
 // the batches past the prefix included; a change published during the swap
@@ -767,4 +820,62 @@ func TestReview3SortedListsWhileReaderPublishes(t *testing.T) {
 	checkers.Wait()
 	close(stop)
 	wg.Wait()
+}
+
+// The same for the users written to the delta during a background fold
+// (job.written), which become the delta's keys when the fold ends.
+func TestReview3FoldWritesDoNotPinBatches(t *testing.T) {
+	s, _, m := newLagLoop(t, users(10, "s1"), lagConfig{false, "2.6.12", true}, 5000)
+	tg := s.targets[0]
+	ctx := context.Background()
+	entered, open := make(chan struct{}, 1), make(chan struct{})
+	m.gate = func() { entered <- struct{}{}; <-open }
+	tg.startFold(ctx, reasonLargeBatch, nil)
+	<-entered // the swap holds the state before the batch below
+	ws := []want{{"u1", "s2"}}
+	for i := range 1000 {
+		ws = append(ws, want{fmt.Sprintf("%s-%d", strings.Repeat("n", 200), i), "s3"})
+	}
+	from := s.state.seq
+	if _, err := s.state.publish(ws, "1-0", nil); err != nil {
+		t.Fatal(err)
+	}
+	pinned := func() weak.Pointer[byte] {
+		bs, _, _ := s.state.since(from)
+		return weak.Make(&bs[0].names[0])
+	}()
+	tg.lastCheck = time.Now()
+	if err := tg.step(ctx); err != nil { // to the delta, during the fold
+		t.Fatal(err)
+	}
+	close(open)
+	<-tg.folding.done
+	if err := tg.step(ctx); err != nil { // the fold ends
+		t.Fatal(err)
+	}
+	if _, ok := tg.deltaKeys["u1"]; !ok || tg.folding != nil || !equalMaps(m.routes(), stateMap(s)) {
+		t.Fatalf("after the fold: u1 not in the delta (%d keys), folding %v, or routes differ from the state", len(tg.deltaKeys), tg.folding != nil)
+	}
+	// The fake HAProxy's maps hold copies, as a real one does.
+	m.mu.Lock()
+	for name, es := range m.maps {
+		c := map[string][]string{}
+		for k, vs := range es {
+			c[strings.Clone(k)] = vs
+		}
+		m.maps[name] = c
+	}
+	m.hist, m.cur = nil, nil
+	m.mu.Unlock()
+	for i := range 4100 {
+		if _, err := s.state.publish([]want{{"u2", fmt.Sprint("s", i%3)}}, fmt.Sprintf("%d-0", i+2), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime2.GC()
+	runtime2.GC()
+	if pinned.Value() != nil {
+		t.Fatal("the batch's names are still alive, held by the users written during the fold")
+	}
+	runtime2.KeepAlive(tg)
 }
