@@ -879,3 +879,63 @@ func TestReview3FoldWritesDoNotPinBatches(t *testing.T) {
 	}
 	runtime2.KeepAlive(tg)
 }
+
+// A fold decided on the first applyMax changes of a lag swaps in the state
+// as it is then, the changes past the prefix included: those are not sent
+// to the delta meanwhile (HAProxy would insert each into the delta during
+// the swap of the base, only for the delta's own swap to drop them), as
+// they were not when apply took the whole lag.
+func TestReview3PrefixFoldSendsNoRedundantDeltaWrites(t *testing.T) {
+	const n = 80_000
+	s, st, m := newLagLoop(t, users(n, "s0"), lagConfig{false, "2.6.12", true}, 5000)
+	tg := s.targets[0]
+	ctx := context.Background()
+	entered, open := make(chan struct{}, 1), make(chan struct{})
+	m.gate = func() { entered <- struct{}{}; <-open }
+	defer func() {
+		select {
+		case <-open:
+		default:
+			close(open)
+		}
+	}()
+	for i := range applyMax + 20_000 {
+		st.set(fmt.Sprintf("u%d", i), "s1")
+	}
+	publishLog(t, s, st, m, rand.New(rand.NewPCG(1, 1)), 1000)
+	s.state.streaming.Store(true) // the delta may take 8x DeltaMax: the rest fits
+	for range 3 {
+		tg.lastCheck = time.Now()
+		if err := tg.step(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if tg.folding != nil {
+			select {
+			case <-entered:
+			default:
+			}
+		}
+	}
+	m.mu.Lock()
+	writes := m.deltaWrites
+	m.mu.Unlock()
+	if tg.folding == nil || writes != 0 {
+		t.Fatalf("during a fold holding every change published: %d entries written to the delta (want 0), folding %v", writes, tg.folding != nil)
+	}
+	close(open)
+	for i := 0; tg.folding != nil || tg.seq != s.state.seq; i++ {
+		if i > 20 {
+			t.Fatal("not caught up")
+		}
+		if tg.folding != nil {
+			<-tg.folding.done // a step waits for it only so long
+		}
+		tg.lastCheck = time.Now()
+		if err := tg.step(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f := m.faults(); len(f) > 0 || !equalMaps(m.routes(), stateMap(s)) {
+		t.Fatalf("faults %v, routes as the state %v", f, equalMaps(m.routes(), stateMap(s)))
+	}
+}
