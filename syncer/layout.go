@@ -250,7 +250,9 @@ func (t *target) send(ctx context.Context, edits []edit) error {
 		return err
 	}
 	for _, e := range deltaAdds {
-		t.deltaKeys[e.Key] = struct{}{}
+		// A copy: e.Key may be a view of its batch's names (batch.user),
+		// which the key would keep alive whole after the ring drops it.
+		t.deltaKeys[strings.Clone(e.Key)] = struct{}{}
 	}
 	return nil
 }
@@ -334,7 +336,7 @@ type foldJob struct {
 	why        string
 	bs         []*batch              // the batches the fold brings live (for the apply latency)
 	written    map[string]deltaWrite // users set in the delta during the fold: their last write
-	deltaSeq   uint64                // the last batch applied to the delta
+	deltaSeq   uint64                // the batch the delta follows from: the state's at the start, then the last applied to it
 	deltaLogID string
 }
 
@@ -349,13 +351,12 @@ type deltaWrite struct {
 // are the batches in hand, which the swap includes.
 func (t *target) startFold(ctx context.Context, why string, bs []*batch) {
 	job := &foldJob{done: make(chan struct{}), why: why, bs: bs, written: map[string]deltaWrite{}}
-	if len(bs) > 0 {
-		job.deltaSeq, job.deltaLogID = bs[len(bs)-1].seq, bs[len(bs)-1].logID
-	} else {
-		// Out of the ring's reach: the swap's position is the state's now
-		// or later, and the delta follows from there.
-		job.deltaSeq, job.deltaLogID, _ = t.s.state.position()
-	}
+	// The swap's position is the state's now or later, and the delta
+	// follows from there: not from bs's last batch, which may be a prefix
+	// of what was published (see firstChanges; out of the ring's reach, bs
+	// is empty). The batches between are in the swap; sent to the delta
+	// they would be written twice.
+	job.deltaSeq, job.deltaLogID, _ = t.s.state.position()
 	gen := t.gen
 	t.folding = job
 	t.log.Info("fold started in the background", "why", why, "delta_entries", len(t.deltaKeys))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -555,7 +556,8 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 			return err
 		}
 		for _, e := range edits {
-			job.written[e.user] = deltaWrite{last.seq, e.shard}
+			// A copy, as the delta's keys (see send).
+			job.written[strings.Clone(e.user)] = deltaWrite{last.seq, e.shard}
 		}
 		job.deltaSeq, job.deltaLogID = last.seq, last.logID
 		now := time.Now()
