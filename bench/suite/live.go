@@ -497,16 +497,28 @@ type churnStep struct {
 	Profile  string // top frames of the syncer's CPU profile, when taken
 	// CPU shares (1 = one core) of HAProxy and the syncer during the step.
 	HAProxyCPU, SyncerCPU float64
-	// PerChange is HAProxy's CPU during the step beyond what serving its
-	// requests cost when idle, per change made (0: not measured).
-	PerChange time.Duration
+	// HAProxy's and the syncer's CPU per change made at this rate with no
+	// requests and no probes (the step's first churnQuiet): what applying a
+	// change costs each, apart from serving (0: not measured).
+	HAProxyPerChange, SyncerPerChange time.Duration
 }
+
+// churnQuiet is how long each churn rate first runs with no requests, to
+// measure what the changes alone cost HAProxy and the syncer.
+const churnQuiet = 3 * time.Second
 
 // holds reports whether the step meets the churn target's conditions: the
 // store took the rate (95%), propagation p99 < 100 ms with no timeout, and
 // req/s at least 0.9 of idle.
 func (c churnStep) holds(idle float64) bool {
-	return c.Lat.N > 0 && c.Lat.P99 < 100*time.Millisecond && c.Timeouts == 0 && c.RPS >= 0.9*idle && c.Got >= 0.95*float64(c.Want)
+	return c.propagates(c.Want) && c.RPS >= 0.9*idle
+}
+
+// propagates reports whether the step meets the target's conditions but
+// req/s: the store took the rate, propagation p99 < 100 ms with no timeout.
+// Higher rates are tried only while this holds.
+func (c churnStep) propagates(rate int) bool {
+	return c.Lat.N > 0 && c.Lat.P99 < 100*time.Millisecond && c.Timeouts == 0 && c.Got >= 0.95*float64(rate)
 }
 
 // churnRates runs each rate for d with the load generator on and probes
@@ -519,20 +531,25 @@ func (s *suite) churnRates(ctx context.Context, rig *liveRig, rates []int, d tim
 	if err != nil {
 		return 0, nil, fmt.Errorf("syncer catching up before the idle measure: %w", err)
 	}
-	hapIdle0, _ := cpuTime(rig.fe.h.pid())
 	lr, err := Load(ctx, rig.fe.addr, s.o.Conc, d, usersKeys{n: rig.n, shards: shardNames}, false)
 	if err != nil {
 		return 0, nil, err
 	}
-	hapIdle1, _ := cpuTime(rig.fe.h.pid())
 	idle = lr.RPS()
-	// HAProxy's CPU per request served, idle: what serving costs it.
-	var perReq time.Duration
-	if n := lr.RPS() * d.Seconds(); n > 0 {
-		perReq = time.Duration(float64(hapIdle1-hapIdle0) / n)
-	}
 	s.logf("churn: idle %0.f req/s", idle)
+	failed := false
 	for _, rate := range rates {
+		// The changes alone first: no requests, no probes.
+		hapQ0, _ := cpuTime(rig.fe.h.pid())
+		synQ0, _ := cpuTime(rig.syncer.pid())
+		quietStop := make(chan struct{})
+		time.AfterFunc(churnQuiet, func() { close(quietStop) })
+		quietMade, err := churn(ctx, rig.store, rig.n, rate, quietStop)
+		if err != nil {
+			return 0, nil, err
+		}
+		hapQ1, _ := cpuTime(rig.fe.h.pid())
+		synQ1, _ := cpuTime(rig.syncer.pid())
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		var made int64
@@ -592,21 +609,26 @@ func (s *suite) churnRates(ctx context.Context, rig *liveRig, rates []int, d tim
 		syn1, _ := cpuTime(rig.syncer.pid())
 		st := churnStep{Want: rate, Got: float64(made) / el.Seconds(), Lat: Summarize(lat), Timeouts: timeouts, RPS: load.RPS(), Profile: prof,
 			HAProxyCPU: float64(hap1-hap0) / float64(el), SyncerCPU: float64(syn1-syn0) / float64(el)}
-		if made > 0 && perReq > 0 {
-			// What HAProxy spent beyond serving the requests it served, per
-			// change made: applying the changes.
-			st.PerChange = time.Duration((float64(hap1-hap0) - st.RPS*el.Seconds()*float64(perReq)) / float64(made))
+		if quietMade > 0 {
+			st.HAProxyPerChange = (hapQ1 - hapQ0) / time.Duration(quietMade)
+			st.SyncerPerChange = (synQ1 - synQ0) / time.Duration(quietMade)
 		}
 		s.logf("churn: %d/s (made %.0f/s): propagation p50 %s p99 %s max %s (%d samples, %d timeouts), %.0f req/s, cpu haproxy %.2f syncer %.2f",
 			rate, st.Got, ms(st.Lat.P50), ms(st.Lat.P99), ms(st.Lat.Max), st.Lat.N, timeouts, st.RPS, st.HAProxyCPU, st.SyncerCPU)
+		// The syncer's profile kept is the first step's that does not
+		// hold, or the last one's when all hold.
 		held := st.holds(idle)
-		if !held || rate == rates[len(rates)-1] {
+		switch {
+		case failed:
+			st.Profile = ""
+		case !held || rate == rates[len(rates)-1]:
 			for i := range steps {
 				steps[i].Profile = ""
 			}
-		} else {
+		default:
 			st.Profile = ""
 		}
+		failed = failed || !held
 		steps = append(steps, st)
 		// Let the syncer drain before the next rate.
 		drain, cancel := context.WithTimeout(ctx, liveLimit)
@@ -615,8 +637,8 @@ func (s *suite) churnRates(ctx context.Context, rig *liveRig, rates []int, d tim
 		if err != nil {
 			return 0, nil, err
 		}
-		if !held {
-			break // higher rates will not hold either: keep make bench bounded
+		if !st.propagates(rate) {
+			break // higher rates will not either: keep make bench bounded
 		}
 	}
 	return idle, steps, nil
