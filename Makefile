@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin
 PKGS    := ./...
 
-.PHONY: build test unit e2e e2e-3.0 bench fuzz soak lint demo deps deb clean
+.PHONY: build test unit e2e e2e-3.0 bench bench-3.0 fuzz soak lint demo deps deb clean
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
@@ -55,6 +55,12 @@ bench: deps build
 	  rc=$$?; cat $(BIN)/bench-go.txt; exit $$rc
 	@# The program pins HAProxy to CPU 0; it, Redis and the syncer run on CPU 1.
 	taskset -c 1 $(BIN)/shardmap-bench -gotest $(BIN)/bench-go.txt -readme README.md $(BENCH_FLAGS)
+
+## bench-3.0: shardmap-bench's scenarios on Debian 13's HAProxy 3.0 (fetched by scripts/haproxy-3.0.sh,
+## the system's packages untouched), where set/del use a tree and the syncer writes the single map:
+## writes docs/BENCHMARKS-3.0.md. About 6 minutes on 2 cores.
+bench-3.0: deps build
+	h="$$(bash scripts/haproxy-3.0.sh)" && SHARDMAP_HAPROXY="$$h" taskset -c 1 $(BIN)/shardmap-bench -make bench-3.0 -o docs/BENCHMARKS-3.0.md $(BENCH_FLAGS)
 
 ## soak: load + churn + random kill -9 of haproxy, syncer, redis; bounded by SOAK_DURATION (default 2m).
 SOAK_DURATION ?= 2m

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shardmap/shardmap/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,6 +48,7 @@ type Options struct {
 	HAProxyCPU         int           // -1: no pinning
 	LoadCPU            int
 	Command            string // the command line, for the doc
+	MakeTarget         string // the make target that runs it, for the doc ("bench" when empty)
 	GoTest             string // go test -bench output to include ("" for none)
 	Readme             string // the README whose headline block is rewritten ("" for none; never in quick mode)
 }
@@ -88,6 +90,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	out := fs.String("o", "", "the doc to write (default docs/BENCHMARKS.md; with -quick, a temp dir)")
 	mapctl := fs.String("mapctl", "bin/mapctl", "the mapctl binary (make build)")
 	readme := fs.String("readme", "", "rewrite the headline block of this README (make bench: README.md); not with -quick")
+	makeTarget := fs.String("make", "bench", "the make target that runs this, named in the doc (make bench-3.0: bench-3.0)")
 	gotest := fs.String("gotest", "", "a file of go test -bench output (make bench writes bin/bench-go.txt) to include in the doc")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -100,7 +103,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if *out != "" {
 		o.Out = *out
 	}
-	o.Mapctl, o.GoTest, o.Readme = *mapctl, *gotest, *readme
+	o.Mapctl, o.GoTest, o.Readme, o.MakeTarget = *mapctl, *gotest, *readme, *makeTarget
 	if *only != "" {
 		for _, s := range strings.Split(*only, ",") {
 			s = strings.TrimSpace(s)
@@ -112,6 +115,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	o.Command = "shardmap-bench " + strings.Join(args, " ")
+	if h := os.Getenv(testenv.HAProxyEnv); h != "" {
+		o.Command = testenv.HAProxyEnv + "=" + h + " " + o.Command
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	start := time.Now()
