@@ -320,16 +320,22 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 				if c.HAProxyCPU < 0.95 {
 					g.Bound += "HAProxy's CPU under 1 says HAProxy was not the bound of req/s: the load generator was, on the core it shares with Redis, the churn's writer and the syncer. "
 				}
-				if c.HAProxyPerChange > 0 {
-					us := float64(c.HAProxyPerChange) / float64(time.Microsecond)
-					g.Bound += fmt.Sprintf("With no requests, a change cost HAProxy %s µs of CPU (and the syncer %s µs): 50,000 changes/s would take %s cores of HAProxy's one thread, "+
-						"and a tenth of its core (what req/s >= 0.9 of idle leaves once HAProxy is the bound) pays for about %s changes/s (the table's core left for requests is this estimate at each rate; the targets are judged on req/s). ",
-						trimFloat(us, 1), perChange(c.SyncerPerChange), trimFloat(50_000*us/1e6, 2), count(int64(0.1e6/us)))
-				}
 				break
 			}
-			g.Bound += "HAProxy's one thread serves the requests and applies every change: on 2.6 a change goes to the delta map as a payload add (a tree insert), or as a set when the delta holds the user already, which walks the delta's list (tens of thousands of entries, a cache miss each); every --delta-max changes the delta is folded, a versioned swap of the whole 1M base (about a second of HAProxy's CPU, see the full load below). " +
-				"Both grow with the delta: a larger --delta-max folds less often and walks more. So sustained churn costs HAProxy CPU in proportion to the rate, taken from the requests; the syncer's share is in its profile above."
+			// The cost per change at the highest rate tried: fixed costs per
+			// batch (connections, the map file) weigh less there.
+			if top := res.churn[len(res.churn)-1]; top.HAProxyPerChange > 0 {
+				us := float64(top.HAProxyPerChange) / float64(time.Microsecond)
+				g.Bound += fmt.Sprintf("At %s changes/s with no requests, a change cost HAProxy %s µs of CPU (and the syncer %s µs): 50,000 changes/s would take %s of HAProxy's one core, "+
+					"and a tenth of it (what req/s >= 0.9 of idle leaves once HAProxy is the bound) pays for about %s changes/s; the table's column of HAProxy's core left for requests is this estimate at each rate (the targets are judged on req/s). ",
+					count(int64(top.Want)), trimFloat(us, 1), perChange(top.SyncerPerChange), trimFloat(50_000*us/1e6, 2), count(int64(0.1e6/us)))
+			}
+			if listMaps(res.haproxyVersion) {
+				g.Bound += "HAProxy's one thread serves the requests and applies every change: before 2.9 a change goes to the delta map as a payload add (a tree insert), or as a set when the delta holds the user already, which walks the delta's list (tens of thousands of entries, a cache miss each); every --delta-max changes the delta is folded, a versioned swap of the whole 1M base (about a second of HAProxy's CPU, see the full load below). " +
+					"Both grow with the delta: a larger --delta-max folds less often and walks more. `make bench-3.0` runs the same on HAProxy 3.0, where set and del use a tree (docs/BENCHMARKS-3.0.md)."
+			} else {
+				g.Bound += "From 2.9 on set and del use a tree: the syncer writes the single map (sets, deletes, payload adds for new users), a few µs of HAProxy's CPU a change."
+			}
 		}
 		add(g)
 	}
@@ -428,6 +434,17 @@ func topFrames(out string) string {
 		keep = append(keep, l)
 	}
 	return strings.Join(keep, "\n")
+}
+
+// listMaps reports whether HAProxy version line v ("HAProxy version 2.6.12-1
+// ...") is older than 2.9, where set and del walk a map's list.
+func listMaps(v string) bool {
+	_, rest, _ := strings.Cut(v, "version ")
+	major, rest, _ := strings.Cut(rest, ".")
+	minor, _, _ := strings.Cut(rest, ".")
+	a, err1 := strconv.Atoi(major)
+	b, err2 := strconv.Atoi(minor)
+	return err1 != nil || err2 != nil || a < 2 || a == 2 && b < 9
 }
 
 // coreLeft is the share of HAProxy's core a churn step's changes leave for

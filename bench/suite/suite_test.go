@@ -224,3 +224,17 @@ func TestImportNeverLiveIsAMiss(t *testing.T) {
 		}
 	}
 }
+
+func TestListMaps(t *testing.T) {
+	for v, want := range map[string]bool{
+		"HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/": true,
+		"HAProxy version 2.8.0 2023/05/31":                                   true,
+		"HAProxy version 2.9.1 2023/12/15":                                   false,
+		"HAProxy version 3.0.11-1+deb13u4 2026/10/15 - https://haproxy.org/": false,
+		"unreadable": true,
+	} {
+		if got := listMaps(v); got != want {
+			t.Errorf("listMaps(%q) = %v, want %v", v, got, want)
+		}
+	}
+}
