@@ -201,6 +201,48 @@ func TestDeltaFoldInBackground(t *testing.T) {
 	if tg.seq != s.state.seq || len(tg.deltaKeys) != 2 {
 		t.Fatalf("target at seq %d (state %d), delta keys %d", tg.seq, s.state.seq, len(tg.deltaKeys))
 	}
+
+	// Sets of users the delta holds that would walk it more than once at
+	// DeltaMax entries wait for a fold too: HAProxy is loading the base.
+	for i := 0; i < 15; i++ { // the delta: 2 + 15, under DeltaMax
+		st.set(fmt.Sprintf("u%d", 300+i), "s5")
+	}
+	publish()
+	if err := apply(); err != nil || tg.folding != nil || len(tg.deltaKeys) != 17 {
+		t.Fatalf("15 new delta entries: err %v, folding %v, delta keys %d", err, tg.folding != nil, len(tg.deltaKeys))
+	}
+	gate = make(chan struct{})
+	for i := 0; i < 62; i++ { // a second fold
+		st.set(fmt.Sprintf("u%d", 400+i), "s4")
+	}
+	publish()
+	if err := apply(); err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	for i := 0; i < 3; i++ { // 3 sets x 17 entries walked > DeltaMax (20)
+		st.set(fmt.Sprintf("u%d", 300+i), "s6")
+	}
+	publish()
+	waited := make(chan error, 1)
+	go func() { waited <- apply() }()
+	select {
+	case err := <-waited:
+		close(gate)
+		t.Fatalf("sets walking the delta past DeltaMax during a fold did not wait for it (err %v)", err)
+	case <-time.After(time.Second): // it waits for the gate; a wrong apply returns at once
+	}
+	close(gate)
+	if err := <-waited; err != nil || tg.folding != nil {
+		t.Fatalf("after the fold: err %v, folding %v", err, tg.folding != nil)
+	}
+	gate = nil
+	if err := apply(); err != nil { // the sets, after the fold
+		t.Fatal(err)
+	}
+	if !equalMaps(mainRT.routes(), stateMap(s)) || tg.seq != s.state.seq {
+		t.Fatal("the live maps do not route as the state says after the second fold")
+	}
 }
 
 // A target that fell behind the ring, with the state of the load it

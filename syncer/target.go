@@ -540,16 +540,21 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 	spans = nil
 	seq, logID := last.seq, last.logID
 	if job := t.folding; job != nil {
-		// A fold runs (layout.go): sets go to the delta now; a delete, or
-		// more than deltaLimit users written since the fold began, waits
-		// for the fold, and the loop then comes back from the new position.
+		// A fold runs (layout.go): changes go to the delta now; a delete,
+		// more than deltaLimit users written since the fold began, or sets
+		// of users the delta holds that would walk it more than once at
+		// DeltaMax entries (HAProxy's one thread is loading the base
+		// meanwhile; under churn such walks starved the swap, and the swap
+		// the walks, for tens of seconds), waits for the fold, and the loop
+		// then comes back from the new position.
 		fresh := 0
 		for _, e := range edits {
 			if _, ok := job.written[e.user]; !ok {
 				fresh++
 			}
 		}
-		if slices.ContainsFunc(edits, func(e edit) bool { return e.shard == "" }) || len(job.written)+fresh > t.deltaLimit() {
+		if slices.ContainsFunc(edits, func(e edit) bool { return e.shard == "" }) || len(job.written)+fresh > t.deltaLimit() ||
+			cost.sets*len(t.deltaKeys) > t.s.cfg.DeltaMax {
 			return t.waitFold(ctx)
 		}
 		if err := t.send(ctx, edits); err != nil {
