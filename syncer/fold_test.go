@@ -202,8 +202,9 @@ func TestDeltaFoldInBackground(t *testing.T) {
 		t.Fatalf("target at seq %d (state %d), delta keys %d", tg.seq, s.state.seq, len(tg.deltaKeys))
 	}
 
-	// Sets of users the delta holds that would walk it more than once at
-	// DeltaMax entries wait for a fold too: HAProxy is loading the base.
+	// Sets of users the delta holds whose walks of it, with those since
+	// the fold began, pass ReplaceAbove walks at DeltaMax entries wait
+	// for the fold too: HAProxy is loading the base.
 	for i := 0; i < 15; i++ { // the delta: 2 + 15, under DeltaMax
 		st.set(fmt.Sprintf("u%d", 300+i), "s5")
 	}
@@ -220,7 +221,15 @@ func TestDeltaFoldInBackground(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-entered
-	for i := 0; i < 3; i++ { // 3 sets x 17 entries walked > DeltaMax (20)
+	// During the fold the sets of delta users may walk it ReplaceAbove
+	// times at DeltaMax entries in all: here 2 x 20 = 40.
+	s.cfg.ReplaceAbove = 2
+	st.set("u300", "s6") // 1 x 17 walked: to the delta at once
+	publish()
+	if err := apply(); err != nil || tg.folding == nil || mainRT.routes()["u300"] != "s6" {
+		t.Fatalf("one set within the fold's walk budget: err %v, folding %v, u300 %q", err, tg.folding != nil, mainRT.routes()["u300"])
+	}
+	for i := 1; i < 3; i++ { // 17 + 2 x 17 walked > 40
 		st.set(fmt.Sprintf("u%d", 300+i), "s6")
 	}
 	publish()
@@ -229,7 +238,7 @@ func TestDeltaFoldInBackground(t *testing.T) {
 	select {
 	case err := <-waited:
 		close(gate)
-		t.Fatalf("sets walking the delta past DeltaMax during a fold did not wait for it (err %v)", err)
+		t.Fatalf("sets walking the delta past the fold's budget did not wait for the fold (err %v)", err)
 	case <-time.After(time.Second): // it waits for the gate; a wrong apply returns at once
 	}
 	close(gate)

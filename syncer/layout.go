@@ -337,6 +337,7 @@ type foldJob struct {
 	bs         []*batch              // the batches the fold brings live (for the apply latency)
 	written    map[string]deltaWrite // users set in the delta during the fold: their last write
 	deltaSeq   uint64                // the batch the delta follows from: the state's at the start, then the last applied to it
+	walked     int                   // delta entries walked by the sets sent to the delta during the fold (before 2.9 a set walks the map)
 	deltaLogID string
 }
 

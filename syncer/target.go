@@ -542,21 +542,25 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 	if job := t.folding; job != nil {
 		// A fold runs (layout.go): changes go to the delta now; a delete,
 		// more than deltaLimit users written since the fold began, or sets
-		// of users the delta holds that would walk it more than once at
-		// DeltaMax entries (HAProxy's one thread is loading the base
-		// meanwhile; under churn such walks starved the swap, and the swap
-		// the walks, for tens of seconds), waits for the fold, and the loop
-		// then comes back from the new position.
+		// of users the delta holds whose walks of it would pass, with
+		// those sent since the fold began, what a batch may walk outside
+		// a fold (ReplaceAbove walks of a DeltaMax delta: HAProxy's one
+		// thread is loading the base meanwhile; under churn, unbounded
+		// walks starved the swap, and the swap the walks, for tens of
+		// seconds), waits for the fold, and the loop then comes back from
+		// the new position.
 		fresh := 0
 		for _, e := range edits {
 			if _, ok := job.written[e.user]; !ok {
 				fresh++
 			}
 		}
+		walks := cost.sets * len(t.deltaKeys)
 		if slices.ContainsFunc(edits, func(e edit) bool { return e.shard == "" }) || len(job.written)+fresh > t.deltaLimit() ||
-			cost.sets*len(t.deltaKeys) > t.s.cfg.DeltaMax {
+			job.walked+walks > t.s.cfg.ReplaceAbove*t.s.cfg.DeltaMax {
 			return t.waitFold(ctx)
 		}
+		job.walked += walks
 		if err := t.send(ctx, edits); err != nil {
 			return err
 		}
