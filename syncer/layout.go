@@ -170,13 +170,14 @@ func (t *target) costOf(edits []edit) editCost {
 
 // deltaLimit is the most entries the delta may hold before a fold:
 // DeltaMax, and eight times that while a bulk stream is being read (the
-// reader's reads are full) and the target has a second client, so that a
+// reader's reads are full) or the target works through a backlog of one
+// (see target.backlog) and the target has a second client, so that a
 // reassignment of many users is live before the base is swapped rather
 // than after (an add to the delta walks nothing; the fold follows once the
-// stream ends, see step). Not under steady churn: there a set of a user
-// already in the delta walks the whole delta.
+// target has caught up, see step). Not under steady churn: there a set of
+// a user already in the delta walks the whole delta.
 func (t *target) deltaLimit() int {
-	if t.rtDelta != nil && t.s.state.streaming.Load() {
+	if t.rtDelta != nil && (t.s.state.streaming.Load() || t.backlog) {
 		return 8 * t.s.cfg.DeltaMax
 	}
 	return t.s.cfg.DeltaMax

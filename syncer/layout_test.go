@@ -407,3 +407,41 @@ func TestFirstChanges(t *testing.T) {
 		t.Error("firstChanges(nil) is not empty")
 	}
 }
+
+// A target at least BatchMax changes behind works through them as through
+// a bulk stream, even once the reader has read the stream's end: changes to
+// existing users go on into the delta past DeltaMax (up to eight times it),
+// and the fold waits until the target has caught up. Before, the tail of a
+// reassignment after the stream ended made a second fold at once.
+func TestBacklogCountsAsAStream(t *testing.T) {
+	s, st, rt, _ := newLoop(t, users(1000, "s1"), nil)
+	rt.delta = map[string]string{}
+	s.cfg.DeltaMax, s.cfg.BatchMax = 20, 50
+	ctx := context.Background()
+	if err := s.fullSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tg := s.targets[0]
+	tg.rtDelta = &lockedRuntime{f: rt}
+	swaps := rt.replaced
+	for i := 0; i < 100; i++ { // past DeltaMax (20), under 8x; a backlog of two BatchMax
+		st.set(fmt.Sprintf("u%d", i), "s2")
+	}
+	readLog(t, s, st)
+	s.state.streaming.Store(false) // the reader has read the stream's end
+	if err := tg.step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rt.replaced != swaps || tg.folding != nil || len(rt.delta) != 100 {
+		t.Fatalf("a backlog of 100 changes: %d swaps, folding %v, delta %d: want all in the delta, no fold yet", rt.replaced-swaps, tg.folding != nil, len(rt.delta))
+	}
+	if err := tg.step(ctx); err != nil { // caught up with a delta past DeltaMax: the fold
+		t.Fatal(err)
+	}
+	if err := tg.waitFold(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rt.replaced != swaps+1 || len(rt.delta) != 0 || !equalMaps(routes(rt), stateMap(s)) {
+		t.Fatalf("after catching up: %d swaps (want 1), delta %d, maps as the state %v", rt.replaced-swaps, len(rt.delta), equalMaps(routes(rt), stateMap(s)))
+	}
+}

@@ -42,6 +42,9 @@ type target struct {
 	deltaKeys map[string]struct{} // the keys in the live delta map
 	rtDelta   Runtime             // writes the delta during a background fold; nil: folds run inline
 	folding   *foldJob            // the background fold running, nil when none (layout.go)
+	// backlog: the target is at least BatchMax changes behind the state,
+	// the tail of a bulk stream the reader may have finished (deltaLimit).
+	backlog bool
 	// behindSince: when the target, out of the ring's reach, began to wait
 	// for a bulk stream's end before catching up (zero: not waiting).
 	behindSince time.Time
@@ -188,6 +191,7 @@ func (t *target) fullSync(ctx context.Context) error {
 	s := t.s
 	start := time.Now()
 	t.behindSince = time.Time{} // a wait for a stream's end ends here
+	t.backlog = false
 	if t.folding != nil {
 		<-t.folding.done // the live maps are compared whole below
 		t.folding = nil
@@ -408,6 +412,11 @@ func (t *target) step(ctx context.Context) error {
 		}
 		return nil
 	}
+	pending := 0
+	for _, b := range bs {
+		pending += len(b.changes)
+	}
+	t.backlog = pending >= s.cfg.BatchMax
 	// A target far behind catches up in steps of about applyMax changes:
 	// apply's per-user index grows with what it is given.
 	bs = firstChanges(bs, applyMax)
