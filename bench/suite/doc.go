@@ -382,7 +382,8 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 			g.Bound = shared + "The changes go to the delta map as they come (up to 8x --delta-max while the stream lasts, payload adds; a set of a user the delta holds already walks the delta on 2.6); past that the base is folded in the background, a swap of the whole 1M base in key order, while later changes go on to the delta. HAProxy's and the syncer's CPU during it are in the Bulk table, the syncer's profile above it. Run after the churn scenario, the delta already holds the churn's users when it starts."
 			add(g)
 			p := maxTarget("reassign: a change made meanwhile, live", 100, msf(b.ReassignProbe), msUnit)
-			p.Bound = "The change is applied in the log's order, after the reassignment's changes before it: it is live when the syncer has applied those (the row above; alone, `shardmap-bench -only bulk`, 60-190 ms)."
+			p.Bound = "The change is applied in the log's order, after the reassignment's changes before it: it is live when the syncer has applied those (alone, `shardmap-bench -only bulk`, 35-190 ms). " +
+				"Here the reassignment follows the churn scenario: the delta holds tens of thousands of the churn's users, and sets of them walk the delta on 2.6, so the syncer folds at the reassignment's start; during the fold, changes whose sets would walk the delta further than one batch may outside a fold wait for its end (about 1.5-2 s, see the syncer's log with SHARDMAP_BENCH_SYNCER_LOG), and so may this one."
 			add(p)
 		}
 	}
