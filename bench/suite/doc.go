@@ -205,6 +205,9 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 		if m, ok := r.HAProxy["ids"]; ok {
 			t := maxTarget(fmt.Sprintf("HAProxy RSS with shard IDs at %s IDs", count(int64(r.IDsLarge))), 20e6, float64(m.RSS), mbf)
 			t.Want, t.Met = "< 20 MB", float64(m.RSS) < 20e6
+			if st, ok := r.HAProxy["static"]; ok {
+				t.Bound = fmt.Sprintf("HAProxy's own memory: with a static use_backend and no map it holds %s (table above); the maps of the IDs design add %s.", mb(st.RSS), mb(m.RSS-st.RSS))
+			}
 			add(t)
 		}
 		mt := &Table{Header: []string{"HAProxy of", "VmRSS", "VmHWM"}}
@@ -382,8 +385,13 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 			g.Bound = shared + "The changes go to the delta map as they come (up to 8x --delta-max while the stream lasts, payload adds; a set of a user the delta holds already walks the delta on 2.6); past that the base is folded in the background, a swap of the whole 1M base in key order, while later changes go on to the delta. HAProxy's and the syncer's CPU during it are in the Bulk table, the syncer's profile above it. Run after the churn scenario, the delta already holds the churn's users when it starts."
 			add(g)
 			p := maxTarget("reassign: a change made meanwhile, live", 100, msf(b.ReassignProbe), msUnit)
-			p.Bound = "The change is applied in the log's order, after the reassignment's changes before it: it is live when the syncer has applied those (alone, `shardmap-bench -only bulk`, 35-190 ms). " +
-				"Here the reassignment follows the churn scenario: the delta holds tens of thousands of the churn's users, and sets of them walk the delta on 2.6, so the syncer folds at the reassignment's start; during the fold, changes whose sets would walk the delta further than one batch may outside a fold wait for its end (about 1.5-2 s, see the syncer's log with SHARDMAP_BENCH_SYNCER_LOG), and so may this one."
+			p.Bound = "The change is applied in the log's order, after the reassignment's changes before it: it is live when the syncer has applied those (alone, `shardmap-bench -only bulk`, 50-170 ms). " +
+				"Here the reassignment follows the churn scenario. "
+			if listMaps(res.haproxyVersion) {
+				p.Bound += "The delta holds tens of thousands of the churn's users, and sets of them walk the delta before 2.9, so the syncer folds at the reassignment's start; during the fold, changes whose sets would walk the delta further than one batch may outside a fold wait for its end (about 1.5-2 s, see the syncer's log with SHARDMAP_BENCH_SYNCER_LOG), and so may this one."
+			} else {
+				p.Bound += "From 2.9 on the changes before it are sets of existing users through the tree, 50,000 per step (the syncer's log with SHARDMAP_BENCH_SYNCER_LOG shows each step)."
+			}
 			add(p)
 		}
 	}
