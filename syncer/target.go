@@ -558,13 +558,18 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 		// walks starved the swap, and the swap the walks, for tens of
 		// seconds), waits for the fold, and the loop then comes back from
 		// the new position.
-		fresh := 0
+		// Every edit is sent here, a user whose value ends where it began
+		// too (cost does not count those): each set of a user the delta
+		// holds walks it.
+		fresh, walks := 0, 0
 		for _, e := range edits {
 			if _, ok := job.written[e.user]; !ok {
 				fresh++
 			}
+			if e.inDelta && e.shard != "" {
+				walks += len(t.deltaKeys)
+			}
 		}
-		walks := cost.sets * len(t.deltaKeys)
 		if slices.ContainsFunc(edits, func(e edit) bool { return e.shard == "" }) || len(job.written)+fresh > t.deltaLimit() ||
 			job.walked+walks > t.s.cfg.ReplaceAbove*t.s.cfg.DeltaMax {
 			return t.waitFold(ctx)
