@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -227,4 +229,24 @@ func runWalkModel(t *testing.T, seed uint64) {
 		t.Fatalf("a fold let sets walk %d delta entries, more than ReplaceAbove x DeltaMax (%d)", most, replaceAbove*deltaMax)
 	}
 	t.Logf("most walked in a fold %d, folds %d, swaps %d", most, st0.Folds, st0.Swaps)
+}
+
+// DeltaMax and ReplaceAbove so large that the delta's limits overflow int
+// (8 x DeltaMax, ReplaceAbove x DeltaMax: a negative limit makes every batch
+// fold, or wait for a fold) are refused with an error naming them.
+func TestReview4HugeDeltaLimitsRefused(t *testing.T) {
+	for _, c := range []struct{ deltaMax, replaceAbove int }{
+		{math.MaxInt/8 + 1, 1},
+		{1 << 31, 1 << 33},
+	} {
+		_, err := New(Config{Name: "t", MapName: "/tmp/users.map", Targets: []string{"/run/test.sock"},
+			DeltaMax: c.deltaMax, ReplaceAbove: c.replaceAbove}, newFakeStore(nil), func(string) (Runtime, error) { return &fakeRuntime{}, nil })
+		if err == nil || !strings.Contains(err.Error(), "DeltaMax") {
+			t.Errorf("DeltaMax %d, ReplaceAbove %d: err %v, want one naming DeltaMax", c.deltaMax, c.replaceAbove, err)
+		}
+	}
+	if _, err := New(Config{Name: "t", MapName: "/tmp/users.map", Targets: []string{"/run/test.sock"}, DeltaMax: 50_000, ReplaceAbove: 64},
+		newFakeStore(nil), func(string) (Runtime, error) { return &fakeRuntime{}, nil }); err != nil {
+		t.Errorf("the defaults refused: %v", err)
+	}
 }

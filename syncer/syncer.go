@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -150,6 +151,12 @@ func (c *Config) defaults() error {
 	}
 	if c.DeltaMax <= 0 {
 		c.DeltaMax = 50_000
+	}
+	// The delta's limits (8 x DeltaMax, a fold's walk budget ReplaceAbove x
+	// DeltaMax, see layout.go) must not overflow: negative, they would make
+	// every batch fold or wait for a fold.
+	if c.DeltaMax > math.MaxInt/8 || c.ReplaceAbove > math.MaxInt/2/c.DeltaMax {
+		return fmt.Errorf("syncer: DeltaMax %d with ReplaceAbove %d: 8 x DeltaMax and 2 x ReplaceAbove x DeltaMax must fit in an int", c.DeltaMax, c.ReplaceAbove)
 	}
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = time.Second
