@@ -102,7 +102,7 @@ func newWalkLoop(t *testing.T, hash map[string]string, deltaMax, replaceAbove, b
 // it more than ReplaceAbove times DeltaMax entries in all, and the live maps
 // end as the state says, with no full sync.
 func TestReview4FoldWalkBudgetModel(t *testing.T) {
-	for seed := range uint64(4) {
+	for seed := range uint64(review4Seeds) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) { runWalkModel(t, seed) })
 	}
 }
@@ -250,3 +250,6 @@ func TestReview4HugeDeltaLimitsRefused(t *testing.T) {
 		t.Errorf("the defaults refused: %v", err)
 	}
 }
+
+// review4Seeds is how many seeds TestReview4FoldWalkBudgetModel runs.
+var review4Seeds = 4
