@@ -408,15 +408,16 @@ func TestFirstChanges(t *testing.T) {
 	}
 }
 
-// A target at least BatchMax changes behind works through them as through
+// A target at least applyMax changes behind works through them as through
 // a bulk stream, even once the reader has read the stream's end: changes to
 // existing users go on into the delta past DeltaMax (up to eight times it),
 // and the fold waits until the target has caught up. Before, the tail of a
 // reassignment after the stream ended made a second fold at once.
 func TestBacklogCountsAsAStream(t *testing.T) {
-	s, st, rt, _ := newLoop(t, users(1000, "s1"), nil)
+	const n = applyMax + 5_000 // a tail under BatchMax after the first step
+	s, st, rt, _ := newLoop(t, users(n, "s1"), nil)
 	rt.delta = map[string]string{}
-	s.cfg.DeltaMax, s.cfg.BatchMax = 20, 50
+	s.cfg.DeltaMax = n / 4 // n is past it, under eight times it
 	ctx := context.Background()
 	if err := s.fullSync(ctx); err != nil {
 		t.Fatal(err)
@@ -424,16 +425,23 @@ func TestBacklogCountsAsAStream(t *testing.T) {
 	tg := s.targets[0]
 	tg.rtDelta = &lockedRuntime{f: rt}
 	swaps := rt.replaced
-	for i := 0; i < 100; i++ { // past DeltaMax (20), under 8x; a backlog of two BatchMax
+	for i := 0; i < n; i++ {
 		st.set(fmt.Sprintf("u%d", i), "s2")
 	}
-	readLog(t, s, st)
-	s.state.streaming.Store(false) // the reader has read the stream's end
-	if err := tg.step(ctx); err != nil {
-		t.Fatal(err)
+	for s.state.pendingAfter(tg.seq) < n {
+		readLog(t, s, st)
 	}
-	if rt.replaced != swaps || tg.folding != nil || len(rt.delta) != 100 {
-		t.Fatalf("a backlog of 100 changes: %d swaps, folding %v, delta %d: want all in the delta, no fold yet", rt.replaced-swaps, tg.folding != nil, len(rt.delta))
+	s.state.streaming.Store(false) // the reader has read the stream's end
+	for tg.seq != s.state.seq {
+		if err := tg.step(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if rt.replaced != swaps || tg.folding != nil {
+			t.Fatalf("a backlog of %d changes: %d swaps, folding %v after %d in the delta: want all in the delta, no fold yet", n, rt.replaced-swaps, tg.folding != nil, len(rt.delta))
+		}
+	}
+	if len(rt.delta) != n {
+		t.Fatalf("delta %d entries, want %d", len(rt.delta), n)
 	}
 	if err := tg.step(ctx); err != nil { // caught up with a delta past DeltaMax: the fold
 		t.Fatal(err)

@@ -42,8 +42,10 @@ type target struct {
 	deltaKeys map[string]struct{} // the keys in the live delta map
 	rtDelta   Runtime             // writes the delta during a background fold; nil: folds run inline
 	folding   *foldJob            // the background fold running, nil when none (layout.go)
-	// backlog: the target is at least BatchMax changes behind the state,
-	// the tail of a bulk stream the reader may have finished (deltaLimit).
+	// backlog: since the target was last applyMax or more changes behind
+	// the state, it has not caught up: it works through the tail of a bulk
+	// stream the reader may have finished (deltaLimit). Steady churn a
+	// target fell behind on for a few seconds is not one.
 	backlog bool
 	// behindSince: when the target, out of the ring's reach, began to wait
 	// for a bulk stream's end before catching up (zero: not waiting).
@@ -393,6 +395,9 @@ func (t *target) step(ctx context.Context) error {
 		t.doubt(reason)
 		return nil
 	}
+	if len(bs) == 0 {
+		t.backlog = false // caught up
+	}
 	if len(bs) == 0 && t.folding == nil && t.useDelta && t.rtDelta != nil && len(t.deltaKeys) > s.cfg.DeltaMax {
 		// Caught up with a delta past DeltaMax (a bulk stream has ended):
 		// fold it now, in the background.
@@ -416,7 +421,9 @@ func (t *target) step(ctx context.Context) error {
 	for _, b := range bs {
 		pending += len(b.changes)
 	}
-	t.backlog = pending >= s.cfg.BatchMax
+	if pending >= applyMax {
+		t.backlog = true // until the target has caught up (below)
+	}
 	// A target far behind catches up in steps of about applyMax changes:
 	// apply's per-user index grows with what it is given.
 	bs = firstChanges(bs, applyMax)
