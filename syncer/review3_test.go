@@ -350,16 +350,16 @@ func TestReview3LagAboveApplyMaxModel(t *testing.T) {
 	}
 }
 
-func runLagModel(t *testing.T, cfg lagConfig, seed uint64) {
-	r := rand.New(rand.NewPCG(seed, 3))
-	const old = 3000
-	s, st, m := newLagLoop(t, users(old, "s0"), cfg, 5000)
-	tg := s.targets[0]
-	ctx := context.Background()
+// heldSteps makes m hold the base swaps it is given open at random (one in
+// free goes through at once) and returns step, which runs the target's step
+// (its full sync when one is due), and release, which lets held swaps go
+// (all, or each at random). Swaps held stay held across steps, changes going
+// on meanwhile, unless a step waits for one: then they are let go at random.
+func heldSteps(t *testing.T, ctx context.Context, m *lagModel, tg *target, free int) (step func(), release func(all bool)) {
 	var held []chan struct{}
 	var heldMu sync.Mutex
 	m.gate = func() {
-		if r2 := rand.N(3); r2 == 0 {
+		if rand.N(free) == 0 {
 			return
 		}
 		ch := make(chan struct{})
@@ -368,7 +368,7 @@ func runLagModel(t *testing.T, cfg lagConfig, seed uint64) {
 		heldMu.Unlock()
 		<-ch
 	}
-	release := func(all bool) {
+	release = func(all bool) {
 		heldMu.Lock()
 		defer heldMu.Unlock()
 		for len(held) > 0 && (all || rand.N(2) == 0) {
@@ -376,7 +376,7 @@ func runLagModel(t *testing.T, cfg lagConfig, seed uint64) {
 			held = held[1:]
 		}
 	}
-	step := func() {
+	step = func() {
 		done := make(chan error, 1)
 		go func() {
 			if tg.needFull {
@@ -385,8 +385,6 @@ func runLagModel(t *testing.T, cfg lagConfig, seed uint64) {
 			}
 			done <- tg.step(ctx)
 		}()
-		// Swaps held stay held across steps (changes go on meanwhile)
-		// unless the step waits for one.
 		for tick := 0; ; tick++ {
 			select {
 			case err := <-done:
@@ -401,6 +399,16 @@ func runLagModel(t *testing.T, cfg lagConfig, seed uint64) {
 			}
 		}
 	}
+	return step, release
+}
+
+func runLagModel(t *testing.T, cfg lagConfig, seed uint64) {
+	r := rand.New(rand.NewPCG(seed, 3))
+	const old = 3000
+	s, st, m := newLagLoop(t, users(old, "s0"), cfg, 5000)
+	tg := s.targets[0]
+	ctx := context.Background()
+	step, release := heldSteps(t, ctx, m, tg, 3)
 	newUsers := 0
 	existing := func() string {
 		if newUsers > 0 && r.IntN(2) == 0 {

@@ -116,49 +116,7 @@ func runWalkModel(t *testing.T, seed uint64) {
 	s, st, m, w := newWalkLoop(t, users(old, "s0"), deltaMax, replaceAbove, batchMax)
 	tg := s.targets[0]
 	ctx := context.Background()
-	var held []chan struct{}
-	var heldMu sync.Mutex
-	m.gate = func() {
-		if rand.N(4) == 0 {
-			return
-		}
-		ch := make(chan struct{})
-		heldMu.Lock()
-		held = append(held, ch)
-		heldMu.Unlock()
-		<-ch
-	}
-	release := func(all bool) {
-		heldMu.Lock()
-		defer heldMu.Unlock()
-		for len(held) > 0 && (all || rand.N(2) == 0) {
-			close(held[0])
-			held = held[1:]
-		}
-	}
-	step := func() {
-		done := make(chan error, 1)
-		go func() {
-			if tg.needFull {
-				done <- tg.fullSync(ctx)
-				return
-			}
-			done <- tg.step(ctx)
-		}()
-		for tick := 0; ; tick++ {
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Fatalf("step: %v", err)
-				}
-				return
-			case <-time.After(time.Millisecond):
-				if tick > 20 {
-					release(false)
-				}
-			}
-		}
-	}
+	step, release := heldSteps(t, ctx, m, tg, 4)
 	hot := func() string { return fmt.Sprintf("u%d", r.IntN(8)) }
 	for round := range 150 {
 		switch {
