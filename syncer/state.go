@@ -155,18 +155,15 @@ func (st *state) install(l *loading, logID string) {
 func (st *state) publish(ws []want, logID string, times []int64) (int, error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	need := 0
+	need, all := 0, 0 // the names' bytes: of the puts, and of every change
 	for _, w := range ws {
+		all += len(w.user)
 		if w.shard != "" {
 			need += len(w.user)
 		}
 	}
 	if err := st.users.reserve(len(ws), need); err != nil {
 		return 0, fmt.Errorf("publish %s: %w", logID, err)
-	}
-	all := 0
-	for _, w := range ws {
-		all += len(w.user)
 	}
 	b := &batch{seq: st.seq + 1, logID: logID, times: times, names: make([]byte, 0, all)}
 	for _, w := range ws {

@@ -336,16 +336,9 @@ func (s *suite) mapctlImport(ctx context.Context, rig *liveRig, lo, hi int, b *b
 	}
 	done := time.Now()
 	// The syncer is the bound while it catches up: profile it meanwhile.
-	var pwg sync.WaitGroup
-	if s.o.ProfileDir != "" {
-		pwg.Add(1)
-		go func() {
-			defer pwg.Done()
-			b.Profile = s.profileSyncer(ctx, rig, s.o.ImportProfile, "syncer-import.pprof")
-		}()
-	}
+	profiled := s.profileMeanwhile(ctx, rig, "syncer-import.pprof", &b.Profile)
 	at, err := waitLive(ctx, rig.fe, userName(hi-1), shardNames[(hi-1)%2], liveLimit)
-	pwg.Wait()
+	profiled()
 	if err != nil {
 		return err
 	}
@@ -397,15 +390,7 @@ func (s *suite) reassign(ctx context.Context, rig *liveRig, n int, b *bulkResult
 	syn0, _ := cpuTime(rig.syncer.pid())
 	start := time.Now()
 	// The syncer and HAProxy share the work: profile the syncer meanwhile.
-	var pwg sync.WaitGroup
-	if s.o.ProfileDir != "" {
-		pwg.Add(1)
-		go func() {
-			defer pwg.Done()
-			b.ReassignProfile = s.profileSyncer(ctx, rig, s.o.ImportProfile, "syncer-reassign.pprof")
-		}()
-	}
-	defer pwg.Wait()
+	defer s.profileMeanwhile(ctx, rig, "syncer-reassign.pprof", &b.ReassignProfile)()
 	var wg sync.WaitGroup
 	var ierr error
 	wg.Add(1)
@@ -664,6 +649,20 @@ func waitLiveProbe(ctx context.Context, rig *liveRig) (time.Duration, error) {
 // profileSyncer takes a CPU profile of the syncer for d and returns its top
 // frames (go tool pprof -top), or why not. The profile is kept in
 // ProfileDir/file.
+// profileMeanwhile profiles the syncer for ImportProfile in the
+// background, into *top (when profiles are kept), and returns a wait for it.
+func (s *suite) profileMeanwhile(ctx context.Context, rig *liveRig, file string, top *string) (wait func()) {
+	var wg sync.WaitGroup
+	if s.o.ProfileDir != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			*top = s.profileSyncer(ctx, rig, s.o.ImportProfile, file)
+		}()
+	}
+	return wg.Wait
+}
+
 func (s *suite) profileSyncer(ctx context.Context, rig *liveRig, d time.Duration, file string) string {
 	secs := max(1, int(d.Seconds()))
 	req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", rig.pprof, secs), nil)
