@@ -402,6 +402,32 @@ func heldSteps(t *testing.T, ctx context.Context, m *lagModel, tg *target, free 
 	return step, release
 }
 
+// catchUpHeld ends a stream and steps the target (see heldSteps) until it
+// has caught up with the state and no fold runs, letting every held swap
+// go; then it lets go any swap still held.
+func catchUpHeld(t *testing.T, s *Syncer, tg *target, step func(), release func(all bool)) {
+	s.state.streaming.Store(false)
+	for i := 0; tg.folding != nil || tg.seq != s.state.seq || tg.needFull; i++ {
+		if i > 200 {
+			t.Fatalf("not caught up after %d steps", i)
+		}
+		if tg.folding != nil { // a step waits for it only so long
+			for done := tg.folding.done; ; {
+				release(true)
+				select {
+				case <-done:
+				case <-time.After(time.Millisecond):
+					continue
+				}
+				break
+			}
+		}
+		tg.lastCheck = time.Now()
+		step()
+	}
+	release(true)
+}
+
 func runLagModel(t *testing.T, cfg lagConfig, seed uint64) {
 	r := rand.New(rand.NewPCG(seed, 3))
 	const old = 3000
@@ -483,26 +509,7 @@ func runLagModel(t *testing.T, cfg lagConfig, seed uint64) {
 			}
 		}
 	}
-	s.state.streaming.Store(false)
-	for i := 0; tg.folding != nil || tg.seq != s.state.seq || tg.needFull; i++ {
-		if i > 200 {
-			t.Fatalf("not caught up after %d steps", i)
-		}
-		if tg.folding != nil { // a step waits for it only so long
-			for done := tg.folding.done; ; {
-				release(true)
-				select {
-				case <-done:
-				case <-time.After(time.Millisecond):
-					continue
-				}
-				break
-			}
-		}
-		tg.lastCheck = time.Now()
-		step()
-	}
-	release(true)
+	catchUpHeld(t, s, tg, step, release)
 	if f := m.faults(); len(f) > 0 {
 		t.Fatal(f)
 	}

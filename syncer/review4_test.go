@@ -150,26 +150,7 @@ func runWalkModel(t *testing.T, seed uint64) {
 			}
 		}
 	}
-	s.state.streaming.Store(false)
-	for i := 0; tg.folding != nil || tg.seq != s.state.seq || tg.needFull; i++ {
-		if i > 200 {
-			t.Fatalf("not caught up after %d steps", i)
-		}
-		if tg.folding != nil {
-			for done := tg.folding.done; ; {
-				release(true)
-				select {
-				case <-done:
-				case <-time.After(time.Millisecond):
-					continue
-				}
-				break
-			}
-		}
-		tg.lastCheck = time.Now()
-		step()
-	}
-	release(true)
+	catchUpHeld(t, s, tg, step, release)
 	if f := m.faults(); len(f) > 0 {
 		t.Fatal(f)
 	}
