@@ -326,7 +326,8 @@ func (t *target) fold(ctx context.Context, why string, gen uint64) (uint64, stri
 // delete waits for the fold to end, as does one that would make more than
 // deltaLimit users written since the fold began (the entries from before
 // it leave the delta at its end, so the delta holds up to twice that
-// meanwhile).
+// meanwhile). Sets of users the delta holds past the fold's budget of
+// walks are deferred to the delta's swap (see apply).
 type foldJob struct {
 	done chan struct{}
 	// Set by the goroutine before done is closed.
@@ -339,6 +340,7 @@ type foldJob struct {
 	written    map[string]deltaWrite // users set in the delta during the fold: their last write
 	deltaSeq   uint64                // the batch the delta follows from: the state's at the start, then the last applied to it
 	walked     int                   // delta entries walked by the sets sent to the delta during the fold (before 2.9 a set walks the map)
+	deferred   int                   // sets of users the delta holds kept for the delta's swap at the end, past the walks' budget (see apply)
 	deltaLogID string
 }
 
@@ -434,7 +436,7 @@ func (t *target) finishFold(ctx context.Context) error {
 		st.Applied, st.Entries, st.seq = logID, n, seq
 		st.DeltaEntries = len(keep)
 	})
-	t.log.Info("folded into the map in the background", "why", job.why, "delta_entries", folded, "kept", len(keep), "log_id", logID)
+	t.log.Info("folded into the map in the background", "why", job.why, "delta_entries", folded, "kept", len(keep), "deferred", job.deferred, "log_id", logID)
 	return nil
 }
 
