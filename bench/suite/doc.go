@@ -359,7 +359,7 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 		sec := Section{Title: "Bulk", Table: t,
 			Text: []string{"On the running syncer and HAProxy. The import runs the `mapctl` binary on a map file of new users; \"routed\" means a request with the last user's cookie was answered by its shard (the syncer applies the log in order, so the last one routed means all are)."}}
 		if b.Profile != "" {
-			sec.After = append(sec.After, fmt.Sprintf("CPU profile of the syncer for the first %s after `mapctl import` returned, while it applied the import (`go tool pprof -top`):", o.ImportProfile)+"\n\n```\n"+topFrames(b.Profile)+"\n```")
+			sec.After = append(sec.After, fmt.Sprintf("CPU profile of the syncer for the first %s from `mapctl import`'s start (the import took %s ms; then the syncer caught up), while it applied the import (`go tool pprof -top`):", o.ImportProfile, ms(b.ImportTook))+"\n\n```\n"+topFrames(b.Profile)+"\n```")
 		}
 		if b.ReassignProfile != "" {
 			sec.After = append(sec.After, fmt.Sprintf("CPU profile of the syncer for the first %s of the reassignment (`go tool pprof -top`):", o.ImportProfile)+"\n\n```\n"+topFrames(b.ReassignProfile)+"\n```")
@@ -369,8 +369,13 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 		shared := "In this rig mapctl, Redis and the syncer share one core (`taskset -c 1`), and the syncer applies the import while it is written. "
 		g := maxTarget("import of "+at+" users (mapctl import)", 3000, msf(b.ImportTook), msUnit)
 		g.Bound = shared + "mapctl's share of the core is what the import gets: it parses the file and Redis runs the bulk writes (1,000 sets per script call and log entry)."
+		if c := b.ImportCPU; c.Mapctl > 0 {
+			g.Bound += fmt.Sprintf(" CPU time during the import's %s ms: mapctl %s ms, Redis %s ms, syncer %s ms (HAProxy, on its own core, %s ms).",
+				ms(b.ImportTook), ms(c.Mapctl), ms(c.Redis), ms(c.Syncer), ms(c.HAProxy))
+		}
 		if b.ImportAlone > 0 {
-			g.Bound += fmt.Sprintf(" The same import into a Redis no syncer reads, on the same core, took %s ms: the rest is the syncer's share of the core while it reads and applies the import (its profile is above).", ms(b.ImportAlone))
+			g.Bound += fmt.Sprintf(" The same import into a Redis no syncer reads, on the same core, took %s ms (mapctl %s ms of CPU, Redis %s ms): the rest is the syncer's share of the core while it reads and applies the import (its profile is above).",
+				ms(b.ImportAlone), ms(b.ImportAloneCPU.Mapctl), ms(b.ImportAloneCPU.Redis))
 		}
 		add(g)
 		if b.ImportLiveOK {
@@ -388,7 +393,7 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 			p.Bound = "The change is applied in the log's order, after the reassignment's changes before it: it is live when the syncer has applied those (alone, `shardmap-bench -only bulk`, 50-170 ms). " +
 				"Here the reassignment follows the churn scenario. "
 			if listMaps(res.haproxyVersion) {
-				p.Bound += "The delta holds tens of thousands of the churn's users, and sets of them walk the delta before 2.9, so the syncer folds at the reassignment's start; during the fold, changes whose sets would walk the delta further than one batch may outside a fold wait for its end (about 1.5-2 s, see the syncer's log with SHARDMAP_BENCH_SYNCER_LOG), and so may this one."
+				p.Bound += "The delta holds tens of thousands of the churn's users, and sets of them walk the delta before 2.9, so the syncer folds at the reassignment's start (a swap of the whole base, about 1.5-2 s); during the fold, sets of users the delta holds past the fold's budget of walks are deferred to its end, and the changes after them, this one among them, go on to the delta (the syncer's log with SHARDMAP_BENCH_SYNCER_LOG shows each fold and the sets it deferred)."
 			} else {
 				p.Bound += "From 2.9 on the changes before it are sets of existing users through the tree, 50,000 per step (the syncer's log with SHARDMAP_BENCH_SYNCER_LOG shows each step)."
 			}

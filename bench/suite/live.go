@@ -296,7 +296,9 @@ type bulkResult struct {
 	ImportLiveOK                          bool          // ImportLive was measured (the last user went live)
 	ImportMaxRSS                          int64
 	ImportAlone                           time.Duration // the same mapctl import into a Redis no syncer reads (0: not measured)
-	Profile                               string        // top frames of the syncer while it applied the import
+	ImportCPU                             importCPU     // CPU time of each process during the import
+	ImportAloneCPU                        importCPU     // the same, for the import into a Redis no syncer reads
+	Profile                               string        // top frames of the syncer from mapctl's start, while it applied the import
 	FileWrite                             time.Duration // the import file (maps.WriteMapFile)
 	ReassignN                             int
 	ReassignStore                         time.Duration // Store.Import of the reassignments
@@ -325,18 +327,22 @@ func (s *suite) mapctlImport(ctx context.Context, rig *liveRig, lo, hi int, b *b
 	mf = maps.MapFile{}
 	cmd := exec.CommandContext(ctx, s.o.Mapctl, "--redis", "redis://"+rig.redis.addr+"/0", "--timeout", "5m", "import", path)
 	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
+	// The syncer shares the core with mapctl and Redis while it applies
+	// the import: profile it from the start, and count each one's CPU.
+	profiled := s.profileMeanwhile(ctx, rig, "syncer-import.pprof", &b.Profile)
+	cpu0 := rig.cpu()
 	t0 = time.Now()
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("%s import: %w", s.o.Mapctl, err)
 	}
 	b.ImportTook = time.Since(t0)
+	b.ImportCPU = rig.cpu().since(cpu0)
+	b.ImportCPU.Mapctl = processCPU(cmd.ProcessState)
 	b.ImportN = hi - lo
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		b.ImportMaxRSS = ru.Maxrss * 1024
 	}
 	done := time.Now()
-	// The syncer is the bound while it catches up: profile it meanwhile.
-	profiled := s.profileMeanwhile(ctx, rig, "syncer-import.pprof", &b.Profile)
 	at, err := waitLive(ctx, rig.fe, userName(hi-1), shardNames[(hi-1)%2], liveLimit)
 	profiled()
 	if err != nil {
@@ -346,34 +352,65 @@ func (s *suite) mapctlImport(ctx context.Context, rig *liveRig, lo, hi int, b *b
 	rig.n = hi
 	// The same import with no syncer reading the log: what mapctl and
 	// Redis take on their own, on the same core.
-	alone, err := s.importAlone(ctx, path)
+	alone, cpu, err := s.importAlone(ctx, path)
 	if err != nil {
 		return fmt.Errorf("import with no syncer: %w", err)
 	}
-	b.ImportAlone = alone
+	b.ImportAlone, b.ImportAloneCPU = alone, cpu
 	return nil
+}
+
+// importCPU is the CPU time (user and system) each process of the rig
+// spent during an import.
+type importCPU struct {
+	Mapctl, Redis, Syncer, HAProxy time.Duration
+}
+
+// since is c minus an earlier reading.
+func (c importCPU) since(c0 importCPU) importCPU {
+	return importCPU{Mapctl: c.Mapctl - c0.Mapctl, Redis: c.Redis - c0.Redis, Syncer: c.Syncer - c0.Syncer, HAProxy: c.HAProxy - c0.HAProxy}
+}
+
+// cpu reads the CPU time of the rig's Redis, syncer and HAProxy (an
+// unreadable one counts 0).
+func (rig *liveRig) cpu() importCPU {
+	var c importCPU
+	c.Redis, _ = cpuTime(rig.redis.pid())
+	c.Syncer, _ = cpuTime(rig.syncer.pid())
+	c.HAProxy, _ = cpuTime(rig.fe.h.pid())
+	return c
+}
+
+// processCPU is an exited process's user and system CPU time.
+func processCPU(ps *os.ProcessState) time.Duration {
+	return ps.UserTime() + ps.SystemTime()
 }
 
 // importAlone runs mapctl import of path into a fresh Redis on the load
 // core that no syncer reads (--force: no HAProxy published its backends
-// there), and returns its wall time.
-func (s *suite) importAlone(ctx context.Context, path string) (time.Duration, error) {
+// there), and returns its wall time and the CPU time of mapctl and Redis.
+func (s *suite) importAlone(ctx context.Context, path string) (time.Duration, importCPU, error) {
+	var cpu importCPU
 	dir := filepath.Join(s.dir, "import-alone")
 	if err := mkdir(dir); err != nil {
-		return 0, err
+		return 0, cpu, err
 	}
 	r, err := startRedis(ctx, dir, s.o.LoadCPU)
 	if err != nil {
-		return 0, err
+		return 0, cpu, err
 	}
 	defer r.close()
 	cmd := exec.CommandContext(ctx, s.o.Mapctl, "--redis", "redis://"+r.addr+"/0", "--timeout", "5m", "import", "--force", path)
 	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
+	redis0, _ := cpuTime(r.pid())
 	t0 := time.Now()
 	if err := cmd.Run(); err != nil {
-		return 0, fmt.Errorf("%s import: %w", s.o.Mapctl, err)
+		return 0, cpu, fmt.Errorf("%s import: %w", s.o.Mapctl, err)
 	}
-	return time.Since(t0), nil
+	took := time.Since(t0)
+	redis1, _ := cpuTime(r.pid())
+	cpu.Redis, cpu.Mapctl = redis1-redis0, processCPU(cmd.ProcessState)
+	return took, cpu, nil
 }
 
 // reassign moves users 0..n-1 to the spare shard and, 100 ms in, changes a
