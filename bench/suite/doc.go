@@ -178,6 +178,12 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 				sec.After = append(sec.After, fmt.Sprintf("**%s: %d wrong backends, %d errors; first: %s**", d.Name, d.Wrong, d.Errors, d.FirstErr))
 			}
 		}
+		for _, d := range r.Runs {
+			if d.HAProxyProfile != "" {
+				sec.After = append(sec.After, fmt.Sprintf("HAProxy's CPU profile, %s, in one more run of %s after the rounds (`perf record -F 499 -p PID`, then `perf report --no-children`, by shared object and by symbol):", d.Name, profileRun)+
+					"\n\n```\n"+d.HAProxyProfile+"\n```")
+			}
+		}
 		rep.Sections = append(rep.Sections, sec)
 		charts = append(charts, chartFile{chart("request-path"), func(p string) error {
 			return barChart(p, "Request path: HAProxy req/s by routing design (median of rounds)", "requests per second", labels, vals)
@@ -191,6 +197,9 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 			g.Got += " (by CPU per request: " + ratio(capacity(d), sCap) + ")"
 			if d.CPU != nil && Median(d.CPU) < 0.9 {
 				bound = fmt.Sprintf("HAProxy used %s of its core: the load generator was the bound in this run; by HAProxy CPU per request the design is at %s of static. ", trimFloat(Median(d.CPU), 2), ratio(capacity(d), sCap)) + bound
+			}
+			if d.HAProxyProfile != "" {
+				bound += " HAProxy's CPU profiles of this design and of static (perf) are under the Request path table."
 			}
 			g.Bound = bound
 			add(g)
@@ -275,7 +284,7 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 		t := &Table{Header: []string{"changes/s wanted", "made", "propagation p50 ms", "p99 ms", "max ms", "samples", "timeouts or failed requests", "req/s meanwhile", "ratio to idle", "HAProxy CPU", "syncer CPU", "HAProxy CPU per change, no requests (µs)", "syncer CPU per change, no requests (µs)", "HAProxy's core left for requests (1 - rate x CPU per change)", "holds (p99 < 100 ms, req/s >= 0.9)"}}
 		best := 0
 		var bestStep *churnStep
-		var prof string
+		var prof, hprof string
 		for i, c := range res.churn {
 			ok := c.holds(res.churnIdle)
 			yes := "no"
@@ -289,6 +298,9 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 			if c.Profile != "" {
 				prof = fmt.Sprintf("CPU profile of the syncer during the %s changes/s step (`go tool pprof -top`):", count(int64(c.Want))) + "\n\n```\n" + topFrames(c.Profile) + "\n```"
 			}
+			if c.HAProxyProfile != "" {
+				hprof = fmt.Sprintf("HAProxy's CPU profile during the first %s of the %s changes/s step, the last tried, with no requests (the per-change columns' phase: `perf record -F 499 -p PID`, then `perf report --no-children`, by shared object and by symbol):", churnQuiet-500*time.Millisecond, count(int64(c.Want))) + "\n\n```\n" + c.HAProxyProfile + "\n```"
+			}
 		}
 		sec := Section{Title: "Churn", Table: t,
 			Text: []string{fmt.Sprintf("At %s users: each rate for %s, with the load generator on (%d connections, keys from all users) and changes probed one at a time as above. Idle (no churn): %s req/s. "+
@@ -297,6 +309,9 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 				count(int64(res.liveUsers)), o.ChurnDur, o.Conc, trimFloat(res.churnIdle, 0), rateList(o.ChurnRates), churnQuiet)}}
 		if prof != "" {
 			sec.After = append(sec.After, prof)
+		}
+		if hprof != "" {
+			sec.After = append(sec.After, hprof)
 		}
 		rep.Sections = append(rep.Sections, sec)
 		got := "none held"
@@ -332,6 +347,9 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 				g.Bound += fmt.Sprintf("At %s changes/s with no requests, a change cost HAProxy %s µs of CPU (and the syncer %s µs): 50,000 changes/s would take %s of HAProxy's one core, "+
 					"and a tenth of it (what req/s >= 0.9 of idle leaves once HAProxy is the bound) pays for about %s changes/s; the table's column of HAProxy's core left for requests is this estimate at each rate (the targets are judged on req/s). ",
 					count(int64(top.Want)), trimFloat(us, 1), perChange(top.SyncerPerChange), trimFloat(50_000*us/1e6, 2), count(int64(0.1e6/us)))
+			}
+			if hprof != "" {
+				g.Bound += "HAProxy's profile while it applied the highest rate's changes is under the churn table. "
 			}
 			if listMaps(res.haproxyVersion) {
 				g.Bound += "HAProxy's one thread serves the requests and applies every change: before 2.9 a change goes to the delta map as a payload add (a tree insert), or as a set when the delta holds the user already, which walks the delta's list (tens of thousands of entries, a cache miss each); every --delta-max changes the delta is folded, a versioned swap of the whole 1M base (about a second of HAProxy's CPU, see the full load below). " +

@@ -517,6 +517,9 @@ type churnStep struct {
 	Timeouts int
 	RPS      float64
 	Profile  string // top frames of the syncer's CPU profile, when taken
+	// HAProxy's top symbols during the step (perf), kept for the last
+	// step only ("" without perf).
+	HAProxyProfile string
 	// CPU shares (1 = one core) of HAProxy and the syncer during the step.
 	HAProxyCPU, SyncerCPU float64
 	// HAProxy's and the syncer's CPU per change made at this rate with no
@@ -566,7 +569,17 @@ func (s *suite) churnRates(ctx context.Context, rig *liveRig, rates []int, d tim
 		synQ0, _ := cpuTime(rig.syncer.pid())
 		quietStop := make(chan struct{})
 		time.AfterFunc(churnQuiet, func() { close(quietStop) })
+		// HAProxy's profile meanwhile: where applying the changes goes.
+		var hprof string
+		hdone := make(chan struct{})
+		go func() {
+			defer close(hdone)
+			if s.o.ProfileDir != "" {
+				hprof = perfTop(ctx, rig.fe.h.pid(), churnQuiet-500*time.Millisecond, filepath.Join(s.o.ProfileDir, "haproxy-churn.perf"))
+			}
+		}()
 		quietMade, err := churn(ctx, rig.store, rig.n, rate, quietStop)
+		<-hdone
 		if err != nil {
 			return 0, nil, err
 		}
@@ -629,7 +642,10 @@ func (s *suite) churnRates(ctx context.Context, rig *liveRig, rates []int, d tim
 		el := time.Since(start)
 		hap1, _ := cpuTime(rig.fe.h.pid())
 		syn1, _ := cpuTime(rig.syncer.pid())
-		st := churnStep{Want: rate, Got: float64(made) / el.Seconds(), Lat: Summarize(lat), Timeouts: timeouts, RPS: load.RPS(), Profile: prof,
+		for i := range steps {
+			steps[i].HAProxyProfile = ""
+		}
+		st := churnStep{Want: rate, Got: float64(made) / el.Seconds(), Lat: Summarize(lat), Timeouts: timeouts, RPS: load.RPS(), Profile: prof, HAProxyProfile: hprof,
 			HAProxyCPU: float64(hap1-hap0) / float64(el), SyncerCPU: float64(syn1-syn0) / float64(el)}
 		if quietMade > 0 {
 			st.HAProxyPerChange = (hapQ1 - hapQ0) / time.Duration(quietMade)

@@ -3,11 +3,13 @@ package suite
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -250,4 +252,60 @@ func cpuTime(pid int) (time.Duration, error) {
 	}
 	const hz = 100 // USER_HZ on Linux
 	return time.Duration(u+st) * time.Second / hz, nil
+}
+
+// perfTop samples process pid's CPU with Linux perf for d and returns
+// where it went: the share of each shared object (the kernel, haproxy,
+// libc, pcre2...), then the symbols above 1%, or "" when perf is not
+// installed (the profile is optional: make bench runs without it). The
+// samples are kept in path.
+func perfTop(ctx context.Context, pid int, d time.Duration, path string) string {
+	if _, err := exec.LookPath("perf"); err != nil {
+		return ""
+	}
+	secs := strconv.FormatFloat(max(d, 500*time.Millisecond).Seconds(), 'f', 1, 64)
+	rec := exec.CommandContext(ctx, "perf", "record", "-q", "-F", "499", "-p", strconv.Itoa(pid), "-o", path, "--", "sleep", secs)
+	if out, err := rec.CombinedOutput(); err != nil {
+		return fmt.Sprintf("no profile: perf record: %v: %s", err, bytes.TrimSpace(out))
+	}
+	report := func(limit int, args ...string) (string, error) {
+		args = append([]string{"report", "-i", path, "--stdio", "--no-children"}, args...)
+		out, err := exec.CommandContext(ctx, "perf", args...).Output()
+		if err != nil {
+			return "", fmt.Errorf("perf report: %w", err)
+		}
+		// perf lists the rows in its sort keys' order: by share here.
+		var head string
+		type row struct {
+			pct  float64
+			line string
+		}
+		var rows []row
+		for _, l := range strings.Split(string(out), "\n") {
+			t := strings.TrimSpace(l)
+			if strings.HasPrefix(t, "# Samples") {
+				head = t
+			}
+			pct, ok := strings.CutSuffix(strings.Fields(t + " x")[0], "%")
+			if f, err := strconv.ParseFloat(pct, 64); ok && err == nil {
+				rows = append(rows, row{f, strings.TrimRight(l, " ")})
+			}
+		}
+		slices.SortStableFunc(rows, func(a, b row) int { return cmp.Compare(b.pct, a.pct) })
+		lines := []string{head}
+		for _, r := range rows[:min(limit, len(rows))] {
+			lines = append(lines, r.line)
+		}
+		return strings.Join(lines, "\n"), nil
+	}
+	objs, err := report(6, "--sort", "dso", "-F", "overhead,dso")
+	if err != nil {
+		return "no profile: " + err.Error()
+	}
+	syms, err := report(15, "--sort", "dso,sym", "-F", "overhead,dso,sym", "--percent-limit", "1")
+	if err != nil {
+		return "no profile: " + err.Error()
+	}
+	_, syms, _ = strings.Cut(syms, "\n") // the samples line once
+	return objs + "\n\n" + syms
 }

@@ -3,6 +3,7 @@ package suite
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"time"
 
@@ -12,10 +13,11 @@ import (
 
 // design is one way of routing a request, measured by the request scenario.
 type design struct {
-	name  string
-	short string // for the chart
-	fe    *frontend
-	keys  KeySet
+	name    string
+	short   string // for the chart
+	fe      *frontend
+	keys    KeySet
+	profile bool // HAProxy's profile is taken (perf), after the rounds
 }
 
 // designRun is one design's medians over the rounds.
@@ -28,6 +30,9 @@ type designRun struct {
 	Requests      int64
 	Wrong, Errors int64
 	FirstErr      string
+	// HAProxy's top symbols (perf) in one more run after the rounds
+	// ("" when not taken).
+	HAProxyProfile string
 }
 
 // requestResult is the request path scenario's outcome.
@@ -117,29 +122,29 @@ func (s *suite) requestPath(ctx context.Context) (*requestResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	designs = append(designs, design{"static use_backend", "static", fe, fixedKeys{big, "shard1"}})
+	designs = append(designs, design{"static use_backend", "static", fe, fixedKeys{big, "shard1"}, true})
 	fe, _, err = mk("users-small", haproxy.RoutingUsers, s.o.UsersSmall, nil)
 	if err != nil {
 		return nil, err
 	}
-	designs = append(designs, design{fmt.Sprintf("named users, map of %s", count(int64(s.o.UsersSmall))), "users " + short(s.o.UsersSmall), fe, usersKeys{n: s.o.UsersSmall, shards: shardNames}})
+	designs = append(designs, design{fmt.Sprintf("named users, map of %s", count(int64(s.o.UsersSmall))), "users " + short(s.o.UsersSmall), fe, usersKeys{n: s.o.UsersSmall, shards: shardNames}, false})
 	fe, _, err = mk("users-large", haproxy.RoutingUsers, s.o.Users, nil)
 	if err != nil {
 		return nil, err
 	}
-	designs = append(designs, design{fmt.Sprintf("named users, map of %s", count(int64(s.o.Users))), "users " + short(s.o.Users), fe, big})
+	designs = append(designs, design{fmt.Sprintf("named users, map of %s", count(int64(s.o.Users))), "users " + short(s.o.Users), fe, big, true})
 	fe, _, err = mk("users-large-delta", routingUsersDelta, s.o.Users, nil)
 	if err != nil {
 		return nil, err
 	}
-	designs = append(designs, design{fmt.Sprintf("named users, map of %s + delta map of 1,000 (delta_map)", count(int64(s.o.Users))), "users " + short(s.o.Users) + " +delta", fe, deltaKeys{big}})
+	designs = append(designs, design{fmt.Sprintf("named users, map of %s + delta map of 1,000 (delta_map)", count(int64(s.o.Users))), "users " + short(s.o.Users) + " +delta", fe, deltaKeys{big}, true})
 	fe, t, err := mk("ids", haproxy.RoutingIDs, 0, nil)
 	if err != nil {
 		return nil, err
 	}
 	designs = append(designs,
-		design{fmt.Sprintf("shard IDs, %s IDs", count(int64(s.o.IDsSmall))), "IDs " + short(s.o.IDsSmall), fe, newIDKeys(s.o.IDsSmall, t)},
-		design{fmt.Sprintf("shard IDs, %s IDs", count(int64(s.o.IDsLarge))), "IDs " + short(s.o.IDsLarge), fe, newIDKeys(s.o.IDsLarge, t)})
+		design{fmt.Sprintf("shard IDs, %s IDs", count(int64(s.o.IDsSmall))), "IDs " + short(s.o.IDsSmall), fe, newIDKeys(s.o.IDsSmall, t), false},
+		design{fmt.Sprintf("shard IDs, %s IDs", count(int64(s.o.IDsLarge))), "IDs " + short(s.o.IDsLarge), fe, newIDKeys(s.o.IDsLarge, t), true})
 	lk, err := startLookup(s.o.Users)
 	if err != nil {
 		return nil, err
@@ -155,7 +160,7 @@ func (s *suite) requestPath(ctx context.Context) (*requestResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	designs = append(designs, design{fmt.Sprintf("old design: Lua, a TCP lookup per request (%s users)", count(int64(s.o.Users))), "Lua lookup (old)", fe, big})
+	designs = append(designs, design{fmt.Sprintf("old design: Lua, a TCP lookup per request (%s users)", count(int64(s.o.Users))), "Lua lookup (old)", fe, big, false})
 
 	for _, d := range designs {
 		res.Runs = append(res.Runs, &designRun{Name: d.name, Short: d.short})
@@ -197,8 +202,31 @@ func (s *suite) requestPath(ctx context.Context) (*requestResult, error) {
 			res.HAProxy[d.fe.name] = m
 		}
 	}
+	// Where HAProxy's CPU goes in the designs the targets compare: one
+	// more run each, not in the medians (perf's sampling costs a little).
+	if _, err := exec.LookPath("perf"); err == nil && s.o.ProfileDir != "" {
+		for i, d := range designs {
+			if !d.profile {
+				continue
+			}
+			var lerr error
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				_, lerr = Load(ctx, d.fe.addr, s.o.Conc, profileRun, d.keys, true)
+			}()
+			res.Runs[i].HAProxyProfile = perfTop(ctx, d.fe.h.pid(), profileRun-time.Second, filepath.Join(s.o.ProfileDir, "haproxy-"+d.fe.name+".perf"))
+			<-done
+			if lerr != nil {
+				return nil, fmt.Errorf("%s: profile run: %w", d.name, lerr)
+			}
+		}
+	}
 	return res, nil
 }
+
+// profileRun is how long the load runs while HAProxy is profiled.
+const profileRun = 3 * time.Second
 
 func medianDur(ds []time.Duration) time.Duration {
 	xs := make([]float64, len(ds))
