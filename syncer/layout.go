@@ -434,18 +434,7 @@ func (t *target) finishFold(ctx context.Context) error {
 	for _, b := range job.bs {
 		t.s.cfg.Metrics.appliedAt(t.addr, b.times, now)
 	}
-	if job.seq > job.inHand {
-		// The batches live by the swap alone: published after those in
-		// hand, up to its position, and not sent to the delta (none when
-		// out of the ring's reach).
-		if bs, ok, _ := t.s.state.since(job.inHand); ok {
-			for _, b := range bs {
-				if b.seq <= job.seq && (b.seq <= job.deltaFrom || b.seq > job.deltaSeq) {
-					t.s.cfg.Metrics.appliedAt(t.addr, b.times, now)
-				}
-			}
-		}
-	}
+	t.observeSwapped(job.inHand, job.seq, job.deltaFrom, job.deltaSeq, now)
 	var n int
 	t.s.state.read(func(v view) { n = v.len() })
 	t.seq, t.applied = seq, logID
@@ -456,6 +445,25 @@ func (t *target) finishFold(ctx context.Context) error {
 	})
 	t.log.Info("folded into the map in the background", "why", job.why, "delta_entries", folded, "kept", len(keep), "deferred", job.deferred, "log_id", logID)
 	return nil
+}
+
+// observeSwapped observes the apply latency of the batches a swap alone
+// brought live: those after from (the last batch in hand) up to to (the
+// swap's position), but not those after skipFrom up to skipTo (sent to the
+// delta during a background fold). None when out of the ring's reach.
+func (t *target) observeSwapped(from, to, skipFrom, skipTo uint64, now time.Time) {
+	if to <= from || t.s.cfg.Metrics == nil {
+		return
+	}
+	bs, ok, _ := t.s.state.since(from)
+	if !ok {
+		return
+	}
+	for _, b := range bs {
+		if b.seq <= to && (b.seq <= skipFrom || b.seq > skipTo) {
+			t.s.cfg.Metrics.appliedAt(t.addr, b.times, now)
+		}
+	}
 }
 
 // catchUp brings a target that fell behind the ring (the state is of the

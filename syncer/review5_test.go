@@ -409,3 +409,48 @@ func TestReview5FoldObservesBatchesItsSwapBringsLive(t *testing.T) {
 		t.Fatalf("%d apply latency observations, want 33 (30 in the prefix, 3 after it)", got)
 	}
 }
+
+// The same in the single layout, whose fold is not in the background: a
+// fold decided on a prefix swaps the state as it is, the batches after the
+// prefix included, and observes their apply latency too, once.
+func TestReview5SingleFoldObservesBatchesItsSwapBringsLive(t *testing.T) {
+	s, st, m := newLagLoop(t, users(200, "s0"), lagConfig{noDelta: true, version: "2.6.12"}, 16)
+	reg := prometheus.NewRegistry()
+	metrics, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.cfg.Metrics = metrics // no goroutine runs yet
+	tg := s.targets[0]
+	ctx := context.Background()
+	for i := range 100 { // past ReplaceAbove (64) sets: a fold
+		st.set(fmt.Sprintf("u%d", i), "s1")
+	}
+	publish := func() {
+		t.Helper()
+		_, applied, _ := s.state.position()
+		st.mu.Lock()
+		changes := append([]maps.Change(nil), st.log[logIndex(t, applied):]...)
+		st.mu.Unlock()
+		if err := s.publish(changes); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish()
+	first, ok, _ := s.state.since(tg.seq)
+	if !ok || len(first) != 1 {
+		t.Fatalf("%d batches, want 1", len(first))
+	}
+	st.set("u150", "s2")
+	st.set("u151", "s2")
+	publish()
+	if err := tg.apply(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := tg.seq, s.state.seq; got != want || !equalMaps(m.routes(), stateMap(s)) {
+		t.Fatalf("after the fold: position %d, want %d (or routes differ)", got, want)
+	}
+	if got := latencyObservations(t, reg); got != 102 {
+		t.Fatalf("%d apply latency observations, want 102 (100 in the prefix, 2 after it)", got)
+	}
+}
