@@ -337,6 +337,8 @@ type foldJob struct {
 	// Owned by the target's goroutine.
 	why        string
 	bs         []*batch              // the batches the fold brings live (for the apply latency)
+	inHand     uint64                // the last batch of bs (the target's position when none): the swap brings those after it live too
+	deltaFrom  uint64                // deltaSeq at the start: those after it up to deltaSeq went to the delta (observed then, or in bs)
 	written    map[string]deltaWrite // users set in the delta during the fold: their last write
 	deltaSeq   uint64                // the batch the delta follows from: the state's at the start, then the last applied to it
 	walked     int                   // delta entries walked by the sets sent to the delta during the fold (before 2.9 a set walks the map)
@@ -361,6 +363,10 @@ func (t *target) startFold(ctx context.Context, why string, bs []*batch) {
 	// is empty). The batches between are in the swap; sent to the delta
 	// they would be written twice.
 	job.deltaSeq, job.deltaLogID, _ = t.s.state.position()
+	job.deltaFrom, job.inHand = job.deltaSeq, t.seq
+	if len(bs) > 0 {
+		job.inHand = bs[len(bs)-1].seq
+	}
 	gen := t.gen
 	t.folding = job
 	t.log.Info("fold started in the background", "why", why, "delta_entries", len(t.deltaKeys))
@@ -428,6 +434,7 @@ func (t *target) finishFold(ctx context.Context) error {
 	for _, b := range job.bs {
 		t.s.cfg.Metrics.appliedAt(t.addr, b.times, now)
 	}
+	t.observeSwapped(job.inHand, job.seq, job.deltaFrom, job.deltaSeq, now)
 	var n int
 	t.s.state.read(func(v view) { n = v.len() })
 	t.seq, t.applied = seq, logID
@@ -438,6 +445,25 @@ func (t *target) finishFold(ctx context.Context) error {
 	})
 	t.log.Info("folded into the map in the background", "why", job.why, "delta_entries", folded, "kept", len(keep), "deferred", job.deferred, "log_id", logID)
 	return nil
+}
+
+// observeSwapped observes the apply latency of the batches a swap alone
+// brought live: those after from (the last batch in hand) up to to (the
+// swap's position), but not those after skipFrom up to skipTo (sent to the
+// delta during a background fold). None when out of the ring's reach.
+func (t *target) observeSwapped(from, to, skipFrom, skipTo uint64, now time.Time) {
+	if to <= from || t.s.cfg.Metrics == nil {
+		return
+	}
+	bs, ok, _ := t.s.state.since(from)
+	if !ok {
+		return
+	}
+	for _, b := range bs {
+		if b.seq <= to && (b.seq <= skipFrom || b.seq > skipTo) {
+			t.s.cfg.Metrics.appliedAt(t.addr, b.times, now)
+		}
+	}
 }
 
 // catchUp brings a target that fell behind the ring (the state is of the

@@ -650,6 +650,7 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 	for _, b := range bs {
 		s.cfg.Metrics.appliedAt(t.addr, b.times, now)
 	}
+	t.observeSwapped(last.seq, seq, 0, 0, now) // a fold swaps the state as it is, past bs
 	var n int
 	s.state.read(func(v view) { n = v.len() })
 	t.seq, t.applied = seq, logID
