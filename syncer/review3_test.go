@@ -356,6 +356,12 @@ func TestReview3LagAboveApplyMaxModel(t *testing.T) {
 // (all, or each at random). Swaps held stay held across steps, changes going
 // on meanwhile, unless a step waits for one: then they are let go at random.
 func heldSteps(t *testing.T, ctx context.Context, m *lagModel, tg *target, free int) (step func(), release func(all bool)) {
+	return heldStepsTolerating(t, ctx, m, tg, free, nil)
+}
+
+// heldStepsTolerating is heldSteps whose step does not fail on an error
+// tolerate accepts (nil: none).
+func heldStepsTolerating(t *testing.T, ctx context.Context, m *lagModel, tg *target, free int, tolerate func(error) bool) (step func(), release func(all bool)) {
 	var held []chan struct{}
 	var heldMu sync.Mutex
 	m.gate = func() {
@@ -388,7 +394,7 @@ func heldSteps(t *testing.T, ctx context.Context, m *lagModel, tg *target, free 
 		for tick := 0; ; tick++ {
 			select {
 			case err := <-done:
-				if err != nil {
+				if err != nil && (tolerate == nil || !tolerate(err)) {
 					t.Fatalf("step: %v", err)
 				}
 				return

@@ -62,15 +62,27 @@ func (c *walkRT) ReplaceFrom(ctx context.Context, name string, es runtime.Entrie
 // newWalkLoop is newLagLoop (delta layout on 2.6, two clients) with small
 // DeltaMax, ReplaceAbove and BatchMax, on walkRTs.
 func newWalkLoop(t *testing.T, hash map[string]string, deltaMax, replaceAbove, batchMax int) (*Syncer, *fakeStore, *lagModel, *walks) {
+	return newWalkLoopWith(t, hash, deltaMax, replaceAbove, batchMax, nil, nil)
+}
+
+// newWalkLoopWith is newWalkLoop with each client wrapped by wrap (nil:
+// as is) and metrics (nil: none).
+func newWalkLoopWith(t *testing.T, hash map[string]string, deltaMax, replaceAbove, batchMax int, wrap func(*walkRT) Runtime, metrics *Metrics) (*Syncer, *fakeStore, *lagModel, *walks) {
 	t.Helper()
 	st := newFakeStore(hash)
 	m := &lagModel{version: "2.6.12", maps: map[string]map[string][]string{},
 		pending: map[string]bool{}, hist: map[string][]string{}, cur: map[string]int{}}
 	w := &walks{}
-	dial := func(string) (Runtime, error) { return &walkRT{&lagRT{m}, w}, nil }
+	dial := func(string) (Runtime, error) {
+		c := &walkRT{&lagRT{m}, w}
+		if wrap == nil {
+			return c, nil
+		}
+		return wrap(c), nil
+	}
 	s, err := New(Config{Name: "t", MapName: t.TempDir() + "/users.map", Targets: []string{"/run/test.sock"}, MaxDeleteShare: 1,
 		ClaimTTL: time.Hour, Heartbeat: 5 * time.Millisecond, DeltaMax: deltaMax, ReplaceAbove: replaceAbove, BatchMax: batchMax,
-		CheckEvery: time.Hour, ReconcileEvery: time.Hour,
+		CheckEvery: time.Hour, ReconcileEvery: time.Hour, Metrics: metrics,
 		Logger: slog.New(slog.NewTextHandler(modelLog, &slog.HandlerOptions{Level: slog.LevelDebug}))}, st, dial)
 	if err != nil {
 		t.Fatal(err)

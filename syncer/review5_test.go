@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -54,39 +53,13 @@ func (c *failRT) ReplaceFrom(ctx context.Context, name string, es runtime.Entrie
 // says so and a metrics registry (for the apply latency's observations).
 func newReview5Loop(t *testing.T, hash map[string]string, deltaMax, replaceAbove, batchMax int, fail func() bool) (*Syncer, *fakeStore, *lagModel, *walks, *prometheus.Registry) {
 	t.Helper()
-	st := newFakeStore(hash)
-	m := &lagModel{version: "2.6.12", maps: map[string]map[string][]string{},
-		pending: map[string]bool{}, hist: map[string][]string{}, cur: map[string]int{}}
-	w := &walks{}
 	reg := prometheus.NewRegistry()
 	metrics, err := NewMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dial := func(string) (Runtime, error) { return &failRT{&walkRT{&lagRT{m}, w}, fail}, nil }
-	s, err := New(Config{Name: "t", MapName: t.TempDir() + "/users.map", Targets: []string{"/run/test.sock"}, MaxDeleteShare: 1,
-		ClaimTTL: time.Hour, Heartbeat: 5 * time.Millisecond, DeltaMax: deltaMax, ReplaceAbove: replaceAbove, BatchMax: batchMax,
-		CheckEvery: time.Hour, ReconcileEvery: time.Hour, Metrics: metrics,
-		Logger: slog.New(slog.NewTextHandler(modelLog, &slog.HandlerOptions{Level: slog.LevelDebug}))}, st, dial)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.base = s.cfg.MapName
-	m.maps[m.base] = map[string][]string{}
-	m.maps[m.delta()] = map[string][]string{}
-	for u, v := range hash {
-		m.maps[m.base][u] = []string{v}
-		m.hist[u] = []string{v}
-	}
-	if s.targets[0].rtDelta == nil {
-		t.Fatal("no second client")
-	}
-	if !s.targets[0].holdLease(context.Background()) {
-		t.Fatal("no lease")
-	}
-	if err := s.fullSync(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	wrap := func(c *walkRT) Runtime { return &failRT{c, fail} }
+	s, st, m, w := newWalkLoopWith(t, hash, deltaMax, replaceAbove, batchMax, wrap, metrics)
 	return s, st, m, w, reg
 }
 
@@ -226,37 +199,15 @@ func runReview5Model(t *testing.T, seed uint64, failing bool) (deferred int) {
 	s, st, m, w, reg := newReview5Loop(t, hash, deltaMax, replaceAbove, batchMax, fail)
 	tg := s.targets[0]
 	ctx := context.Background()
-	_, release := heldSteps(t, ctx, m, tg, 3)
 	failures := 0
-	// step is heldSteps' step, tolerating a failed swap (a full sync
-	// follows: needFull).
-	step := func() {
-		done := make(chan error, 1)
-		go func() {
-			if tg.needFull {
-				done <- tg.fullSync(ctx)
-				return
-			}
-			done <- tg.step(ctx)
-		}()
-		for tick := 0; ; tick++ {
-			select {
-			case err := <-done:
-				if errors.Is(err, errReview5Swap) && tg.needFull {
-					failures++
-					return
-				}
-				if err != nil {
-					t.Fatalf("step: %v", err)
-				}
-				return
-			case <-time.After(time.Millisecond):
-				if tick > 20 {
-					release(false)
-				}
-			}
+	// A failed swap puts the maps in doubt: a full sync follows.
+	step, release := heldStepsTolerating(t, ctx, m, tg, 3, func(err error) bool {
+		if errors.Is(err, errReview5Swap) && tg.needFull {
+			failures++
+			return true
 		}
-	}
+		return false
+	})
 	hot := func() string { return fmt.Sprintf("u%d", r.IntN(hotN)) }
 	check := func(round int) {
 		if f := m.faults(); len(f) > 0 {
@@ -376,16 +327,7 @@ func TestReview5FoldObservesBatchesItsSwapBringsLive(t *testing.T) {
 	for i := range 30 { // past the delta's limit: a fold
 		st.set(fmt.Sprintf("u%d", i), "s1")
 	}
-	publish := func() {
-		t.Helper()
-		_, applied, _ := s.state.position()
-		st.mu.Lock()
-		changes := append([]maps.Change(nil), st.log[logIndex(t, applied):]...)
-		st.mu.Unlock()
-		if err := s.publish(changes); err != nil {
-			t.Fatal(err)
-		}
-	}
+	publish := func() { t.Helper(); publishAll(t, s, st) }
 	publish()
 	first, ok, _ := s.state.since(tg.seq)
 	if !ok || len(first) != 1 {
@@ -426,16 +368,7 @@ func TestReview5SingleFoldObservesBatchesItsSwapBringsLive(t *testing.T) {
 	for i := range 100 { // past ReplaceAbove (64) sets: a fold
 		st.set(fmt.Sprintf("u%d", i), "s1")
 	}
-	publish := func() {
-		t.Helper()
-		_, applied, _ := s.state.position()
-		st.mu.Lock()
-		changes := append([]maps.Change(nil), st.log[logIndex(t, applied):]...)
-		st.mu.Unlock()
-		if err := s.publish(changes); err != nil {
-			t.Fatal(err)
-		}
-	}
+	publish := func() { t.Helper(); publishAll(t, s, st) }
 	publish()
 	first, ok, _ := s.state.since(tg.seq)
 	if !ok || len(first) != 1 {
@@ -452,5 +385,18 @@ func TestReview5SingleFoldObservesBatchesItsSwapBringsLive(t *testing.T) {
 	}
 	if got := latencyObservations(t, reg); got != 102 {
 		t.Fatalf("%d apply latency observations, want 102 (100 in the prefix, 2 after it)", got)
+	}
+}
+
+// publishAll publishes everything the store's log holds past the state's
+// position, as one batch.
+func publishAll(t *testing.T, s *Syncer, st *fakeStore) {
+	t.Helper()
+	_, applied, _ := s.state.position()
+	st.mu.Lock()
+	changes := append([]maps.Change(nil), st.log[logIndex(t, applied):]...)
+	st.mu.Unlock()
+	if err := s.publish(changes); err != nil {
+		t.Fatal(err)
 	}
 }
