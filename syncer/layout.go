@@ -326,8 +326,7 @@ func (t *target) fold(ctx context.Context, why string, gen uint64) (uint64, stri
 // delete waits for the fold to end, as does one that would make more than
 // deltaLimit users written since the fold began (the entries from before
 // it leave the delta at its end, so the delta holds up to twice that
-// meanwhile). Sets of users the delta holds past the fold's budget of
-// walks are deferred to the delta's swap (see apply).
+// meanwhile).
 type foldJob struct {
 	done chan struct{}
 	// Set by the goroutine before done is closed.
@@ -336,13 +335,12 @@ type foldJob struct {
 	err   error
 	// Owned by the target's goroutine.
 	why        string
-	bs         []*batch              // the batches the fold brings live (for the apply latency)
-	inHand     uint64                // the last batch of bs (the target's position when none): the swap brings those after it live too
-	deltaFrom  uint64                // deltaSeq at the start: those after it up to deltaSeq went to the delta (observed then, or in bs)
+	times      [][]int64             // the change times of the batches the fold brings live (batch.times, for the apply latency): not the batches, whose names would stay in memory
+	inHand     uint64                // the last batch in hand at the start (the target's position when none): the swap brings those after it live too
+	deltaFrom  uint64                // deltaSeq at the start: those after it up to deltaSeq went to the delta (observed then, or in times)
 	written    map[string]deltaWrite // users set in the delta during the fold: their last write
 	deltaSeq   uint64                // the batch the delta follows from: the state's at the start, then the last applied to it
 	walked     int                   // delta entries walked by the sets sent to the delta during the fold (before 2.9 a set walks the map)
-	deferred   int                   // sets of users the delta holds kept for the delta's swap at the end, past the walks' budget (see apply)
 	deltaLogID string
 }
 
@@ -356,7 +354,10 @@ type deltaWrite struct {
 // startFold begins swapping the base for the state in the background; bs
 // are the batches in hand, which the swap includes.
 func (t *target) startFold(ctx context.Context, why string, bs []*batch) {
-	job := &foldJob{done: make(chan struct{}), why: why, bs: bs, written: map[string]deltaWrite{}}
+	job := &foldJob{done: make(chan struct{}), why: why, written: map[string]deltaWrite{}}
+	for _, b := range bs {
+		job.times = append(job.times, b.times)
+	}
 	// The swap's position is the state's now or later, and the delta
 	// follows from there: not from bs's last batch, which may be a prefix
 	// of what was published (see firstChanges; out of the ring's reach, bs
@@ -431,8 +432,8 @@ func (t *target) finishFold(ctx context.Context) error {
 	folded := len(t.deltaKeys)
 	t.deltaKeys = keep
 	now := time.Now()
-	for _, b := range job.bs {
-		t.s.cfg.Metrics.appliedAt(t.addr, b.times, now)
+	for _, ts := range job.times {
+		t.s.cfg.Metrics.appliedAt(t.addr, ts, now)
 	}
 	t.observeSwapped(job.inHand, job.seq, job.deltaFrom, job.deltaSeq, now)
 	var n int
@@ -443,7 +444,7 @@ func (t *target) finishFold(ctx context.Context) error {
 		st.Applied, st.Entries, st.seq = logID, n, seq
 		st.DeltaEntries = len(keep)
 	})
-	t.log.Info("folded into the map in the background", "why", job.why, "delta_entries", folded, "kept", len(keep), "deferred", job.deferred, "log_id", logID)
+	t.log.Info("folded into the map in the background", "why", job.why, "delta_entries", folded, "kept", len(keep), "log_id", logID)
 	return nil
 }
 

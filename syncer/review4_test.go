@@ -113,20 +113,13 @@ func newWalkLoopWith(t *testing.T, hash map[string]string, deltaMax, replaceAbov
 // one it was routed to, the sets sent to the delta during a fold never walk
 // it more than ReplaceAbove times DeltaMax entries in all, and the live maps
 // end as the state says, with no full sync.
-// Sets past that budget are deferred to the fold's end: some seeds must
-// defer some.
 func TestReview4FoldWalkBudgetModel(t *testing.T) {
-	deferred := 0
 	for seed := range uint64(review4Seeds) {
-		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) { deferred += runWalkModel(t, seed) })
-	}
-	if deferred == 0 {
-		t.Fatal("no seed deferred a set past the fold's walk budget: the model does not reach it")
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) { runWalkModel(t, seed) })
 	}
 }
 
-// runWalkModel runs one seed and returns the sets it saw deferred.
-func runWalkModel(t *testing.T, seed uint64) (deferred int) {
+func runWalkModel(t *testing.T, seed uint64) {
 	const (
 		old                              = 400
 		deltaMax, replaceAbove, batchMax = 20, 3, 40
@@ -163,11 +156,7 @@ func runWalkModel(t *testing.T, seed uint64) (deferred int) {
 		publishLog(t, s, st, m, r, batchMax)
 		for range r.IntN(3) + 1 {
 			tg.lastCheck = time.Now()
-			job := tg.folding
 			step()
-			if job != nil && tg.folding != job {
-				deferred += job.deferred // the fold ended in this step
-			}
 			if f := m.faults(); len(f) > 0 {
 				t.Fatalf("round %d: %v", round, f)
 			}
@@ -190,8 +179,7 @@ func runWalkModel(t *testing.T, seed uint64) (deferred int) {
 	if most > replaceAbove*deltaMax {
 		t.Fatalf("a fold let sets walk %d delta entries, more than ReplaceAbove x DeltaMax (%d)", most, replaceAbove*deltaMax)
 	}
-	t.Logf("most walked in a fold %d, folds %d, swaps %d, sets deferred %d", most, st0.Folds, st0.Swaps, deferred)
-	return deferred
+	t.Logf("most walked in a fold %d, folds %d, swaps %d", most, st0.Folds, st0.Swaps)
 }
 
 // DeltaMax and ReplaceAbove so large that the delta's limits overflow int

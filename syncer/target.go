@@ -556,58 +556,33 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 	spans = nil
 	seq, logID := last.seq, last.logID
 	if job := t.folding; job != nil {
-		// A fold runs (layout.go): changes go to the delta now. A delete,
-		// or more than deltaLimit users written since the fold began,
-		// waits for the fold, and the loop then comes back from the new
-		// position.
-		// Sets of users the delta holds walk it (before 2.9), and
-		// HAProxy's one thread is loading the base meanwhile (under churn,
-		// unbounded walks starved the swap, and the swap the walks, for
-		// tens of seconds): they are sent while the walks since the fold
-		// began stay within what a batch may walk outside a fold
-		// (ReplaceAbove walks of a DeltaMax delta). Past that they are
-		// deferred: not sent, but kept with the fold's writes, so the
-		// delta's swap at the fold's end brings them live. The batch's
-		// other users, and the batches after, do not wait for them: each
-		// user's changes still go live in order, and a deferred user's
-		// live value stays the one it had.
+		// A fold runs (layout.go): changes go to the delta now; a delete,
+		// more than deltaLimit users written since the fold began, or sets
+		// of users the delta holds whose walks of it would pass, with
+		// those sent since the fold began, what a batch may walk outside
+		// a fold (ReplaceAbove walks of a DeltaMax delta: HAProxy's one
+		// thread is loading the base meanwhile; under churn, unbounded
+		// walks starved the swap, and the swap the walks, for tens of
+		// seconds), waits for the fold, and the loop then comes back from
+		// the new position.
 		// Every edit is sent here, a user whose value ends where it began
 		// too (cost does not count those): each set of a user the delta
 		// holds walks it.
-		fresh := 0
+		fresh, walks := 0, 0
 		for _, e := range edits {
 			if _, ok := job.written[e.user]; !ok {
 				fresh++
 			}
+			if e.inDelta && e.shard != "" {
+				walks += len(t.deltaKeys)
+			}
 		}
-		if slices.ContainsFunc(edits, func(e edit) bool { return e.shard == "" }) || len(job.written)+fresh > t.deltaLimit() {
+		if slices.ContainsFunc(edits, func(e edit) bool { return e.shard == "" }) || len(job.written)+fresh > t.deltaLimit() ||
+			job.walked+walks > t.s.cfg.ReplaceAbove*t.s.cfg.DeltaMax {
 			return t.waitFold(ctx)
 		}
-		// The walks: every set of a user the delta holds walks all of it.
-		live, deferred := edits, 0
-		budget, walk := t.s.cfg.ReplaceAbove*t.s.cfg.DeltaMax, len(t.deltaKeys)
-		walkers := 0
-		for _, e := range edits {
-			if e.inDelta {
-				walkers++
-			}
-		}
-		if job.walked+walkers*walk > budget {
-			live = make([]edit, 0, len(edits))
-			for _, e := range edits {
-				if e.inDelta && job.walked+walk > budget {
-					deferred++
-					continue
-				}
-				if e.inDelta {
-					job.walked += walk
-				}
-				live = append(live, e)
-			}
-		} else {
-			job.walked += walkers * walk
-		}
-		if err := t.send(ctx, live); err != nil {
+		job.walked += walks
+		if err := t.send(ctx, edits); err != nil {
 			return err
 		}
 		for _, e := range edits {
@@ -615,21 +590,15 @@ func (t *target) apply(ctx context.Context, bs []*batch) error {
 			job.written[strings.Clone(e.user)] = deltaWrite{last.seq, e.shard}
 		}
 		job.deltaSeq, job.deltaLogID = last.seq, last.logID
-		if deferred > 0 {
-			// Live at the fold's end: their apply latency is taken then.
-			job.bs = append(job.bs, bs...)
-			job.deferred += deferred
-		} else {
-			now := time.Now()
-			for _, b := range bs {
-				s.cfg.Metrics.appliedAt(t.addr, b.times, now)
-			}
+		now := time.Now()
+		for _, b := range bs {
+			s.cfg.Metrics.appliedAt(t.addr, b.times, now)
 		}
 		s.updateTarget(t, func(st *TargetStatus) {
 			st.Changes += int64(changes)
 			st.DeltaEntries = len(t.deltaKeys)
 		})
-		t.log.Debug("applied to the delta during a fold", "changes", changes, "edits", len(edits), "deferred", deferred, "log_id", logID)
+		t.log.Debug("applied to the delta during a fold", "changes", changes, "edits", len(edits), "log_id", logID)
 		return nil
 	}
 	if fold && t.useDelta && t.rtDelta != nil {

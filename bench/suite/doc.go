@@ -411,7 +411,7 @@ func buildReport(o Options, res *results, mach []KV) (*Report, []chartFile) {
 			p.Bound = "The change is applied in the log's order, after the reassignment's changes before it: it is live when the syncer has applied those (alone, `shardmap-bench -only bulk`, 50-170 ms). " +
 				"Here the reassignment follows the churn scenario. "
 			if listMaps(res.haproxyVersion) {
-				p.Bound += "The delta holds tens of thousands of the churn's users, and sets of them walk the delta before 2.9, so the syncer folds at the reassignment's start (a swap of the whole base, about 1.5-2 s); during the fold, sets of users the delta holds past the fold's budget of walks are deferred to its end, and the changes after them, this one among them, go on to the delta (the syncer's log with SHARDMAP_BENCH_SYNCER_LOG shows each fold and the sets it deferred)."
+				p.Bound += "The delta holds tens of thousands of the churn's users, and sets of them walk the delta before 2.9, so the syncer folds at the reassignment's start; during the fold, changes whose sets would walk the delta further than one batch may outside a fold wait for its end (about 1.5-2 s, see the syncer's log with SHARDMAP_BENCH_SYNCER_LOG), and so may this one: its user is one of those the churn's probes set (every 1,000th user, + 7), which the delta may hold."
 			} else {
 				p.Bound += "From 2.9 on the changes before it are sets of existing users through the tree, 50,000 per step (the syncer's log with SHARDMAP_BENCH_SYNCER_LOG shows each step)."
 			}
