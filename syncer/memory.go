@@ -9,9 +9,11 @@ import (
 // environment variable says otherwise. The state's large parts (the name
 // arena and the index of the user table, the frozen lists of a swap or a
 // file write) hold no pointers, so a collection costs little CPU however
-// big they are; collecting at 1.5x the live heap instead of Go's 2x keeps a
-// 1M-user syncer's peak RSS under 150 MB (docs: shardmap-bench -only memory).
-const DefaultGCPercent = 50
+// big they are. Collecting at 1.25x the live heap instead of Go's 2x keeps
+// a 1M-user syncer's peak RSS under 150 MB: at 1.5x it reached 146-160 MB
+// in make bench's live scenarios, at 1.25x 129-133 MB, for the same CPU
+// during the import (docs/MEMORY.md, shardmap-bench -only memory).
+const DefaultGCPercent = 25
 
 // TuneMemory sets the garbage collector of a syncer's process: GOGC
 // DefaultGCPercent unless GOGC is set in the environment, and, when limit is

@@ -149,7 +149,7 @@ or another live syncer already uses --name.`,
 	f.DurationVar(&o.reconcileEvery, "reconcile-every", time.Minute, "how often to look for drift in Redis, the live map and the file")
 	f.DurationVar(&o.runtimeTimeout, "runtime-timeout", 3*time.Second, "longest to wait for HAProxy to answer one Runtime API command before reporting it not answering")
 	f.StringVar(&o.fileMode, "file-mode", "0640", "mode of a new map file (an existing one keeps its mode and owner)")
-	f.IntVar(&o.memoryLimitMB, "memory-limit-mb", 0, "soft memory limit of the process in MiB: the Go collector works harder near it, it never fails (0: none, or GOMEMLIMIT from the environment); GOGC defaults to 50 here unless set")
+	f.IntVar(&o.memoryLimitMB, "memory-limit-mb", 0, "soft memory limit of the process in MiB: the Go collector works harder near it, it never fails (0: none, or GOMEMLIMIT from the environment); GOGC defaults to 25 here unless set")
 	f.StringVar(&o.logFormat, "log-format", cli.Env(cli.EnvLogFormat, cli.LogAuto), "log format: text, json, or auto (text on a terminal, JSON otherwise) (env "+cli.EnvLogFormat+")")
 	f.StringVar(&o.logLevel, "log-level", cli.Env(cli.EnvLogLevel, "info"), "least severe level logged: debug, info, warn or error (env "+cli.EnvLogLevel+")")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "same as --log-level debug: log each applied batch")
