@@ -410,11 +410,11 @@ func heldStepsTolerating(t *testing.T, ctx context.Context, m *lagModel, tg *tar
 
 // catchUpHeld ends a stream and steps the target (see heldSteps) until it
 // has caught up with the state and no fold runs, letting every held swap
-// go; then it lets go any swap still held.
-func catchUpHeld(t *testing.T, s *Syncer, tg *target, step func(), release func(all bool)) {
+// go, in at most maxSteps steps; then it lets go any swap still held.
+func catchUpHeld(t *testing.T, s *Syncer, tg *target, step func(), release func(all bool), maxSteps int) {
 	s.state.streaming.Store(false)
 	for i := 0; tg.folding != nil || tg.seq != s.state.seq || tg.needFull; i++ {
-		if i > 200 {
+		if i > maxSteps {
 			t.Fatalf("not caught up after %d steps", i)
 		}
 		if tg.folding != nil { // a step waits for it only so long
@@ -515,7 +515,7 @@ func runLagModel(t *testing.T, cfg lagConfig, seed uint64) {
 			}
 		}
 	}
-	catchUpHeld(t, s, tg, step, release)
+	catchUpHeld(t, s, tg, step, release, 200)
 	if f := m.faults(); len(f) > 0 {
 		t.Fatal(f)
 	}

@@ -162,7 +162,7 @@ func runWalkModel(t *testing.T, seed uint64) {
 			}
 		}
 	}
-	catchUpHeld(t, s, tg, step, release)
+	catchUpHeld(t, s, tg, step, release, 200)
 	if f := m.faults(); len(f) > 0 {
 		t.Fatal(f)
 	}

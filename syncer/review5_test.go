@@ -250,28 +250,8 @@ func runReview5Model(t *testing.T, seed uint64, failing bool) {
 			check(round)
 		}
 	}
-	// Catch up, tolerating failures: catchUpHeld with this step.
-	s.state.streaming.Store(false)
-	for i := 0; tg.folding != nil || tg.seq != s.state.seq || tg.needFull; i++ {
-		if i > 300 {
-			t.Fatalf("not caught up after %d steps", i)
-		}
-		if tg.folding != nil {
-			for done := tg.folding.done; ; {
-				release(true)
-				select {
-				case <-done:
-				case <-time.After(time.Millisecond):
-					continue
-				}
-				break
-			}
-		}
-		tg.lastCheck = time.Now()
-		step()
-		check(-1)
-	}
-	release(true)
+	// Catch up, tolerating failures (full syncs take more steps).
+	catchUpHeld(t, s, tg, func() { step(); check(-1) }, release, 300)
 	if got, want := m.routes(), stateMap(s); !equalMaps(got, want) {
 		t.Fatalf("routes differ from the state: %d routed, %d in the state", len(got), len(want))
 	}
